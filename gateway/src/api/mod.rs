@@ -1,0 +1,214 @@
+//! The HTTP API (axum): `/healthz`, `/metrics` and the `/api/v1/` read endpoints, answered from
+//! the journal and the registry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::journal::{DeviceRow, Store, StoreError};
+use crate::registry::{Registry, UNREGISTERED_CLASS};
+use crate::telemetry::Telemetry;
+
+/// `limit` when the client gives none (DESIGN.md).
+const DEFAULT_LIMIT: usize = 1000;
+/// Largest `limit` honoured, so one request cannot hold the journal for long.
+const MAX_LIMIT: usize = 100_000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub site: String,
+    pub registry: Arc<Registry>,
+    pub telemetry: Arc<Telemetry>,
+    pub journal_path: PathBuf,
+    /// One reader connection, opened on first use.
+    reader: Arc<Mutex<Option<Store>>>,
+}
+
+impl ApiState {
+    pub fn new(site: String, registry: Arc<Registry>, telemetry: Arc<Telemetry>, journal_path: PathBuf) -> Self {
+        ApiState { site, registry, telemetry, journal_path, reader: Arc::new(Mutex::new(None)) }
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let reader = self.reader.clone();
+        let path = self.journal_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(Store::open_secondary(&path)?);
+            }
+            match guard.as_ref() {
+                Some(store) => f(store),
+                None => unreachable_store(),
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn status(&self) -> &'static str {
+        if self.telemetry.mqtt_connected.load(Ordering::Relaxed) == 1 {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+}
+
+fn unreachable_store<T>() -> Result<T, StoreError> {
+    Err(StoreError::Sql(rusqlite::Error::InvalidQuery))
+}
+
+/// Errors as JSON, without internals beyond a short message.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/readings", get(readings))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    let status = s.status();
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({ "status": status }))).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.telemetry.render()).into_response()
+}
+
+/// One device as `/api/v1/devices` shows it.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub site: String,
+    pub class: String,
+    pub registered: bool,
+    pub building: String,
+    pub floor: String,
+    pub room: String,
+    pub zone: String,
+    pub bed: String,
+    /// Pseudonymous resident id.
+    pub resident: Option<String>,
+    pub care_flags: Vec<String>,
+    pub interval_s: Option<u64>,
+    /// Last receive time, ms since the epoch; null when never heard.
+    pub last_seen: Option<i64>,
+    /// Last value of every metric the device reported.
+    pub last_values: serde_json::Value,
+    pub battery_pct: Option<f64>,
+    pub readings: u64,
+    pub seq_duplicates: u64,
+    pub seq_gaps: u64,
+    pub seq_resets: u64,
+}
+
+async fn devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let seen: HashMap<String, DeviceRow> = s.with_store(|st| st.devices()).await?.into_iter().map(|d| (d.id.clone(), d)).collect();
+    let mut out = Vec::with_capacity(s.registry.len() + 8);
+    for d in s.registry.devices() {
+        let row = seen.get(&d.id);
+        out.push(DeviceView {
+            id: d.id.clone(),
+            site: s.site.clone(),
+            class: d.class.clone(),
+            registered: true,
+            building: d.building.clone(),
+            floor: d.floor.clone(),
+            room: d.room.clone(),
+            zone: d.zone.clone(),
+            bed: d.bed.clone(),
+            resident: d.resident.clone(),
+            care_flags: d.care_flags.clone(),
+            interval_s: Some(d.interval_s),
+            ..view_of_row(row)
+        });
+    }
+    for (id, row) in &seen {
+        if s.registry.get(id).is_none() {
+            out.push(DeviceView {
+                id: id.clone(),
+                site: s.site.clone(),
+                class: UNREGISTERED_CLASS.to_owned(),
+                registered: false,
+                ..view_of_row(Some(row))
+            });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(out))
+}
+
+fn view_of_row(row: Option<&DeviceRow>) -> DeviceView {
+    DeviceView {
+        id: String::new(),
+        site: String::new(),
+        class: String::new(),
+        registered: false,
+        building: String::new(),
+        floor: String::new(),
+        room: row.map(|r| r.room.clone()).unwrap_or_default(),
+        zone: String::new(),
+        bed: String::new(),
+        resident: None,
+        care_flags: Vec::new(),
+        interval_s: None,
+        last_seen: row.map(|r| r.last_seen),
+        last_values: row.map(|r| r.metrics.clone()).unwrap_or_else(|| json!({})),
+        battery_pct: row.and_then(|r| r.metrics.get("battery_pct")).and_then(|v| v.as_f64()),
+        readings: row.map_or(0, |r| r.readings),
+        seq_duplicates: row.map_or(0, |r| r.seq_duplicates),
+        seq_gaps: row.map_or(0, |r| r.seq_gaps),
+        seq_resets: row.map_or(0, |r| r.seq_resets),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadingsQuery {
+    device: Option<String>,
+    since: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn readings(State(s): State<ApiState>, Query(q): Query<ReadingsQuery>) -> Result<Response, ApiError> {
+    let device = q.device.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::BadRequest("`device` is required".into()))?;
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let rows = s.with_store(move |st| st.history(&device, since, limit)).await?;
+    Ok(Json(rows).into_response())
+}

@@ -1,0 +1,221 @@
+//! Wiring: starts the journal writer, the InfluxDB forwarder, the broker, the MQTT source and
+//! the HTTP API for one loaded configuration, and stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::clock::Clock;
+use crate::config::{DecoderKind, Loaded, MqttMode};
+use crate::decode::{Decoder, Limits};
+use crate::influx::client::InfluxClient;
+use crate::influx::{self, Forwarder};
+use crate::journal::writer::WriterConfig;
+use crate::journal::{spawn_writer, Store, WriterHandle};
+use crate::normalize::Normalizer;
+use crate::sources::broker::{self, EmbeddedBroker};
+use crate::sources::mqtt::{MqttSource, MqttSourceConfig, Route};
+use crate::telemetry::Telemetry;
+
+/// Overrides from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--http ADDR`.
+    pub http: Option<SocketAddr>,
+    /// `--mqtt ADDR` (embedded broker listen address).
+    pub mqtt: Option<SocketAddr>,
+    pub clock: Option<Clock>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::StoreError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Influx(#[from] influx::client::BuildError),
+    #[error("HTTP API cannot listen on {addr}: {source}")]
+    HttpBind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Where the MQTT side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttEndpoint {
+    Embedded(SocketAddr),
+    External,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub mqtt: MqttEndpoint,
+    pub telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+    sources: TaskTracker,
+    others: TaskTracker,
+    writer: std::thread::JoinHandle<()>,
+    broker: Option<EmbeddedBroker>,
+}
+
+/// How long shutdown waits for each stage before naming it stuck.
+const STAGE_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Running {
+    /// The line of DESIGN.md's process conventions.
+    pub fn ready_line(&self) -> String {
+        match self.mqtt {
+            MqttEndpoint::Embedded(a) => format!("ready http={} mqtt={}", self.http_addr, a),
+            MqttEndpoint::External => format!("ready http={} mqtt=external", self.http_addr),
+        }
+    }
+
+    /// Stops sources first, lets the journal commit what they queued, then the rest.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.sources.close();
+        if tokio::time::timeout(STAGE_DEADLINE, self.sources.wait()).await.is_err() {
+            warn!("MQTT source did not stop in time");
+        }
+        // The sources held the journal senders; once they are gone the writer drains and ends.
+        let writer = self.writer;
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(STAGE_DEADLINE, joined).await.is_err() {
+            warn!("journal writer did not finish in time");
+        }
+        self.others.close();
+        if tokio::time::timeout(STAGE_DEADLINE, self.others.wait()).await.is_err() {
+            warn!("HTTP API or InfluxDB forwarder did not stop in time");
+        }
+        if let Some(b) = self.broker {
+            b.task.abort();
+        }
+        info!("gateway stopped");
+    }
+}
+
+/// Starts every stage of a loaded configuration.
+pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartError> {
+    let Loaded { config, registry, journal_path, influx_token, mqtt_password } = loaded;
+    let clock = opts.clock.unwrap_or_else(Clock::system);
+    let telemetry = Arc::new(Telemetry::default());
+    let registry = Arc::new(registry);
+    let shutdown = CancellationToken::new();
+    let sources = TaskTracker::new();
+    let others = TaskTracker::new();
+
+    // The journal first: nothing is accepted before it can be committed.
+    let store = Store::open(&journal_path, config.journal.sync)?;
+    let writer_cfg = WriterConfig {
+        commit_max_messages: config.journal.commit_max_messages,
+        retention_ms: i64::from(config.journal.retention_days) * 24 * 3600 * 1000,
+        disk_budget_bytes: config.journal.disk_budget_mb * 1024 * 1024,
+        guard_cursor: config.influx.as_ref().map(|_| influx::CURSOR),
+        clock,
+    };
+    let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
+    info!(path = %journal_path.display(), last_id = *writer.committed.borrow(), "journal open");
+
+    if let Some(icfg) = &config.influx {
+        let client = InfluxClient::new(icfg, influx_token.as_ref())?;
+        let fwd = Forwarder {
+            cfg: icfg.clone(),
+            client,
+            site: config.site.id.clone(),
+            journal_path: journal_path.clone(),
+            committed: writer.committed.clone(),
+            telemetry: telemetry.clone(),
+            clock,
+        };
+        info!(url = %icfg.url, org = %icfg.org, bucket = %icfg.bucket, "InfluxDB forwarding on");
+        others.spawn(fwd.run(shutdown.clone()));
+    } else {
+        info!("no [influx] section: the embedded journal is the only store");
+    }
+
+    // MQTT: the embedded broker, or an external one.
+    let (mqtt, broker, host, port) = match config.mqtt.mode {
+        MqttMode::Embedded => {
+            let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
+            let b = broker::start(listen, config.mqtt.max_packet_bytes, usize::from(config.mqtt.inflight)).await?;
+            let addr = b.addr;
+            info!(%addr, "embedded MQTT broker listening");
+            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            (MqttEndpoint::Embedded(addr), Some(b), host, addr.port())
+        }
+        MqttMode::External => (MqttEndpoint::External, None, config.mqtt.host.clone().unwrap_or_default(), config.mqtt.port),
+    };
+    let limits = Limits { max_payload_bytes: config.decode.max_payload_bytes, max_json_depth: config.decode.max_json_depth };
+    let routes = config
+        .mqtt
+        .subscriptions
+        .iter()
+        .filter_map(|s| {
+            let decoder = match s.decoder {
+                DecoderKind::Canonical => Decoder::Canonical { site: config.site.id.clone() },
+                DecoderKind::Zigbee2mqtt => Decoder::Zigbee2Mqtt,
+                // Validation guarantees the profile exists.
+                DecoderKind::JsonMap => {
+                    let profile = config.profiles.iter().find(|p| Some(&p.name) == s.profile.as_ref())?;
+                    Decoder::JsonMap(Arc::new(profile.clone()))
+                }
+            };
+            let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            Some(Route { filter: s.filter.clone(), qos, decoder })
+        })
+        .collect();
+    let normalizer = Arc::new(Normalizer::new(
+        registry.clone(),
+        config.registry.unknown_devices,
+        limits,
+        (config.decode.max_future_s * 1000) as i64,
+        (config.decode.max_past_s * 1000) as i64,
+        clock,
+        telemetry.clone(),
+    ));
+    let source = MqttSource {
+        cfg: MqttSourceConfig {
+            host,
+            port,
+            client_id: config.mqtt.client_id.clone().unwrap_or_else(|| format!("nh-gateway-{}", config.site.id)),
+            username: config.mqtt.username.clone(),
+            password: mqtt_password,
+            clean_session: config.mqtt.clean_session,
+            keep_alive: Duration::from_secs(config.mqtt.keep_alive_s),
+            max_packet_bytes: config.mqtt.max_packet_bytes,
+            inflight: config.mqtt.inflight,
+            routes,
+        },
+        normalizer,
+        journal: writer.tx.clone(),
+        telemetry: telemetry.clone(),
+    };
+    sources.spawn(source.run(shutdown.clone()));
+    // The writer ends when the last sender is gone: only the sources hold one.
+    let WriterHandle { tx: _, committed: _, thread: writer_thread } = writer;
+
+    // HTTP last: `ready` means every stage is up.
+    let http_listen = opts.http.unwrap_or(config.http.listen);
+    let listener = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .map_err(|source| StartError::HttpBind { addr: http_listen, source })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::HttpBind { addr: http_listen, source })?;
+    let state = ApiState::new(config.site.id.clone(), registry, telemetry.clone(), journal_path);
+    let app = api::router(state);
+    let http_shutdown = shutdown.clone();
+    others.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "HTTP server ended");
+        }
+    });
+    info!(%http_addr, "HTTP API listening");
+
+    Ok(Running { http_addr, mqtt, telemetry, shutdown, sources, others, writer: writer_thread, broker })
+}

@@ -1,0 +1,673 @@
+//! Configuration: one TOML file per site, plus the device registry file it names.
+//!
+//! - [`diagnostics`]: TOML reading that reports every error with file, line and key.
+//! - [`secret`]: the redacting type for tokens and passwords.
+//!
+//! Every field has a `///` doc: this file is the operator's manual, and `print-default-config`
+//! prints `default.toml`, the commented version of the defaults below.
+
+pub mod diagnostics;
+pub mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use diagnostics::{ConfigError, ConfigErrors};
+pub use secret::{Secret, SecretSource};
+
+use crate::decode::json_map::Profile;
+use crate::registry::{is_valid_id, Registry};
+
+/// The commented default configuration, printed by `nh-gateway print-default-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The whole gateway configuration of one site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The facility this gateway serves.
+    pub site: SiteConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// MQTT ingest: embedded broker or external broker, and the subscriptions.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Limits applied to every message before decoding.
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    /// The device registry.
+    pub registry: RegistryConfig,
+    /// The durable local journal (embedded store).
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// InfluxDB v2 forwarding; absent = the embedded store alone.
+    #[serde(default)]
+    pub influx: Option<InfluxConfig>,
+    /// Generic JSON mappings per device model, used by `json_map` subscriptions.
+    #[serde(default)]
+    pub profiles: Vec<Profile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site id, `[A-Za-z0-9._:-]+`; one MQTT topic level, and the `site` tag of every point.
+    pub id: String,
+    /// Display name of the facility.
+    #[serde(default)]
+    pub name: String,
+    /// IANA time zone of the facility (for displays and night windows).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "Asia/Shanghai".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the HTTP API (`--http` overrides it; port 0 picks a free port).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_http_listen() }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttMode {
+    /// Start the rumqttd broker inside the gateway and subscribe to it.
+    Embedded,
+    /// Connect to an MQTT 3.1.1 broker run elsewhere (Mosquitto, EMQX...).
+    External,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `embedded` or `external`.
+    #[serde(default = "default_mqtt_mode")]
+    pub mode: MqttMode,
+    /// Embedded mode: the broker's listen address (`--mqtt` overrides it; port 0 picks one).
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// External mode: broker host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// External mode: broker port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Client id of the gateway's subscriber; with `clean_session = false` the broker keeps its
+    /// subscriptions and unacknowledged QoS 1 messages across a gateway restart.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// External mode: user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// External mode: password, from the environment or a file (`{ env = "VAR" }` / `{ file = "path" }`).
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    /// Keep the broker session (subscriptions and unacknowledged messages) across reconnects.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Keep-alive interval in seconds (at least 5).
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Largest MQTT packet the transport accepts. Kept above `decode.max_payload_bytes` so an
+    /// oversized payload is received, rejected, counted and acknowledged instead of breaking the
+    /// connection and coming back forever as a redelivery.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// QoS 1 messages in flight between the broker and the gateway (not yet acknowledged).
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Topic filters and the decoder each one feeds.
+    #[serde(default = "default_subscriptions")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            mode: default_mqtt_mode(),
+            listen: default_mqtt_listen(),
+            host: None,
+            port: default_mqtt_port(),
+            client_id: None,
+            username: None,
+            password: None,
+            clean_session: false,
+            keep_alive_s: default_keep_alive_s(),
+            max_packet_bytes: default_max_packet_bytes(),
+            inflight: default_inflight(),
+            subscriptions: default_subscriptions(),
+        }
+    }
+}
+
+fn default_mqtt_mode() -> MqttMode {
+    MqttMode::Embedded
+}
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+/// 1 MiB: well above the 64 KiB decoder limit.
+fn default_max_packet_bytes() -> usize {
+    1024 * 1024
+}
+/// 1000 in flight: enough to keep throughput up while each message waits for a group commit.
+fn default_inflight() -> u16 {
+    1000
+}
+fn default_subscriptions() -> Vec<Subscription> {
+    vec![
+        Subscription { filter: "nh/+/+/telemetry".into(), decoder: DecoderKind::Canonical, profile: None, qos: 1 },
+        Subscription { filter: "zigbee2mqtt/+".into(), decoder: DecoderKind::Zigbee2mqtt, profile: None, qos: 1 },
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderKind {
+    /// `nh/{site}/{device_id}/telemetry` with the canonical JSON.
+    Canonical,
+    /// Zigbee2MQTT state messages on `zigbee2mqtt/{friendly_name}`.
+    Zigbee2mqtt,
+    /// A `[[profiles]]` JSON mapping named by `profile`.
+    JsonMap,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// MQTT topic filter (`+` and `#` wildcards).
+    pub filter: String,
+    /// `canonical`, `zigbee2mqtt` or `json_map`.
+    pub decoder: DecoderKind,
+    /// With `json_map`: the name of the `[[profiles]]` entry.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// 0 or 1. With 1, a message is acknowledged only after its readings are in the journal.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Largest payload a decoder accepts; larger ones are counted as `oversized` and dropped.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// A device time further ahead of the gateway clock than this is replaced by the receive time.
+    #[serde(default = "default_max_future_s")]
+    pub max_future_s: u64,
+    /// A device time older than this is replaced by the receive time (a device with a reset clock).
+    #[serde(default = "default_max_past_s")]
+    pub max_past_s: u64,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            max_payload_bytes: default_max_payload_bytes(),
+            max_json_depth: default_max_json_depth(),
+            max_future_s: default_max_future_s(),
+            max_past_s: default_max_past_s(),
+        }
+    }
+}
+
+fn default_max_payload_bytes() -> usize {
+    crate::decode::DEFAULT_MAX_PAYLOAD_BYTES
+}
+fn default_max_json_depth() -> usize {
+    crate::decode::DEFAULT_MAX_JSON_DEPTH
+}
+/// 5 minutes: NTP-less devices drift by seconds, not minutes.
+fn default_max_future_s() -> u64 {
+    300
+}
+/// 7 days: store-and-forward devices (VS373 history fetch) replay up to days later.
+fn default_max_past_s() -> u64 {
+    7 * 24 * 3600
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDevicePolicy {
+    /// Keep the reading, tagged as unregistered (class `unregistered`), and count it.
+    Accept,
+    /// Drop the reading and count it as `unknown_device`.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Device registry file, relative to this configuration file.
+    pub file: PathBuf,
+    /// What to do with readings from devices not in the registry: `accept` or `reject`.
+    #[serde(default = "default_unknown_devices")]
+    pub unknown_devices: UnknownDevicePolicy,
+}
+
+fn default_unknown_devices() -> UnknownDevicePolicy {
+    UnknownDevicePolicy::Accept
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPolicy {
+    /// fsync the WAL at every group commit: a committed reading survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a crash of the gateway, not a power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// SQLite database file, relative to this configuration file.
+    #[serde(default = "default_journal_path")]
+    pub path: PathBuf,
+    /// Readings older than this are deleted (once forwarded, when InfluxDB is configured).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Disk budget of the journal in MiB; above it the oldest forwarded readings go first.
+    #[serde(default = "default_disk_budget_mb")]
+    pub disk_budget_mb: u64,
+    /// Most messages in one group commit.
+    #[serde(default = "default_commit_max")]
+    pub commit_max_messages: usize,
+    /// `full` (durable on power loss) or `normal`.
+    #[serde(default = "default_sync")]
+    pub sync: SyncPolicy,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: default_journal_path(),
+            retention_days: default_retention_days(),
+            disk_budget_mb: default_disk_budget_mb(),
+            commit_max_messages: default_commit_max(),
+            sync: default_sync(),
+        }
+    }
+}
+
+fn default_journal_path() -> PathBuf {
+    PathBuf::from("data/journal.db")
+}
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_disk_budget_mb() -> u64 {
+    4096
+}
+/// 5000 messages: one commit every few ms at full load, and a bounded transaction.
+fn default_commit_max() -> usize {
+    5000
+}
+fn default_sync() -> SyncPolicy {
+    SyncPolicy::Full
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL of the InfluxDB v2 API (`NH_INFLUX_URL` overrides it).
+    pub url: String,
+    /// Organization (`NH_INFLUX_ORG`).
+    pub org: String,
+    /// Bucket (`NH_INFLUX_BUCKET`).
+    pub bucket: String,
+    /// API token, from the environment or a file: `{ env = "NH_INFLUX_TOKEN" }` or
+    /// `{ file = "/etc/nh/influx.token" }` (`NH_INFLUX_TOKEN` overrides it).
+    #[serde(default)]
+    pub token: Option<SecretSource>,
+    /// Most lines in one write.
+    #[serde(default = "default_batch_lines")]
+    pub batch_max_lines: usize,
+    /// How long a partial batch waits for more readings before it is written.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Timeout of one write request.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest wait between retries of a failing write.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+/// 5000 lines: VictoriaMetrics and InfluxDB both take this in one request comfortably.
+fn default_batch_lines() -> usize {
+    5000
+}
+fn default_linger_ms() -> u64 {
+    500
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+
+impl InfluxConfig {
+    fn from_env_only(url: String) -> Self {
+        InfluxConfig {
+            url,
+            org: "nh".into(),
+            bucket: "nh".into(),
+            token: None,
+            batch_max_lines: default_batch_lines(),
+            linger_ms: default_linger_ms(),
+            timeout_ms: default_timeout_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
+/// A loaded, validated configuration with its registry and resolved paths.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub registry: Registry,
+    /// The journal path resolved against the config file's folder.
+    pub journal_path: PathBuf,
+    /// The InfluxDB token, resolved from its source or `NH_INFLUX_TOKEN`.
+    pub influx_token: Option<Secret>,
+    /// The MQTT password, resolved.
+    pub mqtt_password: Option<Secret>,
+}
+
+/// Environment a configuration is loaded under (the `NH_INFLUX_*` overrides).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub influx_url: Option<String>,
+    pub influx_org: Option<String>,
+    pub influx_bucket: Option<String>,
+    pub influx_token: Option<Secret>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            influx_url: var("NH_INFLUX_URL"),
+            influx_org: var("NH_INFLUX_ORG"),
+            influx_bucket: var("NH_INFLUX_BUCKET"),
+            influx_token: var("NH_INFLUX_TOKEN").map(Secret::new),
+        }
+    }
+}
+
+/// Loads and validates a configuration file and its registry; every error of both files at once.
+pub fn load(path: &Path, env: &Env) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: path.to_owned(), line: 0, key: String::new(), message: format!("cannot read: {e}") }])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(path, &text, base, env, None)
+}
+
+/// Loads a configuration from text. `registry_text` supplies the registry instead of reading
+/// the file it names (the demo embeds both).
+pub fn load_str(path: &Path, text: &str, base: &Path, env: &Env, registry_text: Option<&str>) -> Result<Loaded, ConfigErrors> {
+    let (config, mut diags) = diagnostics::parse_all::<Config>(path, text);
+    let mut errors = Vec::new();
+    let mut loaded = None;
+    if let Some(mut config) = config {
+        apply_env(&mut config, env);
+        validate(&config, &mut diags);
+        let registry_path = base.join(&config.registry.file);
+        let registry = match registry_text {
+            Some(t) => Registry::parse(&registry_path, t),
+            None => Registry::load(&registry_path),
+        };
+        match registry {
+            Ok(registry) => {
+                if registry.site() != config.site.id {
+                    diags.at_key(
+                        "registry.file",
+                        format!("registry is for site `{}`, this configuration for `{}`", registry.site(), config.site.id),
+                    );
+                }
+                let influx_token = match config.influx.as_ref() {
+                    Some(i) => resolve_secret(i.token.as_ref(), env.influx_token.clone(), "influx.token", base, &mut diags),
+                    None => None,
+                };
+                let mqtt_password = resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
+                let journal_path = base.join(&config.journal.path);
+                loaded = Some(Loaded { config, registry, journal_path, influx_token, mqtt_password });
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    errors.splice(0..0, diags.errors);
+    match loaded {
+        Some(l) if errors.is_empty() => Ok(l),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+fn resolve_secret(
+    source: Option<&SecretSource>,
+    override_value: Option<Secret>,
+    key: &str,
+    base: &Path,
+    diags: &mut diagnostics::Diagnostics<'_>,
+) -> Option<Secret> {
+    if override_value.is_some() {
+        return override_value;
+    }
+    match source?.resolve(base) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            diags.at_key(key, e);
+            None
+        }
+    }
+}
+
+fn apply_env(config: &mut Config, env: &Env) {
+    if let Some(url) = &env.influx_url {
+        match config.influx.as_mut() {
+            Some(i) => i.url = url.clone(),
+            None => config.influx = Some(InfluxConfig::from_env_only(url.clone())),
+        }
+    }
+    if let Some(i) = config.influx.as_mut() {
+        if let Some(org) = &env.influx_org {
+            i.org = org.clone();
+        }
+        if let Some(bucket) = &env.influx_bucket {
+            i.bucket = bucket.clone();
+        }
+    }
+}
+
+/// Semantic checks that serde cannot express.
+fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
+    if !is_valid_id(&config.site.id) {
+        d.at_key("site.id", "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)");
+    }
+    let m = &config.mqtt;
+    if m.mode == MqttMode::External && m.host.as_deref().unwrap_or("").is_empty() {
+        d.at_key("mqtt.host", "external mode needs the broker host");
+    }
+    if m.keep_alive_s < 5 {
+        d.at_key("mqtt.keep_alive_s", "must be at least 5 seconds");
+    }
+    if m.max_packet_bytes <= config.decode.max_payload_bytes {
+        d.at_key(
+            "mqtt.max_packet_bytes",
+            format!(
+                "must exceed decode.max_payload_bytes ({}), or an oversized payload breaks the connection and is redelivered forever",
+                config.decode.max_payload_bytes
+            ),
+        );
+    }
+    if m.inflight == 0 {
+        d.at_key("mqtt.inflight", "must be at least 1");
+    }
+    if m.subscriptions.is_empty() {
+        d.at_key("mqtt.subscriptions", "at least one subscription is needed");
+    }
+    for (i, s) in m.subscriptions.iter().enumerate() {
+        let key = |k: &str| format!("mqtt.subscriptions.{i}.{k}");
+        if !valid_filter(&s.filter) {
+            d.at_key(&key("filter"), format!("`{}` is not a valid MQTT topic filter", s.filter));
+        }
+        if s.qos > 1 {
+            d.at_key(&key("qos"), "must be 0 or 1");
+        }
+        match (s.decoder, &s.profile) {
+            (DecoderKind::JsonMap, None) => d.at_key(&key("profile"), "json_map needs a profile name"),
+            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => {
+                d.at_key(&key("profile"), format!("no [[profiles]] entry named `{p}`"))
+            }
+            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => {
+                d.at_key(&key("profile"), "only json_map subscriptions take a profile")
+            }
+            _ => {}
+        }
+    }
+    for (i, p) in config.profiles.iter().enumerate() {
+        if config.profiles[..i].iter().any(|q| q.name == p.name) {
+            d.at_key(&format!("profiles.{i}.name"), format!("duplicate profile name `{}`", p.name));
+        }
+        for problem in p.validate() {
+            d.at_key(&format!("profiles.{i}"), problem);
+        }
+    }
+    if config.decode.max_payload_bytes == 0 {
+        d.at_key("decode.max_payload_bytes", "must be positive");
+    }
+    if config.decode.max_json_depth == 0 {
+        d.at_key("decode.max_json_depth", "must be positive");
+    }
+    if config.journal.retention_days == 0 {
+        d.at_key("journal.retention_days", "must be at least 1");
+    }
+    if config.journal.commit_max_messages == 0 {
+        d.at_key("journal.commit_max_messages", "must be at least 1");
+    }
+    if let Some(i) = &config.influx {
+        if !(i.url.starts_with("http://") || i.url.starts_with("https://")) {
+            d.at_key("influx.url", "must start with http:// or https://");
+        }
+        if i.org.is_empty() {
+            d.at_key("influx.org", "must not be empty");
+        }
+        if i.bucket.is_empty() {
+            d.at_key("influx.bucket", "must not be empty");
+        }
+        if i.batch_max_lines == 0 {
+            d.at_key("influx.batch_max_lines", "must be at least 1");
+        }
+        if i.timeout_ms == 0 {
+            d.at_key("influx.timeout_ms", "must be positive");
+        }
+    }
+}
+
+/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        other => !other.contains('#') && !other.contains('+'),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters() {
+        assert!(valid_filter("nh/+/+/telemetry"));
+        assert!(valid_filter("zigbee2mqtt/#"));
+        assert!(!valid_filter("a/#/b"));
+        assert!(!valid_filter("a/b+/c"));
+        assert!(!valid_filter(""));
+    }
+
+    #[test]
+    fn default_config_parses_and_matches_the_code_defaults() {
+        let (config, diags) = diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
+        assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+        let config = config.expect("default config");
+        let code = MqttConfig::default();
+        assert_eq!(config.mqtt.listen, code.listen);
+        assert_eq!(config.mqtt.max_packet_bytes, code.max_packet_bytes);
+        assert_eq!(config.mqtt.subscriptions.len(), code.subscriptions.len());
+        assert_eq!(config.decode.max_payload_bytes, DecodeConfig::default().max_payload_bytes);
+        assert_eq!(config.journal.path, JournalConfig::default().path);
+        assert!(config.influx.is_none());
+    }
+}
+
+/// Validates one file for `nh-gateway validate`: a site configuration with its registry, or a
+/// registry alone. Returns a one-line summary.
+pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: path.to_owned(), line: 0, key: String::new(), message: format!("cannot read: {e}") }])
+    })?;
+    let is_registry = text.lines().any(|l| l.trim_start().starts_with("[[devices]]"))
+        && !text.lines().any(|l| l.trim_start().starts_with("[site]"));
+    if is_registry {
+        let r = Registry::parse(path, &text)?;
+        return Ok(format!("registry of site {}, {} devices", r.site(), r.len()));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    // Secrets are resolved at run time; validation checks only the shape, so an absent
+    // environment variable is not an error here.
+    let l = load_str(path, &text, base, env, None).or_else(|e| {
+        let rest: Vec<ConfigError> = e.0.into_iter().filter(|x| !x.message.contains("is not set")).collect();
+        if rest.is_empty() { Err(ConfigErrors(Vec::new())) } else { Err(ConfigErrors(rest)) }
+    });
+    match l {
+        Ok(l) => Ok(format!(
+            "site {}, {} devices, {} subscriptions, influx {}",
+            l.config.site.id,
+            l.registry.len(),
+            l.config.mqtt.subscriptions.len(),
+            if l.config.influx.is_some() { "on" } else { "off" }
+        )),
+        Err(e) if e.0.is_empty() => Ok("valid (secrets come from the environment at run time)".to_owned()),
+        Err(e) => Err(e),
+    }
+}

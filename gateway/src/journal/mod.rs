@@ -1,0 +1,54 @@
+//! The journal: the durable local store every reading is committed to before it is acknowledged.
+//!
+//! SQLite (bundled, WAL mode): a single file that survives a crash of the process (and, with
+//! `sync = "full"`, a power loss) at every commit, can be inspected with the `sqlite3` CLI on the
+//! box, and answers history queries with an index instead of a home-made one. One writer thread
+//! owns the write connection and groups whatever arrived during the previous commit into the
+//! next transaction (group commit); readers use their own connections.
+//!
+//! - [`writer`]: the writer thread, group commit, acknowledgements, device state, retention.
+//! - [`store`]: the schema and every query (history, devices, cursors, quarantine).
+
+pub mod store;
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::reading::Value;
+
+pub use store::{DeviceRow, ReadingRow, Store, StoreError};
+pub use writer::{spawn_writer, Ack, Ingest, WriterHandle};
+
+/// A normalized reading, as written to the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub device: String,
+    /// Measurement: the device class, or `unregistered`.
+    pub class: String,
+    pub building: String,
+    pub floor: String,
+    pub room: String,
+    pub zone: String,
+    /// Time of the reading: the device's when sane, else the receive time.
+    pub ts: i64,
+    pub ts_recv: i64,
+    /// True when the device time was out of bounds and replaced by the receive time.
+    pub ts_replaced: bool,
+    pub seq: Option<u64>,
+    pub metrics: BTreeMap<String, Value>,
+}
+
+/// Journal row id of a record; increases with every commit and is never reused.
+pub type RowId = i64;
+
+/// A reading as the API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryReading {
+    pub ts: i64,
+    pub ts_recv: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub metrics: serde_json::Value,
+}

@@ -1,0 +1,278 @@
+//! The SQLite schema and the queries on it. Each `Store` is one connection; the writer thread
+//! owns one, the API and the InfluxDB forwarder each open their own.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{HistoryReading, Record, RowId};
+use crate::config::SyncPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("journal {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("journal: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("journal: stored metrics are not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS readings (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device      TEXT    NOT NULL,
+    class       TEXT    NOT NULL,
+    building    TEXT    NOT NULL,
+    floor       TEXT    NOT NULL,
+    room        TEXT    NOT NULL,
+    zone        TEXT    NOT NULL,
+    ts          INTEGER NOT NULL,
+    ts_recv     INTEGER NOT NULL,
+    ts_replaced INTEGER NOT NULL,
+    seq         INTEGER,
+    metrics     TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device, ts);
+CREATE TABLE IF NOT EXISTS devices (
+    id          TEXT PRIMARY KEY,
+    class       TEXT    NOT NULL,
+    room        TEXT    NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    last_seq    INTEGER,
+    metrics     TEXT    NOT NULL,
+    readings    INTEGER NOT NULL,
+    seq_duplicates INTEGER NOT NULL DEFAULT 0,
+    seq_gaps    INTEGER NOT NULL DEFAULT 0,
+    seq_resets  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name        TEXT PRIMARY KEY,
+    position    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    reading_id  INTEGER NOT NULL,
+    line        TEXT    NOT NULL,
+    error       TEXT    NOT NULL
+);
+";
+
+/// How long a connection waits for another's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A journal row as the InfluxDB forwarder reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingRow {
+    pub id: RowId,
+    pub record: Record,
+}
+
+/// A device's last known state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRow {
+    pub id: String,
+    pub class: String,
+    pub room: String,
+    pub last_seen: i64,
+    pub last_ts: i64,
+    pub last_seq: Option<u64>,
+    pub metrics: serde_json::Value,
+    pub readings: u64,
+    pub seq_duplicates: u64,
+    pub seq_gaps: u64,
+    pub seq_resets: u64,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.conn.path()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the journal for writing.
+    pub fn open(path: &Path, sync: SyncPolicy) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match sync {
+            SyncPolicy::Full => "FULL",
+            SyncPolicy::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Opens another connection to an existing journal (readers, the forwarder).
+    pub fn open_secondary(path: &Path) -> Result<Store, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(Store { conn })
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The highest row id ever committed (0 for an empty journal).
+    pub fn last_id(&self) -> Result<RowId, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'readings'", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// A persisted cursor position (0 when never set).
+    pub fn cursor(&self, name: &str) -> Result<RowId, StoreError> {
+        let pos: Option<i64> = self
+            .conn
+            .query_row("SELECT position FROM cursors WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    pub fn set_cursor(&self, name: &str, position: RowId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO cursors (name, position) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+            params![name, position],
+        )?;
+        Ok(())
+    }
+
+    /// Rows after `after`, in id order, at most `limit`.
+    pub fn rows_after(&self, after: RowId, limit: usize) -> Result<Vec<ReadingRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, device, class, building, floor, room, zone, ts, ts_recv, ts_replaced, seq, metrics
+             FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Record {
+                    device: r.get(1)?,
+                    class: r.get(2)?,
+                    building: r.get(3)?,
+                    floor: r.get(4)?,
+                    room: r.get(5)?,
+                    zone: r.get(6)?,
+                    ts: r.get(7)?,
+                    ts_recv: r.get(8)?,
+                    ts_replaced: r.get::<_, i64>(9)? != 0,
+                    seq: r.get::<_, Option<i64>>(10)?.map(|s| s as u64),
+                    metrics: Default::default(),
+                },
+                r.get::<_, String>(11)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mut record, metrics) = row?;
+            record.metrics = serde_json::from_str(&metrics)?;
+            out.push(ReadingRow { id, record });
+        }
+        Ok(out)
+    }
+
+    /// A device's readings with `ts >= since`, ascending by `ts`, at most `limit`.
+    pub fn history(&self, device: &str, since: i64, limit: usize) -> Result<Vec<HistoryReading>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ts, ts_recv, seq, metrics FROM readings
+             WHERE device = ?1 AND ts >= ?2 ORDER BY ts, id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![device, since, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ts, ts_recv, seq, metrics) = row?;
+            out.push(HistoryReading { ts, ts_recv, seq: seq.map(|s| s as u64), metrics: serde_json::from_str(&metrics)? });
+        }
+        Ok(out)
+    }
+
+    /// Every device the journal has seen, with its last state.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, class, room, last_seen, last_ts, last_seq, metrics, readings, seq_duplicates, seq_gaps, seq_resets
+             FROM devices ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeviceRow {
+                id: r.get(0)?,
+                class: r.get(1)?,
+                room: r.get(2)?,
+                last_seen: r.get(3)?,
+                last_ts: r.get(4)?,
+                last_seq: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                metrics: serde_json::Value::Null,
+                readings: r.get::<_, i64>(7)? as u64,
+                seq_duplicates: r.get::<_, i64>(8)? as u64,
+                seq_gaps: r.get::<_, i64>(9)? as u64,
+                seq_resets: r.get::<_, i64>(10)? as u64,
+            })
+            .and_then(|d| Ok((d, r.get::<_, String>(6)?)))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut d, metrics) = row?;
+            d.metrics = serde_json::from_str(&metrics)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Sets a line InfluxDB refused aside, with the reason.
+    pub fn quarantine(&self, at: i64, reading_id: RowId, line: &str, error: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO quarantine (at, reading_id, line, error) VALUES (?1, ?2, ?3, ?4)",
+            params![at, reading_id, line, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn quarantined(&self) -> Result<Vec<(RowId, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT reading_id, line, error FROM quarantine ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Size of the database in bytes (pages in use, WAL excluded).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    /// Deletes rows received before `before_ms` whose id is at most `max_id`. Returns the count.
+    pub fn delete_older(&self, before_ms: i64, max_id: RowId) -> Result<u64, StoreError> {
+        let n = self.conn.execute("DELETE FROM readings WHERE ts_recv < ?1 AND id <= ?2", params![before_ms, max_id])?;
+        Ok(n as u64)
+    }
+
+    /// Deletes the `count` oldest rows whose id is at most `max_id`. Returns the count.
+    pub fn delete_oldest(&self, count: usize, max_id: RowId) -> Result<u64, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+            params![max_id, count as i64],
+        )?;
+        Ok(n as u64)
+    }
+}

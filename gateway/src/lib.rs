@@ -1,0 +1,36 @@
+//! nh-gateway: the IoT ingestion gateway of one nursing-home facility.
+//!
+//! A message travels: source -> decode -> normalize -> journal (commit, then acknowledge) ->
+//! InfluxDB forwarder and the HTTP API.
+//!
+//! - [`config`]: the site configuration (TOML), validation with every error at once, secrets.
+//! - [`registry`]: the device registry: class, location, resident per device.
+//! - [`reading`]: the reading type every decoder produces.
+//! - [`vocabulary`]: the canonical metric names, types, ranges and enum codes.
+//! - [`decode`]: pure decoders (canonical, Zigbee2MQTT, generic JSON mapping).
+//! - [`normalize`]: decode + registry + time checks for one message, with rejection counters.
+//! - [`sources`]: the MQTT subscriber and the embedded broker.
+//! - [`journal`]: the durable local store (SQLite), group commit, history queries.
+//! - [`influx`]: the InfluxDB v2 forwarder (cursor, batches, retries, quarantine).
+//! - [`api`]: HTTP: health, Prometheus metrics, devices and readings.
+//! - [`telemetry`]: the gateway's own counters.
+//! - [`clock`]: the system clock or the shared test clock.
+//! - [`app`]: wiring the stages together, start and shutdown.
+//! - [`demo`]: the demo facility (`nh-gateway demo`).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod influx;
+pub mod journal;
+pub mod normalize;
+pub mod reading;
+pub mod registry;
+pub mod sources;
+pub mod telemetry;
+pub mod vocabulary;

@@ -1,0 +1,175 @@
+//! `nh-gateway`: run a site, run the demo facility, validate configuration files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use nh_gateway::app::{self, RunOptions};
+use nh_gateway::clock::Clock;
+use nh_gateway::config::{self, Env};
+use nh_gateway::demo;
+
+#[derive(Parser)]
+#[command(name = "nh-gateway", version, about = "IoT ingestion gateway for smart nursing homes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway of one site.
+    Run {
+        /// The site configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a demo facility (3 floors x 20 rooms, simulated devices) on the embedded defaults.
+    Demo {
+        /// Folder for the demo's journal (default: a new temporary folder).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Simulated devices report this many times faster than real life.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check configuration files (site configurations and the registries they name); lists every error.
+    Validate {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the fully commented default configuration.
+    PrintDefaultConfig,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// HTTP listen address (port 0: pick a free port).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Embedded MQTT broker listen address (port 0: pick a free port).
+    #[arg(long)]
+    mqtt: Option<SocketAddr>,
+    /// Test clock: the real time (ms) at which the virtual clock reads --test-clock-start.
+    #[arg(long, requires_all = ["test_clock_start", "time_scale"])]
+    test_clock_origin: Option<i64>,
+    /// Test clock: the virtual time (ms) at --test-clock-origin.
+    #[arg(long, requires_all = ["test_clock_origin", "time_scale"])]
+    test_clock_start: Option<i64>,
+    /// Test clock: how many virtual ms pass per real ms.
+    #[arg(long, requires_all = ["test_clock_origin", "test_clock_start"])]
+    time_scale: Option<f64>,
+}
+
+impl Common {
+    fn options(&self) -> anyhow::Result<RunOptions> {
+        let clock = match (self.test_clock_origin, self.test_clock_start, self.time_scale) {
+            (Some(o), Some(s), Some(n)) => {
+                anyhow::ensure!(n > 0.0 && n.is_finite(), "--time-scale must be a positive number");
+                Some(Clock::test(o, s, n))
+            }
+            _ => None,
+        };
+        Ok(RunOptions { http: self.http, mqtt: self.mqtt, clock })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nh-gateway: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Run { config: path, common } => {
+            let opts = common.options()?;
+            let loaded = config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            runtime()?.block_on(serve(loaded, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { data, speed, common } => {
+            let opts = common.options()?;
+            runtime()?.block_on(demo::run(data, speed, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn serve(loaded: config::Loaded, opts: RunOptions) -> anyhow::Result<()> {
+    let running = app::start(loaded, opts).await?;
+    println!("{}", running.ready_line());
+    wait_for_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (systemd's stop).
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Validates each file: a site configuration (it has a `[site]` table) with its registry, or a
+/// registry on its own (it has `[[devices]]`).
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let env = Env::default();
+    let mut failed = false;
+    for f in files {
+        match config::validate_file(f, &env) {
+            Ok(summary) => println!("{}: ok ({summary})", f.display()),
+            Err(errors) => {
+                failed = true;
+                eprint!("{errors}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,55 @@
+//! The reading: what one message from one device said, before and after the registry is attached.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A metric value as devices send it: a number, a boolean, or an enum/text value.
+///
+/// Numbers are always `f64` so a field keeps one type forever in InfluxDB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Num(f64),
+    Text(String),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Num(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// How the source named the device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceKey {
+    /// A gateway device id (canonical topic level, generic JSON mapping, serial id).
+    Id(String),
+    /// A Zigbee2MQTT friendly name, mapped to an id by the registry's `zigbee_name`.
+    Zigbee(String),
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKey::Id(id) => f.write_str(id),
+            DeviceKey::Zigbee(name) => write!(f, "zigbee2mqtt/{name}"),
+        }
+    }
+}
+
+/// One decoded message: the metrics a device reported at one instant, in canonical vocabulary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub device: DeviceKey,
+    /// Device time in ms since the epoch, when the message carried one.
+    pub ts_ms: Option<i64>,
+    /// Per-device sequence number, when the message carried one.
+    pub seq: Option<u64>,
+    /// Metric name (domain.md 5.2) to value; never empty.
+    pub metrics: BTreeMap<String, Value>,
+}

@@ -1,0 +1,7 @@
+//! Sources own their link and push work into the journal's bounded queue.
+//!
+//! - [`mqtt`]: the MQTT subscriber (embedded or external broker), with manual acknowledgements.
+//! - [`broker`]: the embedded rumqttd broker.
+
+pub mod broker;
+pub mod mqtt;

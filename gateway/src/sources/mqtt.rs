@@ -1,0 +1,191 @@
+//! The MQTT source: subscribes with rumqttc, decodes and normalizes each message, and queues it
+//! for the journal. QoS 1 messages are acknowledged (manual acks) only after the journal commit,
+//! from a separate task: rumqttc deadlocks when the task that polls the event loop awaits a
+//! client call. rumqttc neither backs off nor resubscribes on reconnect: both are done here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::decode::Decoder;
+use crate::journal::{Ack, Ingest};
+use crate::normalize::Normalizer;
+use crate::telemetry::Telemetry;
+
+/// One subscription: the filter, its QoS and the decoder for what it delivers.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub filter: String,
+    pub qos: QoS,
+    pub decoder: Decoder,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSourceConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<crate::config::Secret>,
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    pub max_packet_bytes: usize,
+    pub inflight: u16,
+    pub routes: Vec<Route>,
+}
+
+/// Capacity of rumqttc's request channel (acks and subscribes to send).
+const REQUEST_CAPACITY: usize = 10_000;
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+pub struct MqttSource {
+    pub cfg: MqttSourceConfig,
+    pub normalizer: Arc<Normalizer>,
+    pub journal: mpsc::Sender<Ingest>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl MqttSource {
+    /// Runs until cancelled; reconnects with backoff on any link error.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = &self.cfg;
+        let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+        options
+            .set_keep_alive(cfg.keep_alive)
+            .set_clean_session(cfg.clean_session)
+            .set_manual_acks(true)
+            .set_inflight(cfg.inflight)
+            .set_request_channel_capacity(REQUEST_CAPACITY)
+            .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
+        if let Some(user) = &cfg.username {
+            let pass = cfg.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
+            options.set_credentials(user.clone(), pass);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+
+        // Acknowledgements travel from the journal writer to this task, in commit order.
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
+        let acker_client = client.clone();
+        let acker = tokio::spawn(async move {
+            while let Some(p) = ack_rx.recv().await {
+                if let Err(e) = acker_client.ack(&p).await {
+                    debug!(error = %e, "ack not sent (connection closing)");
+                }
+            }
+        });
+
+        let mut backoff = BACKOFF_START;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    self.handle(p, &ack_tx).await;
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_START;
+                    self.telemetry.mqtt_connected.store(1, Ordering::Relaxed);
+                    self.telemetry.mqtt_connects.fetch_add(1, Ordering::Relaxed);
+                    info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "MQTT connected");
+                    if !ack.session_present {
+                        // Subscribing from another task: this one must keep polling.
+                        let client = client.clone();
+                        let routes: Vec<(String, QoS)> = cfg.routes.iter().map(|r| (r.filter.clone(), r.qos)).collect();
+                        tokio::spawn(async move {
+                            for (filter, qos) in routes {
+                                if let Err(e) = client.subscribe(filter.clone(), qos).await {
+                                    warn!(%filter, error = %e, "subscribe failed");
+                                }
+                            }
+                        });
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    debug!(pkid = s.pkid, codes = ?s.return_codes, "subscribed");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.telemetry.mqtt_connected.store(0, Ordering::Relaxed);
+                    warn!(host = %cfg.host, port = cfg.port, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.telemetry.mqtt_connected.store(0, Ordering::Relaxed);
+        let _ = client.try_disconnect();
+        // Let the disconnect go out; unacknowledged QoS 1 messages stay with the broker.
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut eventloop)).await;
+        acker.abort();
+    }
+
+    async fn handle(&self, p: Publish, ack_tx: &mpsc::UnboundedSender<Publish>) {
+        let recv_ms = self.normalizer.clock.now_ms();
+        let records = match self.cfg.routes.iter().find(|r| topic_matches(&r.filter, &p.topic)) {
+            Some(route) => self.normalizer.process(&route.decoder, &p.topic, &p.payload, recv_ms),
+            None => {
+                self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.rejected("no_route");
+                Vec::new()
+            }
+        };
+        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+            let tx = ack_tx.clone();
+            Ack::new(move || {
+                let _ = tx.send(p);
+            })
+        });
+        if records.is_empty() && ack.is_none() {
+            return;
+        }
+        // A full queue waits here: the event loop is not polled, so the broker holds the rest.
+        if self.journal.send(Ingest { records, ack }).await.is_err() {
+            debug!("journal closed; message left unacknowledged for redelivery");
+        }
+    }
+}
+
+async fn drain(eventloop: &mut EventLoop) {
+    while eventloop.poll().await.is_ok() {}
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(topic_matches("nh/+/+/telemetry", "nh/s1/dev-1/telemetry"));
+        assert!(!topic_matches("nh/+/+/telemetry", "nh/s1/dev-1/telemetry/x"));
+        assert!(topic_matches("zigbee2mqtt/+", "zigbee2mqtt/smoke_1"));
+        assert!(!topic_matches("zigbee2mqtt/+", "zigbee2mqtt/smoke_1/availability"));
+        assert!(topic_matches("vendor/#", "vendor/a/b/c"));
+        assert!(topic_matches("#", "anything/at/all"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The gateway's own counters and gauges, rendered as Prometheus text on `/metrics`.
+//! Metric names are constants here so dashboards and tests can rely on them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub const MESSAGES_RECEIVED: &str = "nh_messages_received_total";
+pub const READINGS_ACCEPTED: &str = "nh_readings_accepted_total";
+pub const READINGS_REJECTED: &str = "nh_readings_rejected_total";
+pub const UNREGISTERED: &str = "nh_readings_unregistered_total";
+pub const TS_REPLACED: &str = "nh_readings_time_replaced_total";
+pub const SEQ_DUPLICATES: &str = "nh_seq_duplicates_total";
+pub const SEQ_GAPS: &str = "nh_seq_gaps_total";
+pub const SEQ_RESETS: &str = "nh_seq_resets_total";
+pub const JOURNAL_COMMITS: &str = "nh_journal_commits_total";
+pub const JOURNAL_ROWS: &str = "nh_journal_rows_total";
+pub const JOURNAL_LAST_ID: &str = "nh_journal_last_id";
+pub const JOURNAL_COMMIT_ERRORS: &str = "nh_journal_commit_errors_total";
+pub const JOURNAL_DELETED: &str = "nh_journal_deleted_rows_total";
+pub const JOURNAL_BYTES: &str = "nh_journal_bytes";
+pub const INFLUX_CURSOR: &str = "nh_influx_cursor";
+pub const INFLUX_LAG: &str = "nh_influx_lag_rows";
+pub const INFLUX_BATCHES: &str = "nh_influx_batches_total";
+pub const INFLUX_LINES: &str = "nh_influx_lines_total";
+pub const INFLUX_FAILURES: &str = "nh_influx_failures_total";
+pub const INFLUX_QUARANTINED: &str = "nh_influx_quarantined_lines_total";
+pub const MQTT_CONNECTED: &str = "nh_mqtt_connected";
+pub const MQTT_CONNECTS: &str = "nh_mqtt_connects_total";
+
+/// Counters and gauges shared by every stage.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub messages_received: AtomicU64,
+    pub readings_accepted: AtomicU64,
+    pub unregistered: AtomicU64,
+    pub ts_replaced: AtomicU64,
+    pub seq_duplicates: AtomicU64,
+    pub seq_gaps: AtomicU64,
+    pub seq_resets: AtomicU64,
+    pub journal_commits: AtomicU64,
+    pub journal_rows: AtomicU64,
+    pub journal_last_id: AtomicI64,
+    pub journal_commit_errors: AtomicU64,
+    pub journal_deleted: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub influx_cursor: AtomicI64,
+    pub influx_batches: AtomicU64,
+    pub influx_lines: AtomicU64,
+    pub influx_quarantined: AtomicU64,
+    pub mqtt_connected: AtomicU64,
+    pub mqtt_connects: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    influx_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key).or_insert(0) += 1;
+    }
+}
+
+impl Telemetry {
+    /// Counts one rejected message by reason.
+    pub fn rejected(&self, reason: &'static str) {
+        bump(&self.rejected, reason);
+    }
+
+    /// Counts one failed InfluxDB write by kind (timeout, connect, http_5xx, http_4xx...).
+    pub fn influx_failure(&self, kind: &'static str) {
+        bump(&self.influx_failures, kind);
+    }
+
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected.lock().map(|m| m.get(reason).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(&mut out, MESSAGES_RECEIVED, "MQTT messages received.", load(&self.messages_received));
+        counter(&mut out, READINGS_ACCEPTED, "Readings committed to the journal.", load(&self.readings_accepted));
+        let _ = writeln!(out, "# HELP {READINGS_REJECTED} Messages rejected, by reason.\n# TYPE {READINGS_REJECTED} counter");
+        if let Ok(m) = self.rejected.lock() {
+            for (reason, n) in m.iter() {
+                let _ = writeln!(out, "{READINGS_REJECTED}{{reason=\"{reason}\"}} {n}");
+            }
+        }
+        counter(&mut out, UNREGISTERED, "Readings accepted from devices missing from the registry.", load(&self.unregistered));
+        counter(&mut out, TS_REPLACED, "Readings whose device time was replaced by the receive time.", load(&self.ts_replaced));
+        counter(&mut out, SEQ_DUPLICATES, "Readings repeating a device's previous seq.", load(&self.seq_duplicates));
+        counter(&mut out, SEQ_GAPS, "Missing seq numbers detected.", load(&self.seq_gaps));
+        counter(&mut out, SEQ_RESETS, "Device seq decreases (device reset).", load(&self.seq_resets));
+        counter(&mut out, JOURNAL_COMMITS, "Group commits of the journal.", load(&self.journal_commits));
+        counter(&mut out, JOURNAL_ROWS, "Rows written to the journal.", load(&self.journal_rows));
+        gauge(&mut out, JOURNAL_LAST_ID, "Id of the last committed journal row.", self.journal_last_id.load(Ordering::Relaxed));
+        counter(&mut out, JOURNAL_COMMIT_ERRORS, "Failed journal commits.", load(&self.journal_commit_errors));
+        counter(&mut out, JOURNAL_DELETED, "Rows deleted by retention or the disk budget.", load(&self.journal_deleted));
+        gauge(&mut out, JOURNAL_BYTES, "Size of the journal files.", load(&self.journal_bytes) as i64);
+        let cursor = self.influx_cursor.load(Ordering::Relaxed);
+        gauge(&mut out, INFLUX_CURSOR, "Last journal row accepted by InfluxDB.", cursor);
+        let lag = (self.journal_last_id.load(Ordering::Relaxed) - cursor).max(0);
+        gauge(&mut out, INFLUX_LAG, "Journal rows not yet accepted by InfluxDB.", lag);
+        counter(&mut out, INFLUX_BATCHES, "Batches accepted by InfluxDB.", load(&self.influx_batches));
+        counter(&mut out, INFLUX_LINES, "Lines accepted by InfluxDB.", load(&self.influx_lines));
+        let _ = writeln!(out, "# HELP {INFLUX_FAILURES} Failed InfluxDB writes, by kind.\n# TYPE {INFLUX_FAILURES} counter");
+        if let Ok(m) = self.influx_failures.lock() {
+            for (kind, n) in m.iter() {
+                let _ = writeln!(out, "{INFLUX_FAILURES}{{kind=\"{kind}\"}} {n}");
+            }
+        }
+        counter(&mut out, INFLUX_QUARANTINED, "Lines InfluxDB refused as malformed, set aside.", load(&self.influx_quarantined));
+        gauge(&mut out, MQTT_CONNECTED, "1 while the MQTT subscriber is connected.", load(&self.mqtt_connected) as i64);
+        counter(&mut out, MQTT_CONNECTS, "MQTT connections made by the subscriber.", load(&self.mqtt_connects));
+        out
+    }
+}
