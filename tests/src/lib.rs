@@ -1,0 +1,387 @@
+//! The end-to-end test harness: real processes on free loopback ports with temporary folders.
+//!
+//! - [`TempDir`]: a temporary folder removed on drop.
+//! - [`VictoriaMetrics`]: a real VictoriaMetrics server (Debian's `victoria-metrics`), read back
+//!   through its export API.
+//! - [`Mosquitto`]: a real Mosquitto broker for the external-broker mode.
+//! - [`Gateway`]: the `nh-gateway` binary, started and waited for on its `ready` line.
+//! - [`sim`]: runs the `nh-sim` binary.
+//! - helpers to read `/metrics` and to wait for a condition with a deadline.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The workspace root (this crate sits in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A binary of the workspace, from the same profile folder as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-exe>: the binaries sit in target/<profile>/.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins` with the same profile as the tests; scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A temporary folder, removed on drop unless `NH_KEEP_TMP` is set.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!("nh-e2e-{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NH_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// The process's stderr log so far (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `probe` returns `Some`, polling every `every`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn tcp_accepts(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
+}
+
+fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
+    which(name)
+        .or_else(|| sbin.iter().map(PathBuf::from).find(|p| p.exists()))
+        .ok_or_else(|| anyhow!("`{name}` is not installed: run scripts/test.sh, which installs it from Debian's packages"))
+}
+
+/// A real VictoriaMetrics server on a free loopback port with a temporary data folder.
+pub struct VictoriaMetrics {
+    pub port: u16,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl VictoriaMetrics {
+    pub async fn start() -> Result<Self> {
+        let exe = require("victoria-metrics", &["/usr/bin/victoria-metrics"])?;
+        let dir = TempDir::new("vm")?;
+        let port = free_port();
+        let log = dir.path().join("vm.log");
+        let child = Command::new(exe)
+            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            // The default retention (1 month) silently drops older points.
+            .arg("-retentionPeriod=100y")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting victoria-metrics")?;
+        let proc = Proc { child, name: "victoria-metrics", log };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let client = http();
+        wait_for("victoria-metrics /health", Duration::from_secs(30), Duration::from_millis(50), || {
+            let client = client.clone();
+            async move {
+                let r = client.get(format!("http://{addr}/health")).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await
+        .with_context(|| proc.log_tail())?;
+        Ok(VictoriaMetrics { port, _proc: proc, _dir: dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every stored point of the series matching `selector`, via the export API (which, unlike
+    /// the query API, hides nothing recent).
+    pub async fn export(&self, selector: &str) -> Result<Vec<Series>> {
+        let client = http();
+        client.get(format!("{}/internal/force_flush", self.url())).send().await?;
+        let body = client
+            .post(format!("{}/api/v1/export", self.url()))
+            .form(&[("match[]", selector), ("start", "0")])
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let mut out = Vec::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let s: Series = serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// One exported series.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Series {
+    pub metric: HashMap<String, String>,
+    pub values: Vec<f64>,
+    pub timestamps: Vec<i64>,
+}
+
+/// A real Mosquitto broker on a free loopback port.
+pub struct Mosquitto {
+    pub port: u16,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Result<Self> {
+        let exe = require("mosquitto", &["/usr/sbin/mosquitto"])?;
+        let dir = TempDir::new("mosquitto")?;
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 # The default of 20 caps a subscriber that acknowledges after a commit.\n\
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\n\
+                 message_size_limit 1048576\nlog_dest stderr\n"
+            ),
+        )?;
+        let log = dir.path().join("mosquitto.log");
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting mosquitto")?;
+        let proc = Proc { child, name: "mosquitto", log };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for("mosquitto to listen", Duration::from_secs(20), Duration::from_millis(20), || async move {
+            tcp_accepts(addr).await.then_some(())
+        })
+        .await
+        .with_context(|| proc.log_tail())?;
+        Ok(Mosquitto { port, _proc: proc, _dir: dir })
+    }
+}
+
+/// A running `nh-gateway`.
+pub struct Gateway {
+    pub http: SocketAddr,
+    /// The embedded broker's address (None in external mode).
+    pub mqtt: Option<SocketAddr>,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    /// Runs `nh-gateway run --config FILE --http 127.0.0.1:0 --mqtt 127.0.0.1:0` with `env`
+    /// and waits for its `ready` line.
+    pub async fn start(config: &Path, env: &[(&str, String)], log_dir: &Path) -> Result<Self> {
+        let log = log_dir.join(format!("gateway-{}.log", free_port()));
+        let mut cmd = Command::new(bin("nh-gateway"));
+        cmd.arg("run").arg("--config").arg(config).args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"]);
+        for k in ["NH_INFLUX_URL", "NH_INFLUX_ORG", "NH_INFLUX_BUCKET", "NH_INFLUX_TOKEN"] {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn().context("starting nh-gateway")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let proc = Proc { child, name: "nh-gateway", log };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line);
+                    }
+                }
+            }
+        });
+        let line = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(line)) => line,
+            _ => bail!("nh-gateway did not print its ready line; log:\n{}", proc.log_tail()),
+        };
+        let mut http = None;
+        let mut mqtt = None;
+        for part in line.split_whitespace().skip(1) {
+            match part.split_once('=') {
+                Some(("http", a)) => http = a.parse().ok(),
+                Some(("mqtt", "external")) => {}
+                Some(("mqtt", a)) => mqtt = a.parse().ok(),
+                _ => {}
+            }
+        }
+        let http = http.ok_or_else(|| anyhow!("bad ready line `{line}`"))?;
+        Ok(Gateway { http, mqtt, proc })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// `/metrics` as `name{labels}` -> value.
+    pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
+        let text = http().get(self.url("/metrics")).send().await?.text().await?;
+        Ok(parse_prometheus(&text))
+    }
+
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        Ok(self.metrics().await?.get(name).copied().unwrap_or(0.0))
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let r = http().get(self.url(path)).send().await?;
+        let status = r.status();
+        let body = r.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until the journal holds `n` readings and InfluxDB (when configured) took them all.
+    pub async fn wait_forwarded(&self, n: u64, influx: bool, timeout: Duration) -> Result<()> {
+        wait_for("readings committed and forwarded", timeout, Duration::from_millis(100), || async move {
+            let m = self.metrics().await.ok()?;
+            let accepted = m.get("nh_readings_accepted_total").copied().unwrap_or(0.0) as u64;
+            let last = m.get("nh_journal_last_id").copied().unwrap_or(0.0);
+            let cursor = m.get("nh_influx_cursor").copied().unwrap_or(0.0);
+            (accepted >= n && (!influx || cursor >= last)).then_some(())
+        })
+        .await
+        .with_context(|| self.proc.log_tail())
+    }
+}
+
+pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn http() -> reqwest011::Client {
+    reqwest011::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+}
+
+pub mod sim {
+    //! Runs the `nh-sim` binary.
+    use super::*;
+
+    /// One message the simulator published (its `--record` line).
+    #[derive(Debug, Clone, serde::Deserialize)]
+    pub struct Sent {
+        pub device: String,
+        pub topic: String,
+        pub format: String,
+        pub ts: i64,
+        pub seq: Option<u64>,
+        pub metrics: serde_json::Map<String, serde_json::Value>,
+    }
+
+    /// `nh-sim run` to completion (all QoS 1 publishes acknowledged); returns what it published.
+    ///
+    /// The virtual timeline ends now: it starts `seconds` ago, so `--fast` publishes device
+    /// times in the past, as a fleet that was running would.
+    pub fn run(registry: &Path, broker: SocketAddr, seconds: u64, seed: u64, dir: &Path) -> Result<Vec<Sent>> {
+        let record = dir.join(format!("sent-{seed}.jsonl"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let start = now - (seconds as i64) * 1000 - 60_000;
+        let out = Command::new(bin("nh-sim"))
+            .arg("run")
+            .arg("--registry")
+            .arg(registry)
+            .args(["--broker", &broker.to_string(), "--seconds", &seconds.to_string(), "--seed", &seed.to_string(), "--fast"])
+            .arg("--record")
+            .arg(&record)
+            .args(["--test-clock-origin", &now.to_string(), "--test-clock-start", &start.to_string(), "--time-scale", "1"])
+            .output()
+            .context("running nh-sim")?;
+        if !out.status.success() {
+            bail!("nh-sim failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        let text = std::fs::read_to_string(&record)?;
+        text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("record line {l}"))).collect()
+    }
+}
+
+/// Writes a gateway configuration into `dir` and returns its path.
+pub fn write_config(dir: &Path, body: &str) -> Result<PathBuf> {
+    let p = dir.join("gateway.toml");
+    std::fs::write(&p, body)?;
+    Ok(p)
+}

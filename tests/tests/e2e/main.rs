@@ -1,0 +1,10 @@
+//! End-to-end tests: real gateway, simulator, brokers and database processes on loopback.
+//!
+//! - `pipeline`: simulator -> broker (embedded, or Mosquitto) -> journal -> VictoriaMetrics, and
+//!   the local history API without a database.
+//! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
+//! - `config_files`: every file under `config/` is validated by the program that reads it.
+
+mod bad_input;
+mod config_files;
+mod pipeline;
