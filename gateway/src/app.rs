@@ -42,7 +42,10 @@ pub enum StartError {
     #[error(transparent)]
     Influx(#[from] influx::client::BuildError),
     #[error("HTTP API cannot listen on {addr}: {source}")]
-    HttpBind { addr: SocketAddr, source: std::io::Error },
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Where the MQTT side is.
@@ -80,7 +83,10 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.sources.close();
-        if tokio::time::timeout(STAGE_DEADLINE, self.sources.wait()).await.is_err() {
+        if tokio::time::timeout(STAGE_DEADLINE, self.sources.wait())
+            .await
+            .is_err()
+        {
             warn!("MQTT source did not stop in time");
         }
         // The sources held the journal senders; once they are gone the writer drains and ends.
@@ -90,7 +96,10 @@ impl Running {
             warn!("journal writer did not finish in time");
         }
         self.others.close();
-        if tokio::time::timeout(STAGE_DEADLINE, self.others.wait()).await.is_err() {
+        if tokio::time::timeout(STAGE_DEADLINE, self.others.wait())
+            .await
+            .is_err()
+        {
             warn!("HTTP API or InfluxDB forwarder did not stop in time");
         }
         if let Some(b) = self.broker {
@@ -102,7 +111,13 @@ impl Running {
 
 /// Starts every stage of a loaded configuration.
 pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartError> {
-    let Loaded { config, registry, journal_path, influx_token, mqtt_password } = loaded;
+    let Loaded {
+        config,
+        registry,
+        journal_path,
+        influx_token,
+        mqtt_password,
+    } = loaded;
     let clock = opts.clock.unwrap_or_else(Clock::system);
     let telemetry = Arc::new(Telemetry::default());
     let registry = Arc::new(registry);
@@ -143,31 +158,61 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let (mqtt, broker, host, port) = match config.mqtt.mode {
         MqttMode::Embedded => {
             let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
-            let b = broker::start(listen, config.mqtt.max_packet_bytes, usize::from(config.mqtt.inflight)).await?;
+            let b = broker::start(
+                listen,
+                config.mqtt.max_packet_bytes,
+                usize::from(config.mqtt.inflight),
+            )
+            .await?;
             let addr = b.addr;
             info!(%addr, "embedded MQTT broker listening");
-            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
             (MqttEndpoint::Embedded(addr), Some(b), host, addr.port())
         }
-        MqttMode::External => (MqttEndpoint::External, None, config.mqtt.host.clone().unwrap_or_default(), config.mqtt.port),
+        MqttMode::External => (
+            MqttEndpoint::External,
+            None,
+            config.mqtt.host.clone().unwrap_or_default(),
+            config.mqtt.port,
+        ),
     };
-    let limits = Limits { max_payload_bytes: config.decode.max_payload_bytes, max_json_depth: config.decode.max_json_depth };
+    let limits = Limits {
+        max_payload_bytes: config.decode.max_payload_bytes,
+        max_json_depth: config.decode.max_json_depth,
+    };
     let routes = config
         .mqtt
         .subscriptions
         .iter()
         .filter_map(|s| {
             let decoder = match s.decoder {
-                DecoderKind::Canonical => Decoder::Canonical { site: config.site.id.clone() },
+                DecoderKind::Canonical => Decoder::Canonical {
+                    site: config.site.id.clone(),
+                },
                 DecoderKind::Zigbee2mqtt => Decoder::Zigbee2Mqtt,
                 // Validation guarantees the profile exists.
                 DecoderKind::JsonMap => {
-                    let profile = config.profiles.iter().find(|p| Some(&p.name) == s.profile.as_ref())?;
+                    let profile = config
+                        .profiles
+                        .iter()
+                        .find(|p| Some(&p.name) == s.profile.as_ref())?;
                     Decoder::JsonMap(Arc::new(profile.clone()))
                 }
             };
-            let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            Some(Route { filter: s.filter.clone(), qos, decoder })
+            let qos = if s.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            Some(Route {
+                filter: s.filter.clone(),
+                qos,
+                decoder,
+            })
         })
         .collect();
     let normalizer = Arc::new(Normalizer::new(
@@ -183,7 +228,11 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         cfg: MqttSourceConfig {
             host,
             port,
-            client_id: config.mqtt.client_id.clone().unwrap_or_else(|| format!("nh-gateway-{}", config.site.id)),
+            client_id: config
+                .mqtt
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("nh-gateway-{}", config.site.id)),
             username: config.mqtt.username.clone(),
             password: mqtt_password,
             clean_session: config.mqtt.clean_session,
@@ -198,24 +247,51 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     };
     sources.spawn(source.run(shutdown.clone()));
     // The writer ends when the last sender is gone: only the sources hold one.
-    let WriterHandle { tx: _, committed: _, thread: writer_thread } = writer;
+    let WriterHandle {
+        tx: _,
+        committed: _,
+        thread: writer_thread,
+    } = writer;
 
     // HTTP last: `ready` means every stage is up.
     let http_listen = opts.http.unwrap_or(config.http.listen);
     let listener = tokio::net::TcpListener::bind(http_listen)
         .await
-        .map_err(|source| StartError::HttpBind { addr: http_listen, source })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::HttpBind { addr: http_listen, source })?;
-    let state = ApiState::new(config.site.id.clone(), registry, telemetry.clone(), journal_path);
+        .map_err(|source| StartError::HttpBind {
+            addr: http_listen,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::HttpBind {
+            addr: http_listen,
+            source,
+        })?;
+    let state = ApiState::new(
+        config.site.id.clone(),
+        registry,
+        telemetry.clone(),
+        journal_path,
+    );
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
     others.spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(e) = serve.await {
             warn!(error = %e, "HTTP server ended");
         }
     });
     info!(%http_addr, "HTTP API listening");
 
-    Ok(Running { http_addr, mqtt, telemetry, shutdown, sources, others, writer: writer_thread, broker })
+    Ok(Running {
+        http_addr,
+        mqtt,
+        telemetry,
+        shutdown,
+        sources,
+        others,
+        writer: writer_thread,
+        broker,
+    })
 }

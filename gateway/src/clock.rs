@@ -18,7 +18,10 @@ struct TestClock {
 
 /// Milliseconds since the Unix epoch on the system clock.
 pub fn system_now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Clock {
@@ -28,7 +31,13 @@ impl Clock {
 
     /// The test clock; `scale` must be positive.
     pub fn test(origin_real_ms: i64, start_virtual_ms: i64, scale: f64) -> Self {
-        Clock { test: Some(TestClock { origin_real_ms, start_virtual_ms, scale }) }
+        Clock {
+            test: Some(TestClock {
+                origin_real_ms,
+                start_virtual_ms,
+                scale,
+            }),
+        }
     }
 
     /// Now, in ms since the epoch on this clock's timeline.

@@ -12,7 +12,11 @@ use nh_gateway::config::{self, Env};
 use nh_gateway::demo;
 
 #[derive(Parser)]
-#[command(name = "nh-gateway", version, about = "IoT ingestion gateway for smart nursing homes")]
+#[command(
+    name = "nh-gateway",
+    version,
+    about = "IoT ingestion gateway for smart nursing homes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,14 +74,25 @@ struct Common {
 
 impl Common {
     fn options(&self) -> anyhow::Result<RunOptions> {
-        let clock = match (self.test_clock_origin, self.test_clock_start, self.time_scale) {
+        let clock = match (
+            self.test_clock_origin,
+            self.test_clock_start,
+            self.time_scale,
+        ) {
             (Some(o), Some(s), Some(n)) => {
-                anyhow::ensure!(n > 0.0 && n.is_finite(), "--time-scale must be a positive number");
+                anyhow::ensure!(
+                    n > 0.0 && n.is_finite(),
+                    "--time-scale must be a positive number"
+                );
                 Some(Clock::test(o, s, n))
             }
             _ => None,
         };
-        Ok(RunOptions { http: self.http, mqtt: self.mqtt, clock })
+        Ok(RunOptions {
+            http: self.http,
+            mqtt: self.mqtt,
+            clock,
+        })
     }
 }
 
@@ -96,7 +111,10 @@ fn main() -> ExitCode {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -106,13 +124,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate(&files)),
-        Command::Run { config: path, common } => {
+        Command::Run {
+            config: path,
+            common,
+        } => {
             let opts = common.options()?;
-            let loaded = config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded =
+                config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
             runtime()?.block_on(serve(loaded, opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { data, speed, common } => {
+        Command::Demo {
+            data,
+            speed,
+            common,
+        } => {
             let opts = common.options()?;
             runtime()?.block_on(demo::run(data, speed, opts))?;
             Ok(ExitCode::SUCCESS)
@@ -121,36 +147,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(loaded: config::Loaded, opts: RunOptions) -> anyhow::Result<()> {
     let running = app::start(loaded, opts).await?;
     println!("{}", running.ready_line());
-    wait_for_signal().await;
+    demo::wait_for_signal().await;
     running.shutdown().await;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM (systemd's stop).
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Validates each file: a site configuration (it has a `[site]` table) with its registry, or a

@@ -41,12 +41,29 @@ impl Normalizer {
         clock: Clock,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        Normalizer { registry, unknown_devices, limits, max_future_ms, max_past_ms, clock, telemetry, log_budget: Mutex::default() }
+        Normalizer {
+            registry,
+            unknown_devices,
+            limits,
+            max_future_ms,
+            max_past_ms,
+            clock,
+            telemetry,
+            log_budget: Mutex::default(),
+        }
     }
 
     /// Turns one message into records. A rejected message yields none (and is counted).
-    pub fn process(&self, decoder: &Decoder, topic: &str, payload: &[u8], recv_ms: i64) -> Vec<Record> {
-        self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
+    pub fn process(
+        &self,
+        decoder: &Decoder,
+        topic: &str,
+        payload: &[u8],
+        recv_ms: i64,
+    ) -> Vec<Record> {
+        self.telemetry
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
         let readings = match decoder.decode(topic, payload, &self.limits) {
             Ok(r) => r,
             Err(e) => {
@@ -72,7 +89,11 @@ impl Normalizer {
                     metrics: reading.metrics,
                 },
                 None if self.unknown_devices == UnknownDevicePolicy::Reject => {
-                    self.reject("unknown_device", topic, &format!("device `{}` is not in the registry", reading.device));
+                    self.reject(
+                        "unknown_device",
+                        topic,
+                        &format!("device `{}` is not in the registry", reading.device),
+                    );
                     continue;
                 }
                 None => {
@@ -93,7 +114,11 @@ impl Normalizer {
                 }
             };
             record.ts = match reading.ts_ms {
-                Some(ts) if ts <= recv_ms + self.max_future_ms && ts >= recv_ms - self.max_past_ms => ts,
+                Some(ts)
+                    if ts <= recv_ms + self.max_future_ms && ts >= recv_ms - self.max_past_ms =>
+                {
+                    ts
+                }
                 Some(_) => {
                     record.ts_replaced = true;
                     self.telemetry.ts_replaced.fetch_add(1, Ordering::Relaxed);
@@ -134,7 +159,13 @@ fn unregistered_id(key: &DeviceKey) -> String {
         DeviceKey::Zigbee(name) => {
             let clean: String = name
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "._:-".contains(c) { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._:-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             format!("zigbee:{clean}")
         }

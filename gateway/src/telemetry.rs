@@ -72,8 +72,16 @@ impl Telemetry {
         bump(&self.influx_failures, kind);
     }
 
+    /// Rejected messages, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+
     pub fn rejected_count(&self, reason: &str) -> u64 {
-        self.rejected.lock().map(|m| m.get(reason).copied().unwrap_or(0)).unwrap_or(0)
+        self.rejected
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Prometheus text exposition format.
@@ -81,45 +89,148 @@ impl Telemetry {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        counter(&mut out, MESSAGES_RECEIVED, "MQTT messages received.", load(&self.messages_received));
-        counter(&mut out, READINGS_ACCEPTED, "Readings committed to the journal.", load(&self.readings_accepted));
+        counter(
+            &mut out,
+            MESSAGES_RECEIVED,
+            "MQTT messages received.",
+            load(&self.messages_received),
+        );
+        counter(
+            &mut out,
+            READINGS_ACCEPTED,
+            "Readings committed to the journal.",
+            load(&self.readings_accepted),
+        );
         let _ = writeln!(out, "# HELP {READINGS_REJECTED} Messages rejected, by reason.\n# TYPE {READINGS_REJECTED} counter");
         if let Ok(m) = self.rejected.lock() {
             for (reason, n) in m.iter() {
                 let _ = writeln!(out, "{READINGS_REJECTED}{{reason=\"{reason}\"}} {n}");
             }
         }
-        counter(&mut out, UNREGISTERED, "Readings accepted from devices missing from the registry.", load(&self.unregistered));
-        counter(&mut out, TS_REPLACED, "Readings whose device time was replaced by the receive time.", load(&self.ts_replaced));
-        counter(&mut out, SEQ_DUPLICATES, "Readings repeating a device's previous seq.", load(&self.seq_duplicates));
-        counter(&mut out, SEQ_GAPS, "Missing seq numbers detected.", load(&self.seq_gaps));
-        counter(&mut out, SEQ_RESETS, "Device seq decreases (device reset).", load(&self.seq_resets));
-        counter(&mut out, JOURNAL_COMMITS, "Group commits of the journal.", load(&self.journal_commits));
-        counter(&mut out, JOURNAL_ROWS, "Rows written to the journal.", load(&self.journal_rows));
-        gauge(&mut out, JOURNAL_LAST_ID, "Id of the last committed journal row.", self.journal_last_id.load(Ordering::Relaxed));
-        counter(&mut out, JOURNAL_COMMIT_ERRORS, "Failed journal commits.", load(&self.journal_commit_errors));
-        counter(&mut out, JOURNAL_DELETED, "Rows deleted by retention or the disk budget.", load(&self.journal_deleted));
-        gauge(&mut out, JOURNAL_BYTES, "Size of the journal files.", load(&self.journal_bytes) as i64);
+        counter(
+            &mut out,
+            UNREGISTERED,
+            "Readings accepted from devices missing from the registry.",
+            load(&self.unregistered),
+        );
+        counter(
+            &mut out,
+            TS_REPLACED,
+            "Readings whose device time was replaced by the receive time.",
+            load(&self.ts_replaced),
+        );
+        counter(
+            &mut out,
+            SEQ_DUPLICATES,
+            "Readings repeating a device's previous seq.",
+            load(&self.seq_duplicates),
+        );
+        counter(
+            &mut out,
+            SEQ_GAPS,
+            "Missing seq numbers detected.",
+            load(&self.seq_gaps),
+        );
+        counter(
+            &mut out,
+            SEQ_RESETS,
+            "Device seq decreases (device reset).",
+            load(&self.seq_resets),
+        );
+        counter(
+            &mut out,
+            JOURNAL_COMMITS,
+            "Group commits of the journal.",
+            load(&self.journal_commits),
+        );
+        counter(
+            &mut out,
+            JOURNAL_ROWS,
+            "Rows written to the journal.",
+            load(&self.journal_rows),
+        );
+        gauge(
+            &mut out,
+            JOURNAL_LAST_ID,
+            "Id of the last committed journal row.",
+            self.journal_last_id.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            JOURNAL_COMMIT_ERRORS,
+            "Failed journal commits.",
+            load(&self.journal_commit_errors),
+        );
+        counter(
+            &mut out,
+            JOURNAL_DELETED,
+            "Rows deleted by retention or the disk budget.",
+            load(&self.journal_deleted),
+        );
+        gauge(
+            &mut out,
+            JOURNAL_BYTES,
+            "Size of the journal files.",
+            load(&self.journal_bytes) as i64,
+        );
         let cursor = self.influx_cursor.load(Ordering::Relaxed);
-        gauge(&mut out, INFLUX_CURSOR, "Last journal row accepted by InfluxDB.", cursor);
+        gauge(
+            &mut out,
+            INFLUX_CURSOR,
+            "Last journal row accepted by InfluxDB.",
+            cursor,
+        );
         let lag = (self.journal_last_id.load(Ordering::Relaxed) - cursor).max(0);
-        gauge(&mut out, INFLUX_LAG, "Journal rows not yet accepted by InfluxDB.", lag);
-        counter(&mut out, INFLUX_BATCHES, "Batches accepted by InfluxDB.", load(&self.influx_batches));
-        counter(&mut out, INFLUX_LINES, "Lines accepted by InfluxDB.", load(&self.influx_lines));
+        gauge(
+            &mut out,
+            INFLUX_LAG,
+            "Journal rows not yet accepted by InfluxDB.",
+            lag,
+        );
+        counter(
+            &mut out,
+            INFLUX_BATCHES,
+            "Batches accepted by InfluxDB.",
+            load(&self.influx_batches),
+        );
+        counter(
+            &mut out,
+            INFLUX_LINES,
+            "Lines accepted by InfluxDB.",
+            load(&self.influx_lines),
+        );
         let _ = writeln!(out, "# HELP {INFLUX_FAILURES} Failed InfluxDB writes, by kind.\n# TYPE {INFLUX_FAILURES} counter");
         if let Ok(m) = self.influx_failures.lock() {
             for (kind, n) in m.iter() {
                 let _ = writeln!(out, "{INFLUX_FAILURES}{{kind=\"{kind}\"}} {n}");
             }
         }
-        counter(&mut out, INFLUX_QUARANTINED, "Lines InfluxDB refused as malformed, set aside.", load(&self.influx_quarantined));
-        gauge(&mut out, MQTT_CONNECTED, "1 while the MQTT subscriber is connected.", load(&self.mqtt_connected) as i64);
-        counter(&mut out, MQTT_CONNECTS, "MQTT connections made by the subscriber.", load(&self.mqtt_connects));
+        counter(
+            &mut out,
+            INFLUX_QUARANTINED,
+            "Lines InfluxDB refused as malformed, set aside.",
+            load(&self.influx_quarantined),
+        );
+        gauge(
+            &mut out,
+            MQTT_CONNECTED,
+            "1 while the MQTT subscriber is connected.",
+            load(&self.mqtt_connected) as i64,
+        );
+        counter(
+            &mut out,
+            MQTT_CONNECTS,
+            "MQTT connections made by the subscriber.",
+            load(&self.mqtt_connects),
+        );
         out
     }
 }

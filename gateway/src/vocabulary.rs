@@ -8,7 +8,11 @@ use crate::reading::Value;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     /// A number in `unit`, valid within `[min, max]` (physical range, not an alarm threshold).
-    Number { unit: &'static str, min: f64, max: f64 },
+    Number {
+        unit: &'static str,
+        min: f64,
+        max: f64,
+    },
     Bool,
     /// One of the listed strings; its index is the `<metric>_code` written to the time series.
     Enum(&'static [&'static str]),
@@ -29,20 +33,34 @@ pub const FALL_STATES: &[&str] = &["none", "suspected", "fall", "confirmed", "ex
 pub const MOTION_STATES: &[&str] = &["none", "stationary", "moving"];
 pub const POSTURES: &[&str] = &["standing", "sitting", "lying", "on_bed", "low_posture"];
 pub const BUTTONS: &[&str] = &["none", "single", "double", "long"];
-pub const GAS_TYPES: &[&str] = &["unknown", "methane", "propane", "lpg", "town_gas", "co", "h2"];
+pub const GAS_TYPES: &[&str] = &[
+    "unknown", "methane", "propane", "lpg", "town_gas", "co", "h2",
+];
 pub const ALARM_LEVELS: &[&str] = &["none", "low", "high", "test"];
 
 const fn num(name: &'static str, unit: &'static str, min: f64, max: f64) -> MetricSpec {
-    MetricSpec { name, kind: Kind::Number { unit, min, max } }
+    MetricSpec {
+        name,
+        kind: Kind::Number { unit, min, max },
+    }
 }
 const fn flag(name: &'static str) -> MetricSpec {
-    MetricSpec { name, kind: Kind::Bool }
+    MetricSpec {
+        name,
+        kind: Kind::Bool,
+    }
 }
 const fn choice(name: &'static str, values: &'static [&'static str]) -> MetricSpec {
-    MetricSpec { name, kind: Kind::Enum(values) }
+    MetricSpec {
+        name,
+        kind: Kind::Enum(values),
+    }
 }
 const fn text(name: &'static str) -> MetricSpec {
-    MetricSpec { name, kind: Kind::Text }
+    MetricSpec {
+        name,
+        kind: Kind::Text,
+    }
 }
 
 /// The whole vocabulary, sorted by name (looked up by binary search).
@@ -111,11 +129,19 @@ pub enum VocabularyError {
     #[error("unknown metric `{0}`")]
     UnknownMetric(String),
     #[error("metric `{metric}` expects {expected}")]
-    WrongType { metric: String, expected: &'static str },
+    WrongType {
+        metric: String,
+        expected: &'static str,
+    },
     #[error("metric `{metric}` is not a finite number")]
     NonFinite { metric: String },
     #[error("metric `{metric}` = {value} is outside its physical range [{min}, {max}]")]
-    OutOfRange { metric: String, value: f64, min: f64, max: f64 },
+    OutOfRange {
+        metric: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
     #[error("metric `{metric}` has no value `{value}`")]
     BadEnum { metric: String, value: String },
 }
@@ -136,13 +162,23 @@ impl VocabularyError {
 /// Checks one metric value against the vocabulary.
 pub fn check(name: &str, value: &Value) -> Result<(), VocabularyError> {
     let spec = metric(name).ok_or_else(|| VocabularyError::UnknownMetric(name.to_owned()))?;
-    let wrong = |expected| VocabularyError::WrongType { metric: name.to_owned(), expected };
+    let wrong = |expected| VocabularyError::WrongType {
+        metric: name.to_owned(),
+        expected,
+    };
     match (spec.kind, value) {
         (Kind::Number { min, max, .. }, Value::Num(n)) => {
             if !n.is_finite() {
-                Err(VocabularyError::NonFinite { metric: name.to_owned() })
+                Err(VocabularyError::NonFinite {
+                    metric: name.to_owned(),
+                })
             } else if *n < min || *n > max {
-                Err(VocabularyError::OutOfRange { metric: name.to_owned(), value: *n, min, max })
+                Err(VocabularyError::OutOfRange {
+                    metric: name.to_owned(),
+                    value: *n,
+                    min,
+                    max,
+                })
             } else {
                 Ok(())
             }
@@ -154,7 +190,10 @@ pub fn check(name: &str, value: &Value) -> Result<(), VocabularyError> {
             if values.contains(&s.as_str()) {
                 Ok(())
             } else {
-                Err(VocabularyError::BadEnum { metric: name.to_owned(), value: s.clone() })
+                Err(VocabularyError::BadEnum {
+                    metric: name.to_owned(),
+                    value: s.clone(),
+                })
             }
         }
         (Kind::Enum(_), _) => Err(wrong("one of its enum strings")),
@@ -183,11 +222,30 @@ mod tests {
     #[test]
     fn checks_type_range_and_enum() {
         assert!(check("gas_lel", &Value::Num(12.5)).is_ok());
-        assert_eq!(check("gas_lel", &Value::Num(f64::NAN)).unwrap_err().reason(), "non_finite");
-        assert_eq!(check("gas_lel", &Value::Num(140.0)).unwrap_err().reason(), "out_of_range");
-        assert_eq!(check("smoke", &Value::Num(1.0)).unwrap_err().reason(), "wrong_type");
-        assert_eq!(check("fall_state", &Value::Text("falling".into())).unwrap_err().reason(), "bad_enum");
-        assert_eq!(check("colour", &Value::Bool(true)).unwrap_err().reason(), "unknown_metric");
+        assert_eq!(
+            check("gas_lel", &Value::Num(f64::NAN))
+                .unwrap_err()
+                .reason(),
+            "non_finite"
+        );
+        assert_eq!(
+            check("gas_lel", &Value::Num(140.0)).unwrap_err().reason(),
+            "out_of_range"
+        );
+        assert_eq!(
+            check("smoke", &Value::Num(1.0)).unwrap_err().reason(),
+            "wrong_type"
+        );
+        assert_eq!(
+            check("fall_state", &Value::Text("falling".into()))
+                .unwrap_err()
+                .reason(),
+            "bad_enum"
+        );
+        assert_eq!(
+            check("colour", &Value::Bool(true)).unwrap_err().reason(),
+            "unknown_metric"
+        );
         assert_eq!(enum_code("fall_state", "confirmed"), Some(3));
         assert_eq!(enum_code("gas_lel", "x"), None);
     }

@@ -20,14 +20,21 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// The workspace root (this crate sits in `tests/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// A binary of the workspace, from the same profile folder as the running test.
 pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test-exe>: the binaries sit in target/<profile>/.
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -39,7 +46,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// A temporary folder, removed on drop unless `NH_KEEP_TMP` is set.
@@ -48,7 +58,11 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(label: &str) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("nh-e2e-{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "nh-e2e-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
@@ -90,7 +104,12 @@ impl Drop for Proc {
 }
 
 /// Waits until `probe` returns `Some`, polling every `every`, for at most `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -112,7 +131,11 @@ async fn tcp_accepts(addr: SocketAddr) -> bool {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
 }
 
 fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
@@ -135,7 +158,10 @@ impl VictoriaMetrics {
         let port = free_port();
         let log = dir.path().join("vm.log");
         let child = Command::new(exe)
-            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             // The default retention (1 month) silently drops older points.
             .arg("-retentionPeriod=100y")
@@ -143,19 +169,36 @@ impl VictoriaMetrics {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting victoria-metrics")?;
-        let proc = Proc { child, name: "victoria-metrics", log };
+        let proc = Proc {
+            child,
+            name: "victoria-metrics",
+            log,
+        };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let client = http();
-        wait_for("victoria-metrics /health", Duration::from_secs(30), Duration::from_millis(50), || {
-            let client = client.clone();
-            async move {
-                let r = client.get(format!("http://{addr}/health")).send().await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
+        wait_for(
+            "victoria-metrics /health",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let client = client.clone();
+                async move {
+                    let r = client
+                        .get(format!("http://{addr}/health"))
+                        .send()
+                        .await
+                        .ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
         .await
         .with_context(|| proc.log_tail())?;
-        Ok(VictoriaMetrics { port, _proc: proc, _dir: dir })
+        Ok(VictoriaMetrics {
+            port,
+            _proc: proc,
+            _dir: dir,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -166,7 +209,10 @@ impl VictoriaMetrics {
     /// the query API, hides nothing recent).
     pub async fn export(&self, selector: &str) -> Result<Vec<Series>> {
         let client = http();
-        client.get(format!("{}/internal/force_flush", self.url())).send().await?;
+        client
+            .get(format!("{}/internal/force_flush", self.url()))
+            .send()
+            .await?;
         let body = client
             .post(format!("{}/api/v1/export", self.url()))
             .form(&[("match[]", selector), ("start", "0")])
@@ -177,7 +223,8 @@ impl VictoriaMetrics {
             .await?;
         let mut out = Vec::new();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
-            let s: Series = serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
+            let s: Series =
+                serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
             out.push(s);
         }
         Ok(out)
@@ -222,14 +269,25 @@ impl Mosquitto {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting mosquitto")?;
-        let proc = Proc { child, name: "mosquitto", log };
+        let proc = Proc {
+            child,
+            name: "mosquitto",
+            log,
+        };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_for("mosquitto to listen", Duration::from_secs(20), Duration::from_millis(20), || async move {
-            tcp_accepts(addr).await.then_some(())
-        })
+        wait_for(
+            "mosquitto to listen",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || async move { tcp_accepts(addr).await.then_some(()) },
+        )
         .await
         .with_context(|| proc.log_tail())?;
-        Ok(Mosquitto { port, _proc: proc, _dir: dir })
+        Ok(Mosquitto {
+            port,
+            _proc: proc,
+            _dir: dir,
+        })
     }
 }
 
@@ -247,16 +305,34 @@ impl Gateway {
     pub async fn start(config: &Path, env: &[(&str, String)], log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("gateway-{}.log", free_port()));
         let mut cmd = Command::new(bin("nh-gateway"));
-        cmd.arg("run").arg("--config").arg(config).args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"]);
-        for k in ["NH_INFLUX_URL", "NH_INFLUX_ORG", "NH_INFLUX_BUCKET", "NH_INFLUX_TOKEN"] {
+        cmd.arg("run").arg("--config").arg(config).args([
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+        ]);
+        for k in [
+            "NH_INFLUX_URL",
+            "NH_INFLUX_ORG",
+            "NH_INFLUX_BUCKET",
+            "NH_INFLUX_TOKEN",
+        ] {
             cmd.env_remove(k);
         }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn().context("starting nh-gateway")?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting nh-gateway")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let proc = Proc { child, name: "nh-gateway", log };
+        let proc = Proc {
+            child,
+            name: "nh-gateway",
+            log,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
@@ -270,7 +346,10 @@ impl Gateway {
         });
         let line = match tokio::time::timeout(Duration::from_secs(60), rx).await {
             Ok(Ok(line)) => line,
-            _ => bail!("nh-gateway did not print its ready line; log:\n{}", proc.log_tail()),
+            _ => bail!(
+                "nh-gateway did not print its ready line; log:\n{}",
+                proc.log_tail()
+            ),
         };
         let mut http = None;
         let mut mqtt = None;
@@ -292,7 +371,12 @@ impl Gateway {
 
     /// `/metrics` as `name{labels}` -> value.
     pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
-        let text = http().get(self.url("/metrics")).send().await?.text().await?;
+        let text = http()
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         Ok(parse_prometheus(&text))
     }
 
@@ -312,13 +396,18 @@ impl Gateway {
 
     /// Waits until the journal holds `n` readings and InfluxDB (when configured) took them all.
     pub async fn wait_forwarded(&self, n: u64, influx: bool, timeout: Duration) -> Result<()> {
-        wait_for("readings committed and forwarded", timeout, Duration::from_millis(100), || async move {
-            let m = self.metrics().await.ok()?;
-            let accepted = m.get("nh_readings_accepted_total").copied().unwrap_or(0.0) as u64;
-            let last = m.get("nh_journal_last_id").copied().unwrap_or(0.0);
-            let cursor = m.get("nh_influx_cursor").copied().unwrap_or(0.0);
-            (accepted >= n && (!influx || cursor >= last)).then_some(())
-        })
+        wait_for(
+            "readings committed and forwarded",
+            timeout,
+            Duration::from_millis(100),
+            || async move {
+                let m = self.metrics().await.ok()?;
+                let accepted = m.get("nh_readings_accepted_total").copied().unwrap_or(0.0) as u64;
+                let last = m.get("nh_journal_last_id").copied().unwrap_or(0.0);
+                let cursor = m.get("nh_influx_cursor").copied().unwrap_or(0.0);
+                (accepted >= n && (!influx || cursor >= last)).then_some(())
+            },
+        )
         .await
         .with_context(|| self.proc.log_tail())
     }
@@ -335,7 +424,10 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 }
 
 pub fn http() -> reqwest011::Client {
-    reqwest011::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+    reqwest011::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 pub mod sim {
@@ -357,25 +449,54 @@ pub mod sim {
     ///
     /// The virtual timeline ends now: it starts `seconds` ago, so `--fast` publishes device
     /// times in the past, as a fleet that was running would.
-    pub fn run(registry: &Path, broker: SocketAddr, seconds: u64, seed: u64, dir: &Path) -> Result<Vec<Sent>> {
+    pub fn run(
+        registry: &Path,
+        broker: SocketAddr,
+        seconds: u64,
+        seed: u64,
+        dir: &Path,
+    ) -> Result<Vec<Sent>> {
         let record = dir.join(format!("sent-{seed}.jsonl"));
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
         let start = now - (seconds as i64) * 1000 - 60_000;
         let out = Command::new(bin("nh-sim"))
             .arg("run")
             .arg("--registry")
             .arg(registry)
-            .args(["--broker", &broker.to_string(), "--seconds", &seconds.to_string(), "--seed", &seed.to_string(), "--fast"])
+            .args([
+                "--broker",
+                &broker.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--fast",
+            ])
             .arg("--record")
             .arg(&record)
-            .args(["--test-clock-origin", &now.to_string(), "--test-clock-start", &start.to_string(), "--time-scale", "1"])
+            .args([
+                "--test-clock-origin",
+                &now.to_string(),
+                "--test-clock-start",
+                &start.to_string(),
+                "--time-scale",
+                "1",
+            ])
             .output()
             .context("running nh-sim")?;
         if !out.status.success() {
-            bail!("nh-sim failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "nh-sim failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let text = std::fs::read_to_string(&record)?;
-        text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("record line {l}"))).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("record line {l}")))
+            .collect()
     }
 }
 

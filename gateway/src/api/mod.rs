@@ -34,8 +34,19 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(site: String, registry: Arc<Registry>, telemetry: Arc<Telemetry>, journal_path: PathBuf) -> Self {
-        ApiState { site, registry, telemetry, journal_path, reader: Arc::new(Mutex::new(None)) }
+    pub fn new(
+        site: String,
+        registry: Arc<Registry>,
+        telemetry: Arc<Telemetry>,
+        journal_path: PathBuf,
+    ) -> Self {
+        ApiState {
+            site,
+            registry,
+            telemetry,
+            journal_path,
+            reader: Arc::new(Mutex::new(None)),
+        }
     }
 
     async fn with_store<T: Send + 'static>(
@@ -85,7 +96,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (status, Json(json!({ "error": message }))).into_response()
@@ -103,12 +117,20 @@ pub fn router(state: ApiState) -> Router {
 
 async fn healthz(State(s): State<ApiState>) -> Response {
     let status = s.status();
-    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({ "status": status }))).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.telemetry.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.telemetry.render(),
+    )
+        .into_response()
 }
 
 /// One device as `/api/v1/devices` shows it.
@@ -139,7 +161,12 @@ pub struct DeviceView {
 }
 
 async fn devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let seen: HashMap<String, DeviceRow> = s.with_store(|st| st.devices()).await?.into_iter().map(|d| (d.id.clone(), d)).collect();
+    let seen: HashMap<String, DeviceRow> = s
+        .with_store(|st| st.devices())
+        .await?
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
     let mut out = Vec::with_capacity(s.registry.len() + 8);
     for d in s.registry.devices() {
         let row = seen.get(&d.id);
@@ -190,7 +217,9 @@ fn view_of_row(row: Option<&DeviceRow>) -> DeviceView {
         interval_s: None,
         last_seen: row.map(|r| r.last_seen),
         last_values: row.map(|r| r.metrics.clone()).unwrap_or_else(|| json!({})),
-        battery_pct: row.and_then(|r| r.metrics.get("battery_pct")).and_then(|v| v.as_f64()),
+        battery_pct: row
+            .and_then(|r| r.metrics.get("battery_pct"))
+            .and_then(|v| v.as_f64()),
         readings: row.map_or(0, |r| r.readings),
         seq_duplicates: row.map_or(0, |r| r.seq_duplicates),
         seq_gaps: row.map_or(0, |r| r.seq_gaps),
@@ -205,10 +234,18 @@ pub struct ReadingsQuery {
     limit: Option<usize>,
 }
 
-async fn readings(State(s): State<ApiState>, Query(q): Query<ReadingsQuery>) -> Result<Response, ApiError> {
-    let device = q.device.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::BadRequest("`device` is required".into()))?;
+async fn readings(
+    State(s): State<ApiState>,
+    Query(q): Query<ReadingsQuery>,
+) -> Result<Response, ApiError> {
+    let device = q
+        .device
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("`device` is required".into()))?;
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let rows = s.with_store(move |st| st.history(&device, since, limit)).await?;
+    let rows = s
+        .with_store(move |st| st.history(&device, since, limit))
+        .await?;
     Ok(Json(rows).into_response())
 }

@@ -78,7 +78,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_http_listen() }
+        HttpConfig {
+            listen: default_http_listen(),
+        }
     }
 }
 
@@ -180,8 +182,18 @@ fn default_inflight() -> u16 {
 }
 fn default_subscriptions() -> Vec<Subscription> {
     vec![
-        Subscription { filter: "nh/+/+/telemetry".into(), decoder: DecoderKind::Canonical, profile: None, qos: 1 },
-        Subscription { filter: "zigbee2mqtt/+".into(), decoder: DecoderKind::Zigbee2mqtt, profile: None, qos: 1 },
+        Subscription {
+            filter: "nh/+/+/telemetry".into(),
+            decoder: DecoderKind::Canonical,
+            profile: None,
+            qos: 1,
+        },
+        Subscription {
+            filter: "zigbee2mqtt/+".into(),
+            decoder: DecoderKind::Zigbee2mqtt,
+            profile: None,
+            qos: 1,
+        },
     ]
 }
 
@@ -432,7 +444,12 @@ impl Env {
 /// Loads and validates a configuration file and its registry; every error of both files at once.
 pub fn load(path: &Path, env: &Env) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: path.to_owned(), line: 0, key: String::new(), message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(path, &text, base, env, None)
@@ -440,7 +457,13 @@ pub fn load(path: &Path, env: &Env) -> Result<Loaded, ConfigErrors> {
 
 /// Loads a configuration from text. `registry_text` supplies the registry instead of reading
 /// the file it names (the demo embeds both).
-pub fn load_str(path: &Path, text: &str, base: &Path, env: &Env, registry_text: Option<&str>) -> Result<Loaded, ConfigErrors> {
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    env: &Env,
+    registry_text: Option<&str>,
+) -> Result<Loaded, ConfigErrors> {
     let (config, mut diags) = diagnostics::parse_all::<Config>(path, text);
     let mut errors = Vec::new();
     let mut loaded = None;
@@ -457,16 +480,38 @@ pub fn load_str(path: &Path, text: &str, base: &Path, env: &Env, registry_text: 
                 if registry.site() != config.site.id {
                     diags.at_key(
                         "registry.file",
-                        format!("registry is for site `{}`, this configuration for `{}`", registry.site(), config.site.id),
+                        format!(
+                            "registry is for site `{}`, this configuration for `{}`",
+                            registry.site(),
+                            config.site.id
+                        ),
                     );
                 }
                 let influx_token = match config.influx.as_ref() {
-                    Some(i) => resolve_secret(i.token.as_ref(), env.influx_token.clone(), "influx.token", base, &mut diags),
+                    Some(i) => resolve_secret(
+                        i.token.as_ref(),
+                        env.influx_token.clone(),
+                        "influx.token",
+                        base,
+                        &mut diags,
+                    ),
                     None => None,
                 };
-                let mqtt_password = resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
+                let mqtt_password = resolve_secret(
+                    config.mqtt.password.as_ref(),
+                    None,
+                    "mqtt.password",
+                    base,
+                    &mut diags,
+                );
                 let journal_path = base.join(&config.journal.path);
-                loaded = Some(Loaded { config, registry, journal_path, influx_token, mqtt_password });
+                loaded = Some(Loaded {
+                    config,
+                    registry,
+                    journal_path,
+                    influx_token,
+                    mqtt_password,
+                });
             }
             Err(e) => errors.extend(e.0),
         }
@@ -517,7 +562,10 @@ fn apply_env(config: &mut Config, env: &Env) {
 /// Semantic checks that serde cannot express.
 fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     if !is_valid_id(&config.site.id) {
-        d.at_key("site.id", "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)");
+        d.at_key(
+            "site.id",
+            "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)",
+        );
     }
     let m = &config.mqtt;
     if m.mode == MqttMode::External && m.host.as_deref().unwrap_or("").is_empty() {
@@ -544,25 +592,36 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     for (i, s) in m.subscriptions.iter().enumerate() {
         let key = |k: &str| format!("mqtt.subscriptions.{i}.{k}");
         if !valid_filter(&s.filter) {
-            d.at_key(&key("filter"), format!("`{}` is not a valid MQTT topic filter", s.filter));
+            d.at_key(
+                &key("filter"),
+                format!("`{}` is not a valid MQTT topic filter", s.filter),
+            );
         }
         if s.qos > 1 {
             d.at_key(&key("qos"), "must be 0 or 1");
         }
         match (s.decoder, &s.profile) {
-            (DecoderKind::JsonMap, None) => d.at_key(&key("profile"), "json_map needs a profile name"),
-            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => {
-                d.at_key(&key("profile"), format!("no [[profiles]] entry named `{p}`"))
+            (DecoderKind::JsonMap, None) => {
+                d.at_key(&key("profile"), "json_map needs a profile name")
             }
-            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => {
-                d.at_key(&key("profile"), "only json_map subscriptions take a profile")
-            }
+            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => d
+                .at_key(
+                    &key("profile"),
+                    format!("no [[profiles]] entry named `{p}`"),
+                ),
+            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => d.at_key(
+                &key("profile"),
+                "only json_map subscriptions take a profile",
+            ),
             _ => {}
         }
     }
     for (i, p) in config.profiles.iter().enumerate() {
         if config.profiles[..i].iter().any(|q| q.name == p.name) {
-            d.at_key(&format!("profiles.{i}.name"), format!("duplicate profile name `{}`", p.name));
+            d.at_key(
+                &format!("profiles.{i}.name"),
+                format!("duplicate profile name `{}`", p.name),
+            );
         }
         for problem in p.validate() {
             d.at_key(&format!("profiles.{i}"), problem);
@@ -627,14 +686,18 @@ mod tests {
 
     #[test]
     fn default_config_parses_and_matches_the_code_defaults() {
-        let (config, diags) = diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
+        let (config, diags) =
+            diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
         let config = config.expect("default config");
         let code = MqttConfig::default();
         assert_eq!(config.mqtt.listen, code.listen);
         assert_eq!(config.mqtt.max_packet_bytes, code.max_packet_bytes);
         assert_eq!(config.mqtt.subscriptions.len(), code.subscriptions.len());
-        assert_eq!(config.decode.max_payload_bytes, DecodeConfig::default().max_payload_bytes);
+        assert_eq!(
+            config.decode.max_payload_bytes,
+            DecodeConfig::default().max_payload_bytes
+        );
         assert_eq!(config.journal.path, JournalConfig::default().path);
         assert!(config.influx.is_none());
     }
@@ -644,20 +707,38 @@ mod tests {
 /// registry alone. Returns a one-line summary.
 pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: path.to_owned(), line: 0, key: String::new(), message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
     })?;
-    let is_registry = text.lines().any(|l| l.trim_start().starts_with("[[devices]]"))
+    let is_registry = text
+        .lines()
+        .any(|l| l.trim_start().starts_with("[[devices]]"))
         && !text.lines().any(|l| l.trim_start().starts_with("[site]"));
     if is_registry {
         let r = Registry::parse(path, &text)?;
-        return Ok(format!("registry of site {}, {} devices", r.site(), r.len()));
+        return Ok(format!(
+            "registry of site {}, {} devices",
+            r.site(),
+            r.len()
+        ));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     // Secrets are resolved at run time; validation checks only the shape, so an absent
     // environment variable is not an error here.
     let l = load_str(path, &text, base, env, None).or_else(|e| {
-        let rest: Vec<ConfigError> = e.0.into_iter().filter(|x| !x.message.contains("is not set")).collect();
-        if rest.is_empty() { Err(ConfigErrors(Vec::new())) } else { Err(ConfigErrors(rest)) }
+        let rest: Vec<ConfigError> =
+            e.0.into_iter()
+                .filter(|x| !x.message.contains("is not set"))
+                .collect();
+        if rest.is_empty() {
+            Err(ConfigErrors(Vec::new()))
+        } else {
+            Err(ConfigErrors(rest))
+        }
     });
     match l {
         Ok(l) => Ok(format!(
@@ -665,9 +746,15 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
             l.config.site.id,
             l.registry.len(),
             l.config.mqtt.subscriptions.len(),
-            if l.config.influx.is_some() { "on" } else { "off" }
+            if l.config.influx.is_some() {
+                "on"
+            } else {
+                "off"
+            }
         )),
-        Err(e) if e.0.is_empty() => Ok("valid (secrets come from the environment at run time)".to_owned()),
+        Err(e) if e.0.is_empty() => {
+            Ok("valid (secrets come from the environment at run time)".to_owned())
+        }
         Err(e) => Err(e),
     }
 }

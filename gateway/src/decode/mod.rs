@@ -27,7 +27,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES, max_json_depth: DEFAULT_MAX_JSON_DEPTH }
+        Limits {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+        }
     }
 }
 
@@ -84,16 +87,26 @@ impl DecodeError {
 #[derive(Debug, Clone)]
 pub enum Decoder {
     /// Canonical telemetry of this gateway's `site`.
-    Canonical { site: String },
+    Canonical {
+        site: String,
+    },
     Zigbee2Mqtt,
     JsonMap(Arc<json_map::Profile>),
 }
 
 impl Decoder {
     /// Decodes one message.
-    pub fn decode(&self, topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Reading>, DecodeError> {
+    pub fn decode(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        limits: &Limits,
+    ) -> Result<Vec<Reading>, DecodeError> {
         if payload.len() > limits.max_payload_bytes {
-            return Err(DecodeError::Oversized { size: payload.len(), limit: limits.max_payload_bytes });
+            return Err(DecodeError::Oversized {
+                size: payload.len(),
+                limit: limits.max_payload_bytes,
+            });
         }
         match self {
             Decoder::Canonical { site } => canonical::decode(site, topic, payload, limits),

@@ -33,7 +33,10 @@ pub struct InfluxClient {
 
 impl std::fmt::Debug for InfluxClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InfluxClient").field("org", &self.org).field("bucket", &self.bucket).finish_non_exhaustive()
+        f.debug_struct("InfluxClient")
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,17 +46,31 @@ impl InfluxClient {
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)));
         let token = token.map(|t| t.expose().to_owned()).unwrap_or_default();
-        let client = influxdb2::ClientBuilder::with_builder(builder, cfg.url.trim_end_matches('/'), cfg.org.clone(), token)
-            .build()
-            .map_err(|e| BuildError(e.to_string()))?;
-        Ok(InfluxClient { client, org: cfg.org.clone(), bucket: cfg.bucket.clone() })
+        let client = influxdb2::ClientBuilder::with_builder(
+            builder,
+            cfg.url.trim_end_matches('/'),
+            cfg.org.clone(),
+            token,
+        )
+        .build()
+        .map_err(|e| BuildError(e.to_string()))?;
+        Ok(InfluxClient {
+            client,
+            org: cfg.org.clone(),
+            bucket: cfg.bucket.clone(),
+        })
     }
 
     /// Writes a body of newline-terminated lines with ms timestamps.
     pub async fn write(&self, body: String) -> Result<(), WriteError> {
         match self
             .client
-            .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Milliseconds)
+            .write_line_protocol_with_precision(
+                &self.org,
+                &self.bucket,
+                body,
+                TimestampPrecision::Milliseconds,
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -70,12 +87,30 @@ fn classify(e: RequestError) -> WriteError {
             match code {
                 // The content is refused: 400 bad line, 413 too large, 422 unprocessable
                 // (outside retention, field type conflict).
-                400 | 413 | 422 => WriteError::Malformed { status: code, message },
-                401 | 403 => WriteError::Transient { kind: "unauthorized", message },
-                404 => WriteError::Transient { kind: "not_found", message },
-                429 => WriteError::Transient { kind: "throttled", message },
-                500..=599 => WriteError::Transient { kind: "http_5xx", message },
-                _ => WriteError::Transient { kind: "http_other", message },
+                400 | 413 | 422 => WriteError::Malformed {
+                    status: code,
+                    message,
+                },
+                401 | 403 => WriteError::Transient {
+                    kind: "unauthorized",
+                    message,
+                },
+                404 => WriteError::Transient {
+                    kind: "not_found",
+                    message,
+                },
+                429 => WriteError::Transient {
+                    kind: "throttled",
+                    message,
+                },
+                500..=599 => WriteError::Transient {
+                    kind: "http_5xx",
+                    message,
+                },
+                _ => WriteError::Transient {
+                    kind: "http_other",
+                    message,
+                },
             }
         }
         RequestError::ReqwestProcessing { source } => {
@@ -86,8 +121,14 @@ fn classify(e: RequestError) -> WriteError {
             } else {
                 "transport"
             };
-            WriteError::Transient { kind, message: source.to_string() }
+            WriteError::Transient {
+                kind,
+                message: source.to_string(),
+            }
         }
-        other => WriteError::Transient { kind: "other", message: other.to_string() },
+        other => WriteError::Transient {
+            kind: "other",
+            message: other.to_string(),
+        },
     }
 }

@@ -90,7 +90,11 @@ fn escape_into(out: &mut String, s: &str, kind: Escape) {
         };
         match c {
             // Line breaks would end the line: they are never legal inside one.
-            '\n' => out.push_str(if matches!(kind, Escape::StringField) { "\\n" } else { "\\ " }),
+            '\n' => out.push_str(if matches!(kind, Escape::StringField) {
+                "\\n"
+            } else {
+                "\\ "
+            }),
             '\r' => {}
             // A backslash before a separator would escape it; the registry refuses backslashes in
             // names, this keeps a line valid whatever reaches it.
@@ -122,7 +126,10 @@ mod tests {
             ts_recv: 1_700_000_000_200,
             ts_replaced: false,
             seq: Some(4),
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+            metrics: metrics
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
         }
     }
 
@@ -152,7 +159,10 @@ mod tests {
         let nasty = ["a b", "x,y", "k=v", "q\"", "back\\", "new\nline", "ünï", ""];
         for room in nasty {
             for text in nasty {
-                let mut r = record(&[("fault_code", Value::Text(text.into())), ("gas_lel", Value::Num(0.5))]);
+                let mut r = record(&[
+                    ("fault_code", Value::Text(text.into())),
+                    ("gas_lel", Value::Num(0.5)),
+                ]);
                 r.room = room.into();
                 let l = line("s", &r);
                 assert!(!l.contains('\n'), "{l:?}");

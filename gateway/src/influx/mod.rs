@@ -73,7 +73,9 @@ impl Forwarder {
         let store = tokio::task::spawn_blocking(move || Store::open_secondary(&path)).await??;
         let store = Arc::new(std::sync::Mutex::new(store));
         let mut cursor = blocking(&store, |s| s.cursor(CURSOR)).await?;
-        self.telemetry.influx_cursor.store(cursor, Ordering::Relaxed);
+        self.telemetry
+            .influx_cursor
+            .store(cursor, Ordering::Relaxed);
         info!(cursor, "influx forwarder started");
         let batch_max = self.cfg.batch_max_lines;
         let linger = Duration::from_millis(self.cfg.linger_ms);
@@ -119,7 +121,9 @@ impl Forwarder {
             }
             blocking(&store, move |s| s.set_cursor(CURSOR, last)).await?;
             cursor = last;
-            self.telemetry.influx_cursor.store(cursor, Ordering::Relaxed);
+            self.telemetry
+                .influx_cursor
+                .store(cursor, Ordering::Relaxed);
         }
     }
 
@@ -131,7 +135,10 @@ impl Forwarder {
         rows: &[ReadingRow],
         shutdown: &CancellationToken,
     ) -> Result<bool, ForwarderError> {
-        let lines: Vec<String> = rows.iter().map(|r| line_protocol::line(&self.site, &r.record)).collect();
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| line_protocol::line(&self.site, &r.record))
+            .collect();
         // Ranges of `lines` still to write; a refused range is split in halves.
         let mut pending = vec![(0usize, lines.len())];
         let mut backoff = BACKOFF_START;
@@ -144,8 +151,12 @@ impl Forwarder {
             match self.client.write(body).await {
                 Ok(()) => {
                     backoff = BACKOFF_START;
-                    self.telemetry.influx_batches.fetch_add(1, Ordering::Relaxed);
-                    self.telemetry.influx_lines.fetch_add((end - start) as u64, Ordering::Relaxed);
+                    self.telemetry
+                        .influx_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.telemetry
+                        .influx_lines
+                        .fetch_add((end - start) as u64, Ordering::Relaxed);
                 }
                 Err(WriteError::Malformed { status, message }) => {
                     self.telemetry.influx_failure("malformed");
@@ -159,7 +170,9 @@ impl Forwarder {
                         warn!(reading_id = id, %error, "line refused by the database; quarantined");
                         let at = self.clock.now_ms();
                         blocking(store, move |s| s.quarantine(at, id, &line, &error)).await?;
-                        self.telemetry.influx_quarantined.fetch_add(1, Ordering::Relaxed);
+                        self.telemetry
+                            .influx_quarantined
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(WriteError::Transient { kind, message }) => {
@@ -185,7 +198,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ForwarderError> {
     let store = store.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     })
     .await?;

@@ -12,7 +12,10 @@ use crate::config::SyncPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("journal {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("journal: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("journal: stored metrics are not JSON: {0}")]
@@ -93,7 +96,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.conn.path()).finish()
+        f.debug_struct("Store")
+            .field("path", &self.conn.path())
+            .finish()
     }
 }
 
@@ -103,7 +108,10 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match sync {
@@ -118,8 +126,10 @@ impl Store {
     /// Opens another connection to an existing journal (readers, the forwarder).
     pub fn open_secondary(path: &Path) -> Result<Store, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         Ok(Store { conn })
@@ -133,7 +143,11 @@ impl Store {
     pub fn last_id(&self) -> Result<RowId, StoreError> {
         let seq: Option<i64> = self
             .conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'readings'", [], |r| r.get(0))
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(seq.unwrap_or(0))
     }
@@ -142,7 +156,11 @@ impl Store {
     pub fn cursor(&self, name: &str) -> Result<RowId, StoreError> {
         let pos: Option<i64> = self
             .conn
-            .query_row("SELECT position FROM cursors WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT position FROM cursors WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(pos.unwrap_or(0))
     }
@@ -191,18 +209,33 @@ impl Store {
     }
 
     /// A device's readings with `ts >= since`, ascending by `ts`, at most `limit`.
-    pub fn history(&self, device: &str, since: i64, limit: usize) -> Result<Vec<HistoryReading>, StoreError> {
+    pub fn history(
+        &self,
+        device: &str,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<HistoryReading>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT ts, ts_recv, seq, metrics FROM readings
              WHERE device = ?1 AND ts >= ?2 ORDER BY ts, id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![device, since, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (ts, ts_recv, seq, metrics) = row?;
-            out.push(HistoryReading { ts, ts_recv, seq: seq.map(|s| s as u64), metrics: serde_json::from_str(&metrics)? });
+            out.push(HistoryReading {
+                ts,
+                ts_recv,
+                seq: seq.map(|s| s as u64),
+                metrics: serde_json::from_str(&metrics)?,
+            });
         }
         Ok(out)
     }
@@ -239,7 +272,13 @@ impl Store {
     }
 
     /// Sets a line InfluxDB refused aside, with the reason.
-    pub fn quarantine(&self, at: i64, reading_id: RowId, line: &str, error: &str) -> Result<(), StoreError> {
+    pub fn quarantine(
+        &self,
+        at: i64,
+        reading_id: RowId,
+        line: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO quarantine (at, reading_id, line, error) VALUES (?1, ?2, ?3, ?4)",
             params![at, reading_id, line, error],
@@ -248,7 +287,9 @@ impl Store {
     }
 
     pub fn quarantined(&self) -> Result<Vec<(RowId, String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT reading_id, line, error FROM quarantine ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT reading_id, line, error FROM quarantine ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -256,14 +297,19 @@ impl Store {
     /// Size of the database in bytes (pages in use, WAL excluded).
     pub fn size_bytes(&self) -> Result<u64, StoreError> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(((pages - free).max(0) * size) as u64)
     }
 
     /// Deletes rows received before `before_ms` whose id is at most `max_id`. Returns the count.
     pub fn delete_older(&self, before_ms: i64, max_id: RowId) -> Result<u64, StoreError> {
-        let n = self.conn.execute("DELETE FROM readings WHERE ts_recv < ?1 AND id <= ?2", params![before_ms, max_id])?;
+        let n = self.conn.execute(
+            "DELETE FROM readings WHERE ts_recv < ?1 AND id <= ?2",
+            params![before_ms, max_id],
+        )?;
         Ok(n as u64)
     }
 

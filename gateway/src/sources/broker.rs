@@ -17,7 +17,10 @@ use tracing::error;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("embedded MQTT broker cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("embedded MQTT broker on {addr} stopped: {message}")]
     Stopped { addr: SocketAddr, message: String },
     #[error("embedded MQTT broker on {addr} did not start accepting within {waited_ms} ms")]
@@ -45,12 +48,22 @@ pub struct EmbeddedBroker {
 
 /// Starts the broker on `listen` (port 0: a free port) with the given largest packet and
 /// QoS 1 window per connection.
-pub async fn start(listen: SocketAddr, max_packet_bytes: usize, max_inflight: usize) -> Result<EmbeddedBroker, BrokerError> {
+pub async fn start(
+    listen: SocketAddr,
+    max_packet_bytes: usize,
+    max_inflight: usize,
+) -> Result<EmbeddedBroker, BrokerError> {
     // Bind once ourselves: a taken port fails here with the real error, and port 0 becomes a
     // concrete free port rumqttd can be given.
     let addr = {
-        let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
-        probe.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?
+        let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        probe.local_addr().map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?
     };
     let router_cfg = RouterConfig {
         max_connections: MAX_CONNECTIONS,
@@ -100,7 +113,10 @@ pub async fn start(listen: SocketAddr, max_packet_bytes: usize, max_inflight: us
             return Ok(EmbeddedBroker { addr, task });
         }
         if started.elapsed() > READY_TIMEOUT {
-            return Err(BrokerError::NotReady { addr, waited_ms: READY_TIMEOUT.as_millis() as u64 });
+            return Err(BrokerError::NotReady {
+                addr,
+                waited_ms: READY_TIMEOUT.as_millis() as u64,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

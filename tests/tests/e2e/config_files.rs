@@ -35,9 +35,16 @@ fn every_file_in_config_is_valid() -> Result<()> {
         if is_registry || text.lines().any(|l| l.trim() == "[scenario]") {
             programs.push("nh-sim");
         }
-        assert!(!programs.is_empty(), "{}: no program reads this file", f.display());
+        assert!(
+            !programs.is_empty(),
+            "{}: no program reads this file",
+            f.display()
+        );
         for program in programs {
-            let out = Command::new(bin(program)).arg("validate").arg(&f).output()?;
+            let out = Command::new(bin(program))
+                .arg("validate")
+                .arg(&f)
+                .output()?;
             assert!(
                 out.status.success(),
                 "{program} validate {}: {}{}",
@@ -54,16 +61,26 @@ fn every_file_in_config_is_valid() -> Result<()> {
 fn validate_reports_every_error_with_its_line() -> Result<()> {
     let dir = TempDir::new("validate")?;
     let registry = dir.path().join("devices.toml");
-    std::fs::write(&registry, "site = \"nh-x\"\n[[devices]]\nid = \"bad id\"\nclass = \"toaster\"\ninterval_s = 10\n")?;
+    std::fs::write(
+        &registry,
+        "site = \"nh-x\"\n[[devices]]\nid = \"bad id\"\nclass = \"toaster\"\ninterval_s = 10\n",
+    )?;
     let cfg = dir.path().join("site.toml");
     std::fs::write(
         &cfg,
         "[site]\nid = \"nh-x\"\ncolour = \"blue\"\n[mqtt]\nmode = \"external\"\nkeep_alive_s = \"soon\"\n[registry]\nfile = \"devices.toml\"\n[http]\nlisten = \"nowhere\"\n",
     )?;
-    let out = Command::new(bin("nh-gateway")).arg("validate").arg(&cfg).output()?;
+    let out = Command::new(bin("nh-gateway"))
+        .arg("validate")
+        .arg(&cfg)
+        .output()?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for expected in ["site.toml:3: `site.colour`", "site.toml:6: `mqtt.keep_alive_s`", "site.toml:10: `http.listen`"] {
+    for expected in [
+        "site.toml:3: `site.colour`",
+        "site.toml:6: `mqtt.keep_alive_s`",
+        "site.toml:10: `http.listen`",
+    ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
     let lines_with_numbers = err.lines().filter(|l| l.contains(".toml:")).count();
@@ -74,9 +91,17 @@ fn validate_reports_every_error_with_its_line() -> Result<()> {
         &cfg,
         "[site]\nid = \"nh-x\"\n[mqtt]\nmode = \"external\"\n[registry]\nfile = \"devices.toml\"\n[journal]\nretention_days = 0\n",
     )?;
-    let out = Command::new(bin("nh-gateway")).arg("validate").arg(&cfg).output()?;
+    let out = Command::new(bin("nh-gateway"))
+        .arg("validate")
+        .arg(&cfg)
+        .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    for expected in ["site.toml:3: `mqtt.host`", "site.toml:8: `journal.retention_days`", "devices.toml:3: `devices.0.id`", "devices.toml:4: `devices.0.class`"] {
+    for expected in [
+        "site.toml:3: `mqtt.host`",
+        "site.toml:8: `journal.retention_days`",
+        "devices.toml:3: `devices.0.id`",
+        "devices.toml:4: `devices.0.class`",
+    ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
     Ok(())

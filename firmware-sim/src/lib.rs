@@ -1,0 +1,67 @@
+//! `nh_sim`: the device simulator of the nursing-home gateway. Like real firmware it speaks the
+//! wire formats on its own (DESIGN.md "Contracts", domain.md 5.2) and never imports the gateway.
+//!
+//! Module map:
+//!
+//! - [`registry`]: the device registry TOML (the file the gateway reads): parse, validate, report
+//!   every error with line, device and key.
+//! - [`behaviour`]: what each device class reports and how values move (random walks in normal
+//!   bands, battery drain, day/night habits, optional rare incidents).
+//! - [`schedule`]: the deterministic, time-ordered message stream of a fleet (interval, phase,
+//!   jitter per device; one seeded stream per device).
+//! - [`wire`]: the formats on the wire: [`wire::canonical`] and [`wire::zigbee2mqtt`].
+//! - [`metrics`]: metric values and their JSON form (at most 2 decimals, integers as integers).
+//! - [`record`]: the record file (one JSON line per published message, canonical content) that
+//!   end-to-end tests compare the database against.
+//! - [`link`]: the MQTT link (rumqttc): event loop task, backoff, PubAck counting, re-publishing
+//!   after a lost session.
+//! - [`fleet`]: [`Fleet`] and [`run_fleet`]: publish a registry's fleet, paced on the (test) clock
+//!   or as fast as the broker takes it; the entry point of `nh-sim run` and `nh-gateway demo`.
+//! - [`load`]: open-loop load at a fixed offered rate ([`run_load`], `nh-sim load`).
+//! - [`facility`]: `gen-registry`, the registry of a demo facility;
+//!   [`facility::demo_registry_toml`] is `config/demo/devices.toml`, generated in process.
+//! - [`clock`]: the system clock or the shared test clock (`--test-clock-*`, `--time-scale`).
+//! - [`rng`]: SplitMix64 and stable per-device seeds.
+//!
+//! In-process use (the gateway's `demo`):
+//!
+//! ```no_run
+//! # async fn demo(mqtt_port: u16, speed: f64) -> anyhow::Result<()> {
+//! let fleet = nh_sim::Fleet::from_toml(&nh_sim::facility::demo_registry_toml())?;
+//! // Paced on the clock, forever, QoS 1; share the gateway's (test) clock.
+//! let opts = nh_sim::RunOptions {
+//!     clock: nh_sim::Clock { scale: speed, ..nh_sim::Clock::system() },
+//!     incidents: true,
+//!     ..nh_sim::RunOptions::new(format!("127.0.0.1:{mqtt_port}"))
+//! };
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! let summary = nh_sim::run_fleet(fleet, opts, shutdown).await?;
+//! println!("{}", serde_json::to_string(&summary)?);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod behaviour;
+pub mod clock;
+pub mod facility;
+pub mod fleet;
+pub mod link;
+pub mod load;
+pub mod metrics;
+pub mod record;
+pub mod registry;
+pub mod rng;
+pub mod schedule;
+pub mod wire;
+
+#[cfg(test)]
+mod test_broker;
+
+pub use clock::Clock;
+pub use fleet::{run_fleet, Fleet, RunOptions, Summary};
+pub use load::{run_load, LoadOptions, LoadSummary};
+pub use registry::{Device, DeviceClass, Registry, RegistryErrors};
+pub use wire::Format;

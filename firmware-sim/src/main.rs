@@ -1,0 +1,332 @@
+//! `nh-sim`: simulated devices for the nursing-home gateway.
+//!
+//! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `gen-registry` (a demo
+//! facility's registry), `validate` (check registry files). Summaries go to stdout as one JSON
+//! line, logs to stderr. Exit codes: 0 ok, 1 error, 3 not every publish was acknowledged.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use nh_sim::facility::{self, FacilityOptions};
+use nh_sim::link::Credentials;
+use nh_sim::{registry, run_fleet, run_load, Clock, Fleet, Format, LoadOptions, RunOptions};
+
+/// Exit code when the broker did not acknowledge every publish in time.
+const EXIT_UNACKED: u8 = 3;
+
+/// Environment variable holding the MQTT password for --username.
+const PASSWORD_ENV: &str = "NH_SIM_PASSWORD";
+
+#[derive(Parser)]
+#[command(
+    name = "nh-sim",
+    version,
+    about = "Simulated nursing-home devices speaking the gateway's wire formats"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish the fleet of a device registry to a broker.
+    Run(RunArgs),
+    /// Open-loop load at a fixed offered rate.
+    Load(LoadArgs),
+    /// Print the device registry of a demo facility (TOML).
+    GenRegistry(GenArgs),
+    /// Validate device registry files: exit 0, or non-zero with every error listed.
+    Validate {
+        /// Registry files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// The shared test clock (DESIGN.md): virtual = START + SCALE x (now - ORIGIN).
+#[derive(Args, Clone, Copy)]
+struct ClockArgs {
+    /// Real time (ms since epoch) at which the virtual clock read --test-clock-start.
+    #[arg(long, value_name = "REAL_MS")]
+    test_clock_origin: Option<i64>,
+    /// Virtual time (ms since epoch) at --test-clock-origin.
+    #[arg(long, value_name = "VIRTUAL_MS")]
+    test_clock_start: Option<i64>,
+    /// Virtual milliseconds per real millisecond.
+    #[arg(long, value_name = "N")]
+    time_scale: Option<f64>,
+}
+
+impl ClockArgs {
+    fn clock(self) -> anyhow::Result<Clock> {
+        Clock::from_flags(
+            self.test_clock_origin,
+            self.test_clock_start,
+            self.time_scale,
+        )
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Device registry file (TOML).
+    #[arg(long)]
+    registry: PathBuf,
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Virtual seconds of simulated time (default: run until interrupted).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Seed: same seed + registry + seconds = same messages.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// MQTT QoS of the telemetry publishes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// No pacing: publish as fast as the broker takes it (timestamps stay on the virtual schedule,
+    /// starting at the virtual clock start).
+    #[arg(long)]
+    fast: bool,
+    /// Write one JSON line per published message (canonical content) to this file.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// MQTT client id (default nh-sim-<site>-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Mix rare realistic incidents (suspected falls, SOS presses) into the baseline.
+    #[arg(long)]
+    incidents: bool,
+    /// Seconds to wait for outstanding PubAcks before reporting failure.
+    #[arg(long, default_value_t = 30)]
+    ack_timeout_s: u64,
+    #[command(flatten)]
+    login: LoginArgs,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+/// MQTT login: the password comes from the environment, never from the command line.
+#[derive(Args)]
+struct LoginArgs {
+    /// MQTT username; the password is read from $NH_SIM_PASSWORD.
+    #[arg(long)]
+    username: Option<String>,
+}
+
+impl LoginArgs {
+    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let Some(username) = &self.username else {
+            return Ok(None);
+        };
+        let password = std::env::var(PASSWORD_ENV)
+            .with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
+        Ok(Some(Credentials {
+            username: username.clone(),
+            password,
+        }))
+    }
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Offered messages per second.
+    #[arg(long)]
+    rate: f64,
+    /// Length of the send phase in seconds.
+    #[arg(long)]
+    seconds: f64,
+    /// MQTT QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Simulated devices load-0000...
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Site id in canonical topics.
+    #[arg(long, default_value = "nh-demo")]
+    site: String,
+    /// Wire format: canonical or zigbee2mqtt.
+    #[arg(long, default_value = "canonical", value_parser = parse_format)]
+    format: Format,
+    /// MQTT client id (default nh-sim-load-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Seconds to wait for outstanding PubAcks after the send phase.
+    #[arg(long, default_value_t = 30)]
+    ack_timeout_s: u64,
+    #[command(flatten)]
+    login: LoginArgs,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Site id.
+    #[arg(long)]
+    site: String,
+    #[arg(long, default_value_t = 1)]
+    buildings: u32,
+    #[arg(long, default_value_t = 3)]
+    floors: u32,
+    #[arg(long, default_value_t = 20)]
+    rooms_per_floor: u32,
+    /// Share (0..1) of Zigbee-capable devices connected through Zigbee2MQTT.
+    #[arg(long, default_value_t = 0.5)]
+    zigbee_share: f64,
+    /// Seed for resident ids, care flags and the Zigbee choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also list N devices load-0000.. for `nh-sim load` against this registry.
+    #[arg(long, default_value_t = 0)]
+    load_devices: u32,
+    /// Wire format of the load devices.
+    #[arg(long, default_value = "canonical", value_parser = parse_format)]
+    load_format: Format,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("unknown format `{s}` (canonical or zigbee2mqtt)"))
+}
+
+/// Completes on Ctrl-C or SIGTERM (how test harnesses stop a process).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { files } => {
+            let mut failed = false;
+            for file in &files {
+                match registry::load(file) {
+                    Ok(r) => println!(
+                        "ok: {} (site {}, {} devices)",
+                        file.display(),
+                        r.site,
+                        r.devices.len()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::GenRegistry(a) => {
+            let opts = FacilityOptions {
+                site: a.site,
+                buildings: a.buildings,
+                floors: a.floors,
+                rooms_per_floor: a.rooms_per_floor,
+                zigbee_share: a.zigbee_share,
+                seed: a.seed,
+                load_devices: a.load_devices,
+                load_format: a.load_format,
+            };
+            print!("{}", facility::generate(&opts, &opts.command_line())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => {
+            let fleet = Fleet::load(&a.registry)?;
+            let opts = RunOptions {
+                client_id: a.client_id,
+                qos: a.qos,
+                seed: a.seed,
+                seconds: a.seconds,
+                clock: a.clock.clock()?,
+                fast: a.fast,
+                record: a.record,
+                ack_timeout: Duration::from_secs(a.ack_timeout_s),
+                incidents: a.incidents,
+                credentials: a.login.credentials()?,
+                ..RunOptions::new(a.broker)
+            };
+            let summary = runtime()?.block_on(run_fleet(fleet, opts, shutdown_signal()))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(if summary.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNACKED)
+            })
+        }
+        Command::Load(a) => {
+            let opts = LoadOptions {
+                client_id: a.client_id,
+                qos: a.qos,
+                devices: a.devices,
+                site: a.site,
+                format: a.format,
+                clock: a.clock.clock()?,
+                ack_timeout: Duration::from_secs(a.ack_timeout_s),
+                credentials: a.login.credentials()?,
+                ..LoadOptions::new(a.broker, a.rate, a.seconds)
+            };
+            let summary = runtime()?.block_on(run_load(opts, shutdown_signal()))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(if summary.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNACKED)
+            })
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `nh-sim` binary's offline commands: registry validation and generation, and the checked-in
+//! registries under `config/` (CI validates every file there; this keeps the generated demo
+//! registry in step with the generator).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn nh_sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nh-sim"))
+        .args(args)
+        .output()
+        .expect("run nh-sim")
+}
+
+fn config(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("config")
+        .join(path)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn checked_in_registries_validate() {
+    let demo = config("demo/devices.toml");
+    let test = config("test/devices.toml");
+    let out = nh_sim(&[
+        "validate",
+        demo.to_str().expect("path"),
+        test.to_str().expect("path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("site nh-demo, 313 devices"), "{stdout}");
+    assert!(stdout.contains("site nh-test"), "{stdout}");
+}
+
+#[test]
+fn test_registry_covers_every_class_in_both_formats() {
+    let registry = nh_sim::registry::load(&config("test/devices.toml")).expect("valid");
+    for class in nh_sim::DeviceClass::ALL {
+        assert!(
+            registry.devices.iter().any(|d| d.class == class),
+            "no {class} in the test registry"
+        );
+    }
+    let z2m = registry
+        .devices
+        .iter()
+        .filter(|d| d.zigbee_name.is_some())
+        .count();
+    assert!(z2m >= 5 && z2m < registry.devices.len(), "{z2m}");
+}
+
+#[test]
+fn demo_registry_is_what_the_generator_prints() {
+    let out = nh_sim(&[
+        "gen-registry",
+        "--site",
+        "nh-demo",
+        "--buildings",
+        "1",
+        "--floors",
+        "3",
+        "--rooms-per-floor",
+        "20",
+        "--zigbee-share",
+        "0.5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let checked_in = std::fs::read_to_string(config("demo/devices.toml")).expect("demo registry");
+    assert!(
+        text(&out.stdout) == checked_in,
+        "config/demo/devices.toml is stale: regenerate it with the command in its header"
+    );
+}
+
+#[test]
+fn validate_lists_every_error_and_fails() {
+    let dir = std::env::temp_dir().join(format!("nh-sim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "site = \"s\"\n[[devices]]\nid = \"a b\"\nclass = \"toaster\"\nbuilding = \"A\"\nfloor = \"1\"\nroom = \"r\"\ninterval_s = 0\n",
+    )
+    .expect("write");
+    let out = nh_sim(&["validate", bad.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+    assert!(
+        stderr.contains("key `id`")
+            && stderr.contains("key `class`")
+            && stderr.contains("key `interval_s`"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

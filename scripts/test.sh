@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need from Debian's packages when missing
+# (VictoriaMetrics, Mosquitto), builds the binaries the end-to-end tests start, and runs the
+# whole test suite. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing from Debian's packages: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The Debian package enables a system mosquitto on port 1883; the tests start their own on
+# free ports and never use it.
+
+cargo fetch --locked
+# The end-to-end tests start these binaries as real processes.
+cargo build --locked --workspace --bins
+# Time-scaled and process-heavy tests share 2 cores: keep test threads modest.
+cargo test --locked --workspace -- --test-threads "${NH_TEST_THREADS:-2}"
