@@ -67,6 +67,9 @@ pub struct Running {
     broker: Option<EmbeddedBroker>,
 }
 
+/// How long start waits for the broker to confirm the subscriptions.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for each stage before naming it stuck.
 const STAGE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -102,9 +105,8 @@ impl Running {
         {
             warn!("HTTP API or InfluxDB forwarder did not stop in time");
         }
-        if let Some(b) = self.broker {
-            b.task.abort();
-        }
+        // The broker thread ends with the process: rumqttd has no shutdown call.
+        drop(self.broker);
         info!("gateway stopped");
     }
 }
@@ -224,7 +226,9 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         clock,
         telemetry.clone(),
     ));
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let source = MqttSource {
+        subscribed: Some(subscribed_tx),
         cfg: MqttSourceConfig {
             host,
             port,
@@ -246,6 +250,12 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         telemetry: telemetry.clone(),
     };
     sources.spawn(source.run(shutdown.clone()));
+    // `ready` promises that published readings are taken in: wait for the subscriptions. An
+    // external broker that is down does not keep the rest of the gateway from starting.
+    match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed_rx).await {
+        Ok(Ok(())) => info!("MQTT subscriptions in place"),
+        _ => warn!(waited_s = SUBSCRIBE_WAIT.as_secs(), "MQTT subscriptions not confirmed yet; starting anyway (health reports degraded until connected)"),
+    }
     // The writer ends when the last sender is gone: only the sources hold one.
     let WriterHandle {
         tx: _,

@@ -6,6 +6,8 @@
 //! - [`Mosquitto`]: a real Mosquitto broker for the external-broker mode.
 //! - [`Gateway`]: the `nh-gateway` binary, started and waited for on its `ready` line.
 //! - [`sim`]: runs the `nh-sim` binary.
+//! - [`fault_proxy`]: an HTTP proxy in front of VictoriaMetrics that injects 5xx, timeouts and
+//!   400s, to exercise the InfluxDB forwarder's error paths against the real database.
 //! - helpers to read `/metrics` and to wait for a condition with a deadline.
 
 use std::collections::HashMap;
@@ -17,6 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+pub mod fault_proxy;
 
 /// The workspace root (this crate sits in `tests/`).
 pub fn workspace_root() -> PathBuf {

@@ -1,4 +1,8 @@
-//! The embedded MQTT broker (rumqttd), run on the gateway's own runtime.
+//! The embedded MQTT broker (rumqttd), on its own thread and runtime.
+//!
+//! Its own thread because rumqttd blocks the thread it runs on while a new connection waits for
+//! the router's answer (a synchronous channel receive inside an async task): on the gateway's
+//! runtime that would stall the subscriber, the journal and the API along with it.
 //!
 //! rumqttd's `Broker::start` only logs a failed bind and blocks forever, and it never reports
 //! the port it bound. So the gateway picks the port itself (port 0 = probe a free one), checks
@@ -43,7 +47,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<()>,
+    pub thread: std::thread::JoinHandle<()>,
 }
 
 /// Starts the broker on `listen` (port 0: a free port) with the given largest packet and
@@ -90,16 +94,31 @@ pub async fn start(
         },
     };
     let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
-    let task = tokio::spawn(async move {
-        let mut server = Server::new(settings, router_tx, V4);
-        // Only returns on failure (bind, accept loop error).
-        let message = match server.start(LinkType::Remote).await {
-            Ok(()) => "listener ended".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        error!(%addr, error = %message, "embedded MQTT broker stopped");
-        let _ = failed_tx.send(message);
-    });
+    let thread = std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = failed_tx.send(format!("cannot start its runtime: {e}"));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut server = Server::new(settings, router_tx, V4);
+                // Only returns on failure (bind, accept loop error).
+                let message = match server.start(LinkType::Remote).await {
+                    Ok(()) => "listener ended".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                error!(%addr, error = %message, "embedded MQTT broker stopped");
+                let _ = failed_tx.send(message);
+            });
+        })
+        .map_err(|source| BrokerError::Bind { addr, source })?;
     let started = std::time::Instant::now();
     loop {
         if let Ok(message) = failed_rx.try_recv() {
@@ -110,7 +129,7 @@ pub async fn start(
             if let Ok(message) = failed_rx.try_recv() {
                 return Err(BrokerError::Stopped { addr, message });
             }
-            return Ok(EmbeddedBroker { addr, task });
+            return Ok(EmbeddedBroker { addr, thread });
         }
         if started.elapsed() > READY_TIMEOUT {
             return Err(BrokerError::NotReady {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::decode::Decoder;
 use crate::journal::{Ack, Ingest};
@@ -46,6 +46,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 pub struct MqttSource {
     pub cfg: MqttSourceConfig,
+    /// Told once every subscription is acknowledged by the broker (or the broker kept our
+    /// session): from then on nothing published is missed.
+    pub subscribed: Option<tokio::sync::oneshot::Sender<()>>,
     pub normalizer: Arc<Normalizer>,
     pub journal: mpsc::Sender<Ingest>,
     pub telemetry: Arc<Telemetry>,
@@ -53,7 +56,9 @@ pub struct MqttSource {
 
 impl MqttSource {
     /// Runs until cancelled; reconnects with backoff on any link error.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut subscribed = self.subscribed.take();
+        let mut pending_subacks = 0usize;
         let cfg = &self.cfg;
         let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
         options
@@ -99,7 +104,12 @@ impl MqttSource {
                     self.telemetry.mqtt_connected.store(1, Ordering::Relaxed);
                     self.telemetry.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                     info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "MQTT connected");
-                    if !ack.session_present {
+                    if ack.session_present {
+                        if let Some(tx) = subscribed.take() {
+                            let _ = tx.send(());
+                        }
+                    } else {
+                        pending_subacks = cfg.routes.len();
                         // Subscribing from another task: this one must keep polling.
                         let client = client.clone();
                         let routes: Vec<(String, QoS)> = cfg
@@ -117,7 +127,22 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    if s.return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        error!(
+                            pkid = s.pkid,
+                            "the broker refused a subscription: its messages will not arrive"
+                        );
+                    }
                     debug!(pkid = s.pkid, codes = ?s.return_codes, "subscribed");
+                    pending_subacks = pending_subacks.saturating_sub(1);
+                    if pending_subacks == 0 {
+                        if let Some(tx) = subscribed.take() {
+                            let _ = tx.send(());
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
