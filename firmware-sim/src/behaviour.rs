@@ -226,8 +226,7 @@ impl Behaviour {
                 extras.push(("ac_status", json!(false)));
             }
             DeviceClass::HeatDetector => {
-                self.temperature =
-                    (self.walk(self.temperature, 0.2, 20.0, 28.0) * 10.0).round() / 10.0;
+                self.temperature = (self.walk(self.temperature, 0.2, 20.0, 28.0) * 10.0).round() / 10.0;
                 metrics.push(("temperature", Value::Num(self.temperature)));
                 self.push_battery(&mut metrics, true);
                 metrics.push(("tamper", Value::Bool(false)));
@@ -324,11 +323,7 @@ impl Behaviour {
 
     fn walk_presence(&mut self, ts_ms: i64) {
         // Per 10 s report: residents come and go in daytime and stay in at night.
-        let (leave, enter) = if is_night(ts_ms) {
-            (0.002, 0.2)
-        } else {
-            (0.02, 0.05)
-        };
+        let (leave, enter) = if is_night(ts_ms) { (0.002, 0.2) } else { (0.02, 0.05) };
         let scale = (self.interval_ms as f64 / 10_000.0).clamp(0.1, 10.0);
         self.presence = if self.presence {
             !self.rng.chance(leave * scale)
@@ -423,8 +418,7 @@ impl Behaviour {
                     self.bed_occupied = false;
                     self.left_bed_at = ts_ms;
                 }
-            } else if ts_ms - self.left_bed_at >= MAX_NIGHT_EXIT_MS - self.interval_ms
-                || self.rng.chance(0.25 * scale)
+            } else if ts_ms - self.left_bed_at >= MAX_NIGHT_EXIT_MS - self.interval_ms || self.rng.chance(0.25 * scale)
             {
                 self.bed_occupied = true;
             }
@@ -448,11 +442,7 @@ impl Behaviour {
     }
 
     fn walk_illuminance(&mut self, ts_ms: i64) -> i64 {
-        let (lo, hi) = if is_night(ts_ms) {
-            (0.0, 30.0)
-        } else {
-            (50.0, 600.0)
-        };
+        let (lo, hi) = if is_night(ts_ms) { (0.0, 30.0) } else { (50.0, 600.0) };
         self.illuminance = self.walk(self.illuminance, 25.0, lo, hi);
         self.illuminance.round() as i64
     }
@@ -493,13 +483,10 @@ mod tests {
     }
 
     fn num(r: &Report, name: &str) -> Option<f64> {
-        r.metrics
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| match v {
-                Value::Num(x) => Some(*x),
-                _ => None,
-            })
+        r.metrics.iter().find(|(n, _)| *n == name).and_then(|(_, v)| match v {
+            Value::Num(x) => Some(*x),
+            _ => None,
+        })
     }
 
     #[test]
@@ -510,10 +497,7 @@ mod tests {
                 for (_, r) in run(&d, 3000, true) {
                     assert!(!r.metrics.is_empty(), "{class} z2m={zigbee}");
                     for (name, value) in &r.metrics {
-                        assert!(
-                            fits_vocabulary(name, value),
-                            "{class} z2m={zigbee}: {name}={value:?}"
-                        );
+                        assert!(fits_vocabulary(name, value), "{class} z2m={zigbee}: {name}={value:?}");
                         if zigbee {
                             assert!(zigbee2mqtt::can_express(name, value), "{class}: {name}");
                         }
@@ -565,8 +549,7 @@ mod tests {
                 for (name, value) in &r.metrics {
                     match (*name, value) {
                         (
-                            "smoke" | "gas_alarm" | "co_alarm" | "sos" | "tamper" | "test"
-                            | "fault" | "battery_low",
+                            "smoke" | "gas_alarm" | "co_alarm" | "sos" | "tamper" | "test" | "fault" | "battery_low",
                             v,
                         ) => {
                             assert_eq!(*v, Value::Bool(false), "{class} {name}")
@@ -591,17 +574,9 @@ mod tests {
         let reports = run(&d, 200_000, true);
         let states: Vec<&Value> = reports
             .iter()
-            .flat_map(|(_, r)| {
-                r.metrics
-                    .iter()
-                    .filter(|(n, _)| *n == "fall_state")
-                    .map(|(_, v)| v)
-            })
+            .flat_map(|(_, r)| r.metrics.iter().filter(|(n, _)| *n == "fall_state").map(|(_, v)| v))
             .collect();
-        let suspected = states
-            .iter()
-            .filter(|v| ***v == Value::Text("suspected"))
-            .count();
+        let suspected = states.iter().filter(|v| ***v == Value::Text("suspected")).count();
         assert!(suspected > 0);
         for w in states.windows(2) {
             if *w[0] == Value::Text("suspected") {

@@ -61,8 +61,7 @@ impl Clock {
 
     /// Real time at which the virtual clock reads `virtual_ms`.
     pub fn real_at(&self, virtual_ms: i64) -> i64 {
-        self.origin_real_ms
-            + ((virtual_ms - self.start_virtual_ms) as f64 / self.scale).ceil() as i64
+        self.origin_real_ms + ((virtual_ms - self.start_virtual_ms) as f64 / self.scale).ceil() as i64
     }
 
     /// Virtual now.

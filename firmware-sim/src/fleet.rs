@@ -56,13 +56,7 @@ impl Fleet {
     }
 
     /// The deterministic message stream from `start_ms` for `seconds` of device time (or forever).
-    pub fn messages(
-        &self,
-        seed: u64,
-        start_ms: i64,
-        seconds: Option<u64>,
-        incidents: bool,
-    ) -> Stream {
+    pub fn messages(&self, seed: u64, start_ms: i64, seconds: Option<u64>, incidents: bool) -> Stream {
         Stream::new(&self.registry, seed, start_ms, seconds, incidents)
     }
 }
@@ -149,11 +143,7 @@ pub(crate) fn qos_of(qos: u8) -> anyhow::Result<QoS> {
 
 /// Publishes the fleet until `seconds` of virtual time are done or `shutdown` completes, then
 /// waits for the broker's acknowledgements and reports.
-pub async fn run_fleet(
-    fleet: Fleet,
-    opts: RunOptions,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Summary> {
+pub async fn run_fleet(fleet: Fleet, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
     let qos = qos_of(opts.qos)?;
     if opts.fast && opts.seconds.is_none() {
         anyhow::bail!("a fast run needs a duration (--seconds)");
@@ -162,11 +152,7 @@ pub async fn run_fleet(
     let clock = opts.clock;
     // Paced: the schedule starts now on the virtual clock. Fast: at the clock's virtual start, so
     // a fixed --test-clock-start gives the very same messages, timestamps included.
-    let start_ms = if opts.fast {
-        clock.start_virtual_ms
-    } else {
-        clock.now()
-    };
+    let start_ms = if opts.fast { clock.start_virtual_ms } else { clock.now() };
     let site = fleet.registry.site.clone();
     let client_id = opts
         .client_id
@@ -241,14 +227,8 @@ pub async fn run_fleet(
         _ => link.wait_acked(summary.published, opts.ack_timeout).await,
     };
     summary.complete = qos == QoS::AtMostOnce || summary.acked >= summary.published;
-    summary.connects = link
-        .stats()
-        .connects
-        .load(std::sync::atomic::Ordering::Relaxed);
-    summary.republished = link
-        .stats()
-        .republished
-        .load(std::sync::atomic::Ordering::Relaxed);
+    summary.connects = link.stats().connects.load(std::sync::atomic::Ordering::Relaxed);
+    summary.republished = link.stats().republished.load(std::sync::atomic::Ordering::Relaxed);
     link.close().await;
     summary.elapsed_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     if !summary.complete {
@@ -320,9 +300,7 @@ interval_s = 60
         )
         .await
         .expect("run");
-        let expected: Vec<_> = fleet
-            .messages(11, 1_767_225_600_000, Some(3_600), false)
-            .collect();
+        let expected: Vec<_> = fleet.messages(11, 1_767_225_600_000, Some(3_600), false).collect();
         assert_eq!(summary.published, expected.len() as u64);
         assert_eq!(summary.acked, summary.published);
         assert!(summary.complete && !summary.interrupted);
@@ -337,8 +315,7 @@ interval_s = 60
         }
         let lines = std::fs::read_to_string(&record).expect("record");
         assert_eq!(lines.lines().count(), expected.len());
-        let first: serde_json::Value =
-            serde_json::from_str(lines.lines().next().expect("line")).expect("json");
+        let first: serde_json::Value = serde_json::from_str(lines.lines().next().expect("line")).expect("json");
         assert_eq!(first["ts"], serde_json::json!(expected[0].ts));
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -379,15 +356,11 @@ interval_s = 60
             fast: true,
             ..RunOptions::new("127.0.0.1:1")
         };
-        assert!(run_fleet(fleet.clone(), forever, std::future::pending())
-            .await
-            .is_err());
+        assert!(run_fleet(fleet.clone(), forever, std::future::pending()).await.is_err());
         let qos2 = RunOptions {
             qos: 2,
             ..RunOptions::new("127.0.0.1:1")
         };
-        assert!(run_fleet(fleet, qos2, std::future::pending())
-            .await
-            .is_err());
+        assert!(run_fleet(fleet, qos2, std::future::pending()).await.is_err());
     }
 }

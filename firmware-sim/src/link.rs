@@ -17,10 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    Request,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -106,9 +103,7 @@ pub fn parse_broker(broker: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = broker
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("broker `{broker}` is not HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("broker `{broker}`: bad port"))?;
+    let port: u16 = port.parse().with_context(|| format!("broker `{broker}`: bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         anyhow::bail!("broker `{broker}` has no host");
@@ -192,10 +187,7 @@ impl Link {
     pub async fn close(self) {
         let _ = self.client.try_disconnect();
         let Link { stop, mut task, .. } = self;
-        if tokio::time::timeout(Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
             let _ = stop.send(true);
             let _ = task.await;
         }
@@ -234,21 +226,12 @@ async fn drive(
                     // Send them again from another task: it may await the request queue, which
                     // this task must never do.
                     let again = std::mem::take(&mut rescued);
-                    stats
-                        .republished
-                        .fetch_add(again.len() as u64, Ordering::Relaxed);
-                    tracing::info!(
-                        count = again.len(),
-                        "re-publishing messages a lost connection dropped"
-                    );
+                    stats.republished.fetch_add(again.len() as u64, Ordering::Relaxed);
+                    tracing::info!(count = again.len(), "re-publishing messages a lost connection dropped");
                     let client = client.clone();
                     tokio::spawn(async move {
                         for p in again {
-                            if client
-                                .publish_bytes(p.topic, p.qos, p.retain, p.payload)
-                                .await
-                                .is_err()
-                            {
+                            if client.publish_bytes(p.topic, p.qos, p.retain, p.payload).await.is_err() {
                                 break;
                             }
                         }
@@ -312,14 +295,8 @@ mod tests {
 
     #[test]
     fn broker_addresses_parse() {
-        assert_eq!(
-            parse_broker("127.0.0.1:1883").expect("ok"),
-            ("127.0.0.1".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker("[::1]:18830").expect("ok"),
-            ("::1".into(), 18830)
-        );
+        assert_eq!(parse_broker("127.0.0.1:1883").expect("ok"), ("127.0.0.1".into(), 1883));
+        assert_eq!(parse_broker("[::1]:18830").expect("ok"), ("::1".into(), 18830));
         assert!(parse_broker("localhost").is_err());
         assert!(parse_broker(":1883").is_err());
         assert!(parse_broker("h:99999").is_err());
@@ -332,13 +309,9 @@ mod tests {
             .await
             .expect("connect");
         for i in 0..2_000u32 {
-            link.publish(
-                "nh/s/d/telemetry",
-                QoS::AtLeastOnce,
-                i.to_string().into_bytes(),
-            )
-            .await
-            .expect("publish");
+            link.publish("nh/s/d/telemetry", QoS::AtLeastOnce, i.to_string().into_bytes())
+                .await
+                .expect("publish");
         }
         assert_eq!(link.wait_acked(2_000, Duration::from_secs(20)).await, 2_000);
         link.close().await;
@@ -354,13 +327,9 @@ mod tests {
             .await
             .expect("connect");
         for i in 0..1_000u32 {
-            link.publish(
-                "nh/s/d/telemetry",
-                QoS::AtLeastOnce,
-                i.to_string().into_bytes(),
-            )
-            .await
-            .expect("publish");
+            link.publish("nh/s/d/telemetry", QoS::AtLeastOnce, i.to_string().into_bytes())
+                .await
+                .expect("publish");
         }
         assert_eq!(link.wait_acked(1_000, Duration::from_secs(30)).await, 1_000);
         assert_eq!(link.stats().connects.load(Ordering::Relaxed), 4);
@@ -373,11 +342,7 @@ mod tests {
             .collect();
         got.sort_unstable();
         got.dedup();
-        assert_eq!(
-            got,
-            (0..1_000).collect::<Vec<_>>(),
-            "every message reached the broker"
-        );
+        assert_eq!(got, (0..1_000).collect::<Vec<_>>(), "every message reached the broker");
     }
 
     #[tokio::test]

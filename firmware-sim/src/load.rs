@@ -112,24 +112,17 @@ pub fn assignment(i: u64, devices: usize) -> (usize, u64) {
 
 fn payload(format: Format, ts: i64, seq: u64) -> Vec<u8> {
     match format {
-        Format::Canonical => {
-            json!({"ts": ts, "seq": seq, "metrics": {"presence": true, "body_movement": seq % 101}})
-                .to_string()
-                .into_bytes()
-        }
-        Format::Zigbee2mqtt => {
-            json!({"occupancy": true, "linkquality": 30 + seq % 200, "last_seen": ts})
-                .to_string()
-                .into_bytes()
-        }
+        Format::Canonical => json!({"ts": ts, "seq": seq, "metrics": {"presence": true, "body_movement": seq % 101}})
+            .to_string()
+            .into_bytes(),
+        Format::Zigbee2mqtt => json!({"occupancy": true, "linkquality": 30 + seq % 200, "last_seen": ts})
+            .to_string()
+            .into_bytes(),
     }
 }
 
 /// Runs the load; `shutdown` ends the send phase early.
-pub async fn run_load(
-    opts: LoadOptions,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<LoadSummary> {
+pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<LoadSummary> {
     let qos = qos_of(opts.qos)?;
     if !(opts.rate.is_finite() && opts.rate > 0.0) {
         anyhow::bail!("--rate must be a positive number of messages per second");
@@ -141,10 +134,7 @@ pub async fn run_load(
         anyhow::bail!("--devices must be at least 1");
     }
     if !crate::registry::is_valid_id(&opts.site) {
-        anyhow::bail!(
-            "site `{}` is not a valid id: use [A-Za-z0-9._:-]+",
-            opts.site
-        );
+        anyhow::bail!("site `{}` is not a valid id: use [A-Za-z0-9._:-]+", opts.site);
     }
     let client_id = opts
         .client_id
@@ -208,14 +198,8 @@ pub async fn run_load(
         _ => link.wait_acked(sent, opts.ack_timeout).await,
     };
     let ack_wait = ack_started.elapsed();
-    let connects = link
-        .stats()
-        .connects
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let republished = link
-        .stats()
-        .republished
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let connects = link.stats().connects.load(std::sync::atomic::Ordering::Relaxed);
+    let republished = link.stats().republished.load(std::sync::atomic::Ordering::Relaxed);
     link.close().await;
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let summary = LoadSummary {
@@ -239,13 +223,7 @@ pub async fn run_load(
         connects,
         republished,
     };
-    tracing::info!(
-        sent,
-        acked,
-        late,
-        achieved_rate = summary.achieved_rate,
-        "load done"
-    );
+    tracing::info!(sent, acked, late, achieved_rate = summary.achieved_rate, "load done");
     Ok(summary)
 }
 
@@ -270,13 +248,11 @@ mod tests {
 
     #[test]
     fn payloads_are_valid_wire_format() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&payload(Format::Canonical, 5, 9)).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&payload(Format::Canonical, 5, 9)).expect("json");
         assert_eq!(v["seq"], 9);
         assert_eq!(v["ts"], 5);
         assert_eq!(v["metrics"]["presence"], true);
-        let v: serde_json::Value =
-            serde_json::from_slice(&payload(Format::Zigbee2mqtt, 5, 9)).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&payload(Format::Zigbee2mqtt, 5, 9)).expect("json");
         assert_eq!(v["last_seen"], 5);
         assert_eq!(v["occupancy"], true);
     }
@@ -300,10 +276,7 @@ mod tests {
         let mut last: std::collections::HashMap<String, (u64, i64)> = Default::default();
         for (topic, p) in &received {
             let v: serde_json::Value = serde_json::from_slice(p).expect("json");
-            let (seq, ts) = (
-                v["seq"].as_u64().expect("seq"),
-                v["ts"].as_i64().expect("ts"),
-            );
+            let (seq, ts) = (v["seq"].as_u64().expect("seq"), v["ts"].as_i64().expect("ts"));
             if let Some((s0, t0)) = last.get(topic) {
                 assert_eq!(seq, s0 + 1);
                 assert!(ts > *t0);

@@ -66,11 +66,7 @@ struct ClockArgs {
 
 impl ClockArgs {
     fn clock(self) -> anyhow::Result<Clock> {
-        Clock::from_flags(
-            self.test_clock_origin,
-            self.test_clock_start,
-            self.time_scale,
-        )
+        Clock::from_flags(self.test_clock_origin, self.test_clock_start, self.time_scale)
     }
 }
 
@@ -126,8 +122,7 @@ impl LoginArgs {
         let Some(username) = &self.username else {
             return Ok(None);
         };
-        let password = std::env::var(PASSWORD_ENV)
-            .with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
+        let password = std::env::var(PASSWORD_ENV).with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
         Ok(Some(Credentials {
             username: username.clone(),
             password,
@@ -253,23 +248,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut failed = false;
             for file in &files {
                 match registry::load(file) {
-                    Ok(r) => println!(
-                        "ok: {} (site {}, {} devices)",
-                        file.display(),
-                        r.site,
-                        r.devices.len()
-                    ),
+                    Ok(r) => println!("ok: {} (site {}, {} devices)", file.display(), r.site, r.devices.len()),
                     Err(e) => {
                         eprintln!("{e}");
                         failed = true;
                     }
                 }
             }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::GenRegistry(a) => {
             let opts = FacilityOptions {

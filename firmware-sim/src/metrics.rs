@@ -71,10 +71,7 @@ pub const KNOWN: &[(&str, Kind)] = &[
     ("heart_rate", Kind::Num(0.0, 300.0)),
     ("heartbeat", Kind::Bool),
     ("lqi", Kind::Num(0.0, 255.0)),
-    (
-        "motion_state",
-        Kind::Enum(&["none", "stationary", "moving"]),
-    ),
+    ("motion_state", Kind::Enum(&["none", "stationary", "moving"])),
     ("out_of_bed_s", Kind::Num(0.0, 31_536_000.0)),
     ("preheat", Kind::Bool),
     ("presence", Kind::Bool),
@@ -105,9 +102,7 @@ pub fn fits_vocabulary(name: &str, value: &Value) -> bool {
         return false;
     };
     match (kind, value) {
-        (Kind::Num(lo, hi), Value::Num(x)) => {
-            x.is_finite() && *x >= *lo && *x <= *hi && round2(*x) == *x
-        }
+        (Kind::Num(lo, hi), Value::Num(x)) => x.is_finite() && *x >= *lo && *x <= *hi && round2(*x) == *x,
         (Kind::Bool, Value::Bool(_)) => true,
         (Kind::Enum(values), Value::Text(s)) => values.contains(s),
         _ => false,

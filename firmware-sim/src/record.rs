@@ -44,8 +44,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path) -> anyhow::Result<Recorder> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create record file {}", path.display()))?;
+        let file = File::create(path).with_context(|| format!("cannot create record file {}", path.display()))?;
         Ok(Recorder {
             out: BufWriter::new(file),
         })

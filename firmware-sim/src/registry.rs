@@ -281,12 +281,7 @@ impl Checker<'_> {
         line_at(self.text, v.span().start)
     }
 
-    fn string(
-        &mut self,
-        key: &str,
-        v: &Option<Spanned<toml::Value>>,
-        required: bool,
-    ) -> Option<String> {
+    fn string(&mut self, key: &str, v: &Option<Spanned<toml::Value>>, required: bool) -> Option<String> {
         match v {
             None if required => {
                 self.push(None, key, "missing (required)");
@@ -322,12 +317,7 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// Parses and validates a registry.
 pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
-    let fail = |errors| {
-        Err(RegistryErrors {
-            source: None,
-            errors,
-        })
-    };
+    let fail = |errors| Err(RegistryErrors { source: None, errors });
     let raw: RawRegistry = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -410,7 +400,11 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
         let id = c.string("id", &d.id, true).and_then(|id| {
             if !is_valid_id(&id) {
                 let line = d.id.as_ref().map(|v| c.line_of(v));
-                c.push(line, "id", format!("`{id}` is not a valid id: use [A-Za-z0-9._:-]+ (no `/`, `+`, `#` or spaces)"));
+                c.push(
+                    line,
+                    "id",
+                    format!("`{id}` is not a valid id: use [A-Za-z0-9._:-]+ (no `/`, `+`, `#` or spaces)"),
+                );
                 None
             } else {
                 Some(id)
@@ -419,11 +413,7 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
         if let Some(id) = &id {
             let line = d.id.as_ref().map(|v| c.line_of(v)).unwrap_or(device_line);
             if let Some(first) = seen_ids.get(id) {
-                c.push(
-                    Some(line),
-                    "id",
-                    format!("duplicate id (first used on line {first})"),
-                );
+                c.push(Some(line), "id", format!("duplicate id (first used on line {first})"));
             } else {
                 seen_ids.insert(id.clone(), line);
             }
@@ -452,7 +442,11 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
                 return None;
             }
             if let Some((first, other)) = seen_names.get(&name) {
-                c.push(Some(line), "zigbee_name", format!("duplicate zigbee_name `{name}` (also device `{other}` on line {first})"));
+                c.push(
+                    Some(line),
+                    "zigbee_name",
+                    format!("duplicate zigbee_name `{name}` (also device `{other}` on line {first})"),
+                );
                 return None;
             }
             seen_names.insert(name.clone(), (line, c.device.clone()));
@@ -512,9 +506,7 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
             Some(v) => {
                 let line = Some(c.line_of(v));
                 match v.get_ref() {
-                    toml::Value::Integer(n) if *n > 0 && *n <= i64::from(u32::MAX) => {
-                        Some(*n as u64)
-                    }
+                    toml::Value::Integer(n) if *n > 0 && *n <= i64::from(u32::MAX) => Some(*n as u64),
                     toml::Value::Integer(n) if *n <= 0 => {
                         c.push(line, "interval_s", format!("must be > 0, got {n}"));
                         None
@@ -527,10 +519,7 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
                         c.push(
                             line,
                             "interval_s",
-                            format!(
-                                "must be an integer number of seconds, found {}",
-                                other.type_str()
-                            ),
+                            format!("must be an integer number of seconds, found {}", other.type_str()),
                         );
                         None
                     }
@@ -674,10 +663,7 @@ interval_s = "60"
         let errors = errors_of(text);
         let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let has = |needle: &str| rendered.iter().any(|e| e.contains(needle));
-        assert!(
-            has("line 2: key `site`: `nh demo` is not a valid id"),
-            "{rendered:#?}"
-        );
+        assert!(has("line 2: key `site`: `nh demo` is not a valid id"), "{rendered:#?}");
         assert!(
             has("line 5: device `bad/id`: key `id`: `bad/id` is not a valid id"),
             "{rendered:#?}"
@@ -698,7 +684,10 @@ interval_s = "60"
             has("line 20: device `ok-1`: key `id`: duplicate id (first used on line 13)"),
             "{rendered:#?}"
         );
-        assert!(has("device `ok-2`: key `zigbee_name`: duplicate zigbee_name `z1` (also device `ok-1` on line 22)"), "{rendered:#?}");
+        assert!(
+            has("device `ok-2`: key `zigbee_name`: duplicate zigbee_name `z1` (also device `ok-1` on line 22)"),
+            "{rendered:#?}"
+        );
         assert!(
             has("device `ok-2`: key `floor`: must be a string, found integer"),
             "{rendered:#?}"
@@ -707,7 +696,10 @@ interval_s = "60"
             has("device `ok-2`: key `care_flags`: unknown care flag \"sleepy\""),
             "{rendered:#?}"
         );
-        assert!(has("device `ok-2`: key `interval_s`: must be an integer number of seconds, found string"), "{rendered:#?}");
+        assert!(
+            has("device `ok-2`: key `interval_s`: must be an integer number of seconds, found string"),
+            "{rendered:#?}"
+        );
         assert_eq!(errors.len(), 10, "{rendered:#?}");
     }
 
@@ -723,23 +715,13 @@ interval_s = "60"
 
     #[test]
     fn rejects_bad_zigbee_names() {
-        for name in [
-            "a+b",
-            "x/#",
-            "/lead",
-            "trail/",
-            "bridge/state",
-            "door/set",
-            "",
-        ] {
+        for name in ["a+b", "x/#", "/lead", "trail/", "bridge/state", "door/set", ""] {
             let text = format!(
                 "site = \"s\"\n[[devices]]\nid = \"d\"\nclass = \"door_contact\"\nzigbee_name = \"{name}\"\nbuilding = \"A\"\nfloor = \"1\"\nroom = \"r\"\ninterval_s = 1\n"
             );
             let errors = errors_of(&text);
             assert!(
-                errors
-                    .iter()
-                    .any(|e| e.key.as_deref() == Some("zigbee_name")),
+                errors.iter().any(|e| e.key.as_deref() == Some("zigbee_name")),
                 "{name}: {errors:?}"
             );
         }
@@ -750,15 +732,7 @@ interval_s = "60"
         assert!(is_valid_id("radar-a-1-01"));
         assert!(is_valid_id("zigbee:0x00158d0001a2b3c4"));
         assert!(is_valid_id(&"x".repeat(MAX_ID_LEN)));
-        for bad in [
-            "",
-            "a b",
-            "a/b",
-            "a+b",
-            "a#b",
-            "é",
-            &"x".repeat(MAX_ID_LEN + 1),
-        ] {
+        for bad in ["", "a b", "a/b", "a+b", "a#b", "é", &"x".repeat(MAX_ID_LEN + 1)] {
             assert!(!is_valid_id(bad), "{bad}");
         }
     }

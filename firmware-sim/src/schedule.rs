@@ -89,13 +89,7 @@ pub struct Stream {
 
 impl Stream {
     /// Messages from `start_ms` (inclusive) for `seconds` of device time (exclusive end), or forever.
-    pub fn new(
-        registry: &Registry,
-        seed: u64,
-        start_ms: i64,
-        seconds: Option<u64>,
-        incidents: bool,
-    ) -> Stream {
+    pub fn new(registry: &Registry, seed: u64, start_ms: i64, seconds: Option<u64>, incidents: bool) -> Stream {
         let mut slots = Vec::with_capacity(registry.devices.len());
         let mut heap = BinaryHeap::with_capacity(registry.devices.len());
         for (index, device) in registry.devices.iter().enumerate() {
@@ -111,11 +105,7 @@ impl Stream {
                 phase_ms,
                 jitter_ms: (interval_ms / 10).min(MAX_JITTER_MS),
                 schedule,
-                behaviour: Behaviour::new(
-                    device,
-                    Rng::for_device(seed, &device.id, STREAM_VALUES),
-                    incidents,
-                ),
+                behaviour: Behaviour::new(device, Rng::for_device(seed, &device.id, STREAM_VALUES), incidents),
                 k: 0,
                 next_ts: 0,
                 last_ts: None,
@@ -161,10 +151,7 @@ impl Iterator for Stream {
         let (seq, payload) = match slot.format {
             Format::Canonical => {
                 slot.seq += 1;
-                (
-                    Some(slot.seq),
-                    canonical::encode(ts, slot.seq, &report.metrics),
-                )
+                (Some(slot.seq), canonical::encode(ts, slot.seq, &report.metrics))
             }
             // The behaviour only emits what Z2M can express, so this cannot fail; should it ever,
             // the metrics are dropped from the payload rather than the simulator panicking.
@@ -293,9 +280,7 @@ interval_s = 1
                 Format::Zigbee2mqtt => {
                     assert_eq!(v["last_seen"], Json::from(m.ts));
                     assert_eq!(m.topic.as_ref(), "zigbee2mqtt/door_1");
-                    assert!(
-                        v.get("linkquality").is_some() && v.get("power_outage_count").is_some()
-                    );
+                    assert!(v.get("linkquality").is_some() && v.get("power_outage_count").is_some());
                 }
             }
         }

@@ -45,11 +45,7 @@ impl TestBroker {
     /// without acknowledging (or keeping) the last `unacked_tail` of them; later connections
     /// behave. (A connection that stopped acknowledging but stayed open would stall any client:
     /// no real broker does that, so neither does this one.)
-    pub async fn start_dropping(
-        drops: usize,
-        drop_after: usize,
-        unacked_tail: usize,
-    ) -> TestBroker {
+    pub async fn start_dropping(drops: usize, drop_after: usize, unacked_tail: usize) -> TestBroker {
         assert!(unacked_tail <= drop_after);
         TestBroker::spawn(Faults {
             drops,
@@ -60,9 +56,7 @@ impl TestBroker {
     }
 
     async fn spawn(faults: Faults) -> TestBroker {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let received: Received = Arc::default();
         let sink = received.clone();
@@ -75,11 +69,7 @@ impl TestBroker {
                 connections.spawn(serve(stream, sink.clone(), faults));
             }
         });
-        TestBroker {
-            addr,
-            received,
-            task,
-        }
+        TestBroker { addr, received, task }
     }
 
     pub fn addr(&self) -> String {
@@ -143,8 +133,7 @@ async fn serve(mut stream: TcpStream, received: Received, faults: Faults) {
                         None
                     };
                     publishes += 1;
-                    let lost = faults.drop_after > 0
-                        && publishes > faults.drop_after - faults.unacked_tail;
+                    let lost = faults.drop_after > 0 && publishes > faults.drop_after - faults.unacked_tail;
                     if !lost {
                         if let Ok(mut r) = received.lock() {
                             r.push((topic, body[at..].to_vec()));

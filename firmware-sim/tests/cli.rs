@@ -27,11 +27,7 @@ fn text(bytes: &[u8]) -> String {
 fn checked_in_registries_validate() {
     let demo = config("demo/devices.toml");
     let test = config("test/devices.toml");
-    let out = nh_sim(&[
-        "validate",
-        demo.to_str().expect("path"),
-        test.to_str().expect("path"),
-    ]);
+    let out = nh_sim(&["validate", demo.to_str().expect("path"), test.to_str().expect("path")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("site nh-demo, 313 devices"), "{stdout}");
@@ -47,11 +43,7 @@ fn test_registry_covers_every_class_in_both_formats() {
             "no {class} in the test registry"
         );
     }
-    let z2m = registry
-        .devices
-        .iter()
-        .filter(|d| d.zigbee_name.is_some())
-        .count();
+    let z2m = registry.devices.iter().filter(|d| d.zigbee_name.is_some()).count();
     assert!(z2m >= 5 && z2m < registry.devices.len(), "{z2m}");
 }
 
@@ -93,9 +85,7 @@ fn validate_lists_every_error_and_fails() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("3 error(s)"), "{stderr}");
     assert!(
-        stderr.contains("key `id`")
-            && stderr.contains("key `class`")
-            && stderr.contains("key `interval_s`"),
+        stderr.contains("key `id`") && stderr.contains("key `class`") && stderr.contains("key `interval_s`"),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();

@@ -42,10 +42,7 @@ pub enum StartError {
     #[error(transparent)]
     Influx(#[from] influx::client::BuildError),
     #[error("HTTP API cannot listen on {addr}: {source}")]
-    HttpBind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    HttpBind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Where the MQTT side is.
@@ -86,10 +83,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.sources.close();
-        if tokio::time::timeout(STAGE_DEADLINE, self.sources.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(STAGE_DEADLINE, self.sources.wait()).await.is_err() {
             warn!("MQTT source did not stop in time");
         }
         // The sources held the journal senders; once they are gone the writer drains and ends.
@@ -99,10 +93,7 @@ impl Running {
             warn!("journal writer did not finish in time");
         }
         self.others.close();
-        if tokio::time::timeout(STAGE_DEADLINE, self.others.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(STAGE_DEADLINE, self.others.wait()).await.is_err() {
             warn!("HTTP API or InfluxDB forwarder did not stop in time");
         }
         // The broker thread ends with the process: rumqttd has no shutdown call.
@@ -160,12 +151,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let (mqtt, broker, host, port) = match config.mqtt.mode {
         MqttMode::Embedded => {
             let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
-            let b = broker::start(
-                listen,
-                config.mqtt.max_packet_bytes,
-                usize::from(config.mqtt.inflight),
-            )
-            .await?;
+            let b = broker::start(listen, config.mqtt.max_packet_bytes, usize::from(config.mqtt.inflight)).await?;
             let addr = b.addr;
             info!(%addr, "embedded MQTT broker listening");
             let host = if addr.ip().is_unspecified() {
@@ -198,18 +184,11 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
                 DecoderKind::Zigbee2mqtt => Decoder::Zigbee2Mqtt,
                 // Validation guarantees the profile exists.
                 DecoderKind::JsonMap => {
-                    let profile = config
-                        .profiles
-                        .iter()
-                        .find(|p| Some(&p.name) == s.profile.as_ref())?;
+                    let profile = config.profiles.iter().find(|p| Some(&p.name) == s.profile.as_ref())?;
                     Decoder::JsonMap(Arc::new(profile.clone()))
                 }
             };
-            let qos = if s.qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
+            let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
             Some(Route {
                 filter: s.filter.clone(),
                 qos,
@@ -254,7 +233,10 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     // external broker that is down does not keep the rest of the gateway from starting.
     match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed_rx).await {
         Ok(Ok(())) => info!("MQTT subscriptions in place"),
-        _ => warn!(waited_s = SUBSCRIBE_WAIT.as_secs(), "MQTT subscriptions not confirmed yet; starting anyway (health reports degraded until connected)"),
+        _ => warn!(
+            waited_s = SUBSCRIBE_WAIT.as_secs(),
+            "MQTT subscriptions not confirmed yet; starting anyway (health reports degraded until connected)"
+        ),
     }
     // The writer ends when the last sender is gone: only the sources hold one.
     let WriterHandle {
@@ -271,23 +253,15 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             addr: http_listen,
             source,
         })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::HttpBind {
-            addr: http_listen,
-            source,
-        })?;
-    let state = ApiState::new(
-        config.site.id.clone(),
-        registry,
-        telemetry.clone(),
-        journal_path,
-    );
+    let http_addr = listener.local_addr().map_err(|source| StartError::HttpBind {
+        addr: http_listen,
+        source,
+    })?;
+    let state = ApiState::new(config.site.id.clone(), registry, telemetry.clone(), journal_path);
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
     others.spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(e) = serve.await {
             warn!(error = %e, "HTTP server ended");
         }

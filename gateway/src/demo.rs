@@ -27,10 +27,7 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 const ONLINE_INTERVALS: i64 = 3;
 
 pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        speed > 0.0 && speed.is_finite(),
-        "--speed must be a positive number"
-    );
+    anyhow::ensure!(speed > 0.0 && speed.is_finite(), "--speed must be a positive number");
     let (data_dir, _temp) = match data {
         Some(d) => (d, None),
         None => {
@@ -38,15 +35,11 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
             (d.clone(), Some(RemoveOnDrop(d)))
         }
     };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     // The journal goes into the data folder, whatever the demo file says.
     let site_toml = SITE_TOML.replace(
         "path = \"data/journal.db\"",
-        &format!(
-            "path = {:?}",
-            data_dir.join("journal.db").display().to_string()
-        ),
+        &format!("path = {:?}", data_dir.join("journal.db").display().to_string()),
     );
     let loaded = config::load_str(
         Path::new("config/demo/site.toml"),
@@ -80,8 +73,7 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
         running.http_addr
     );
 
-    let fleet = nh_sim::Fleet::from_toml(DEVICES_TOML)
-        .map_err(|e| anyhow::anyhow!("demo registry: {e}"))?;
+    let fleet = nh_sim::Fleet::from_toml(DEVICES_TOML).map_err(|e| anyhow::anyhow!("demo registry: {e}"))?;
     let sim_clock = nh_sim::Clock {
         origin_real_ms: now,
         start_virtual_ms: clock.at(now),
@@ -95,17 +87,15 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let fleet_stop = stop.clone();
-    let fleet_task = tokio::spawn(async move {
-        nh_sim::run_fleet(fleet, sim_opts, async move { fleet_stop.cancelled().await }).await
-    });
+    let fleet_task =
+        tokio::spawn(
+            async move { nh_sim::run_fleet(fleet, sim_opts, async move { fleet_stop.cancelled().await }).await },
+        );
 
     let telemetry = running.telemetry.clone();
     let mut ticker = tokio::time::interval(SUMMARY_EVERY);
     ticker.tick().await;
-    let mut last = (
-        Instant::now(),
-        telemetry.readings_accepted.load(Ordering::Relaxed),
-    );
+    let mut last = (Instant::now(), telemetry.readings_accepted.load(Ordering::Relaxed));
     let signal = wait_for_signal();
     tokio::pin!(signal);
     loop {
@@ -136,19 +126,12 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
 
 async fn count_online(journal: &Path, devices: &[(String, i64)], now_ms: i64) -> usize {
     let journal = journal.to_owned();
-    let rows = tokio::task::spawn_blocking(move || {
-        Store::open_secondary(&journal).and_then(|s| s.devices())
-    })
-    .await;
+    let rows = tokio::task::spawn_blocking(move || Store::open_secondary(&journal).and_then(|s| s.devices())).await;
     let Ok(Ok(rows)) = rows else { return 0 };
-    let seen: std::collections::HashMap<String, i64> =
-        rows.into_iter().map(|r| (r.id, r.last_seen)).collect();
+    let seen: std::collections::HashMap<String, i64> = rows.into_iter().map(|r| (r.id, r.last_seen)).collect();
     devices
         .iter()
-        .filter(|(id, interval)| {
-            seen.get(id)
-                .is_some_and(|t| now_ms - t <= ONLINE_INTERVALS * interval)
-        })
+        .filter(|(id, interval)| seen.get(id).is_some_and(|t| now_ms - t <= ONLINE_INTERVALS * interval))
         .count()
 }
 
@@ -156,9 +139,7 @@ async fn count_online(journal: &Path, devices: &[(String, i64)], now_ms: i64) ->
 pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -74,16 +74,9 @@ struct Common {
 
 impl Common {
     fn options(&self) -> anyhow::Result<RunOptions> {
-        let clock = match (
-            self.test_clock_origin,
-            self.test_clock_start,
-            self.time_scale,
-        ) {
+        let clock = match (self.test_clock_origin, self.test_clock_start, self.time_scale) {
             (Some(o), Some(s), Some(n)) => {
-                anyhow::ensure!(
-                    n > 0.0 && n.is_finite(),
-                    "--time-scale must be a positive number"
-                );
+                anyhow::ensure!(n > 0.0 && n.is_finite(), "--time-scale must be a positive number");
                 Some(Clock::test(o, s, n))
             }
             _ => None,
@@ -124,21 +117,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate(&files)),
-        Command::Run {
-            config: path,
-            common,
-        } => {
+        Command::Run { config: path, common } => {
             let opts = common.options()?;
-            let loaded =
-                config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded = config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
             runtime()?.block_on(serve(loaded, opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            data,
-            speed,
-            common,
-        } => {
+        Command::Demo { data, speed, common } => {
             let opts = common.options()?;
             runtime()?.block_on(demo::run(data, speed, opts))?;
             Ok(ExitCode::SUCCESS)

@@ -54,16 +54,8 @@ impl Normalizer {
     }
 
     /// Turns one message into records. A rejected message yields none (and is counted).
-    pub fn process(
-        &self,
-        decoder: &Decoder,
-        topic: &str,
-        payload: &[u8],
-        recv_ms: i64,
-    ) -> Vec<Record> {
-        self.telemetry
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn process(&self, decoder: &Decoder, topic: &str, payload: &[u8], recv_ms: i64) -> Vec<Record> {
+        self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
         let readings = match decoder.decode(topic, payload, &self.limits) {
             Ok(r) => r,
             Err(e) => {
@@ -114,11 +106,7 @@ impl Normalizer {
                 }
             };
             record.ts = match reading.ts_ms {
-                Some(ts)
-                    if ts <= recv_ms + self.max_future_ms && ts >= recv_ms - self.max_past_ms =>
-                {
-                    ts
-                }
+                Some(ts) if ts <= recv_ms + self.max_future_ms && ts >= recv_ms - self.max_past_ms => ts,
                 Some(_) => {
                     record.ts_replaced = true;
                     self.telemetry.ts_replaced.fetch_add(1, Ordering::Relaxed);

@@ -36,11 +36,7 @@ pub const CARE_FLAGS: &[&str] = &["high_fall_risk", "wander_risk", "copd"];
 
 /// Whether `id` is a valid site or device id (one MQTT topic level, one tag value).
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,20 +122,13 @@ impl Registry {
             if !is_valid_id(&dev.id) {
                 d.at_key(
                     &key("id"),
-                    format!(
-                        "`{}` must match [A-Za-z0-9._:-]+ (no / + # or space)",
-                        dev.id
-                    ),
+                    format!("`{}` must match [A-Za-z0-9._:-]+ (no / + # or space)", dev.id),
                 );
             }
             if !CLASSES.contains(&dev.class.as_str()) {
                 d.at_key(
                     &key("class"),
-                    format!(
-                        "unknown class `{}`; one of {}",
-                        dev.class,
-                        CLASSES.join(", ")
-                    ),
+                    format!("unknown class `{}`; one of {}", dev.class, CLASSES.join(", ")),
                 );
             }
             for (k, v) in [
@@ -150,7 +139,10 @@ impl Registry {
                 ("bed", &dev.bed),
             ] {
                 if v.contains('\\') || v.chars().any(char::is_control) || v.len() > 64 {
-                    d.at_key(&key(k), "at most 64 characters, no backslash or control characters (it becomes a time-series tag)");
+                    d.at_key(
+                        &key(k),
+                        "at most 64 characters, no backslash or control characters (it becomes a time-series tag)",
+                    );
                 }
             }
             if dev.interval_s == 0 {
@@ -160,19 +152,13 @@ impl Registry {
                 if !CARE_FLAGS.contains(&flag.as_str()) {
                     d.at_key(
                         &key("care_flags"),
-                        format!(
-                            "unknown care flag `{flag}`; one of {}",
-                            CARE_FLAGS.join(", ")
-                        ),
+                        format!("unknown care flag `{flag}`; one of {}", CARE_FLAGS.join(", ")),
                     );
                 }
             }
             if let Some(r) = &dev.resident {
                 if !is_valid_id(r) {
-                    d.at_key(
-                        &key("resident"),
-                        "a pseudonymous id matching [A-Za-z0-9._:-]+",
-                    );
+                    d.at_key(&key("resident"), "a pseudonymous id matching [A-Za-z0-9._:-]+");
                 }
             }
             let dev = Arc::new(dev);
@@ -181,10 +167,7 @@ impl Registry {
             }
             if let Some(z) = &dev.zigbee_name {
                 if z.is_empty() || z.contains(['+', '#']) {
-                    d.at_key(
-                        &key("zigbee_name"),
-                        "must be a non-empty name without + or #",
-                    );
+                    d.at_key(&key("zigbee_name"), "must be a non-empty name without + or #");
                 }
                 if by_zigbee.insert(z.clone(), dev.clone()).is_some() {
                     d.at_key(&key("zigbee_name"), format!("duplicate zigbee_name `{z}`"));
@@ -251,13 +234,11 @@ interval_s = 3600
     fn resolves_ids_and_zigbee_names() {
         let r = Registry::parse(Path::new("d.toml"), GOOD).expect("valid");
         assert_eq!(
-            r.resolve(&DeviceKey::Id("radar-1".into()))
-                .map(|d| d.room.as_str()),
+            r.resolve(&DeviceKey::Id("radar-1".into())).map(|d| d.room.as_str()),
             Some("A-101")
         );
         assert_eq!(
-            r.resolve(&DeviceKey::Zigbee("smoke_101".into()))
-                .map(|d| d.id.as_str()),
+            r.resolve(&DeviceKey::Zigbee("smoke_101".into())).map(|d| d.id.as_str()),
             Some("smoke-1")
         );
         assert!(r.resolve(&DeviceKey::Id("smoke_101".into())).is_none());
@@ -266,9 +247,7 @@ interval_s = 3600
     #[test]
     fn reports_every_problem_with_its_line() {
         let bad = "site = \"nh-t\"\n[[devices]]\nid = \"a/b\"\nclass = \"toaster\"\ninterval_s = 0\n[[devices]]\nid = \"x\"\nclass = \"wearable\"\ninterval_s = 5\ncare_flags = [\"grumpy\"]\n[[devices]]\nid = \"x\"\nclass = \"wearable\"\ninterval_s = 5\n";
-        let errs = Registry::parse(Path::new("d.toml"), bad)
-            .expect_err("invalid")
-            .0;
+        let errs = Registry::parse(Path::new("d.toml"), bad).expect_err("invalid").0;
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![3, 4, 5, 10, 12], "{errs:?}");
     }

@@ -89,10 +89,7 @@ impl Telemetry {
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -109,7 +106,10 @@ impl Telemetry {
             "Readings committed to the journal.",
             load(&self.readings_accepted),
         );
-        let _ = writeln!(out, "# HELP {READINGS_REJECTED} Messages rejected, by reason.\n# TYPE {READINGS_REJECTED} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {READINGS_REJECTED} Messages rejected, by reason.\n# TYPE {READINGS_REJECTED} counter"
+        );
         if let Ok(m) = self.rejected.lock() {
             for (reason, n) in m.iter() {
                 let _ = writeln!(out, "{READINGS_REJECTED}{{reason=\"{reason}\"}} {n}");
@@ -189,12 +189,7 @@ impl Telemetry {
             cursor,
         );
         let lag = (self.journal_last_id.load(Ordering::Relaxed) - cursor).max(0);
-        gauge(
-            &mut out,
-            INFLUX_LAG,
-            "Journal rows not yet accepted by InfluxDB.",
-            lag,
-        );
+        gauge(&mut out, INFLUX_LAG, "Journal rows not yet accepted by InfluxDB.", lag);
         counter(
             &mut out,
             INFLUX_BATCHES,
@@ -207,7 +202,10 @@ impl Telemetry {
             "Lines accepted by InfluxDB.",
             load(&self.influx_lines),
         );
-        let _ = writeln!(out, "# HELP {INFLUX_FAILURES} Failed InfluxDB writes, by kind.\n# TYPE {INFLUX_FAILURES} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {INFLUX_FAILURES} Failed InfluxDB writes, by kind.\n# TYPE {INFLUX_FAILURES} counter"
+        );
         if let Ok(m) = self.influx_failures.lock() {
             for (kind, n) in m.iter() {
                 let _ = writeln!(out, "{INFLUX_FAILURES}{{kind=\"{kind}\"}} {n}");

@@ -33,9 +33,7 @@ pub const FALL_STATES: &[&str] = &["none", "suspected", "fall", "confirmed", "ex
 pub const MOTION_STATES: &[&str] = &["none", "stationary", "moving"];
 pub const POSTURES: &[&str] = &["standing", "sitting", "lying", "on_bed", "low_posture"];
 pub const BUTTONS: &[&str] = &["none", "single", "double", "long"];
-pub const GAS_TYPES: &[&str] = &[
-    "unknown", "methane", "propane", "lpg", "town_gas", "co", "h2",
-];
+pub const GAS_TYPES: &[&str] = &["unknown", "methane", "propane", "lpg", "town_gas", "co", "h2"];
 pub const ALARM_LEVELS: &[&str] = &["none", "low", "high", "test"];
 
 const fn num(name: &'static str, unit: &'static str, min: f64, max: f64) -> MetricSpec {
@@ -45,10 +43,7 @@ const fn num(name: &'static str, unit: &'static str, min: f64, max: f64) -> Metr
     }
 }
 const fn flag(name: &'static str) -> MetricSpec {
-    MetricSpec {
-        name,
-        kind: Kind::Bool,
-    }
+    MetricSpec { name, kind: Kind::Bool }
 }
 const fn choice(name: &'static str, values: &'static [&'static str]) -> MetricSpec {
     MetricSpec {
@@ -57,10 +52,7 @@ const fn choice(name: &'static str, values: &'static [&'static str]) -> MetricSp
     }
 }
 const fn text(name: &'static str) -> MetricSpec {
-    MetricSpec {
-        name,
-        kind: Kind::Text,
-    }
+    MetricSpec { name, kind: Kind::Text }
 }
 
 /// The whole vocabulary, sorted by name (looked up by binary search).
@@ -117,10 +109,7 @@ pub const METRICS: &[MetricSpec] = &[
 
 /// Looks a metric up by name.
 pub fn metric(name: &str) -> Option<&'static MetricSpec> {
-    METRICS
-        .binary_search_by(|m| m.name.cmp(name))
-        .ok()
-        .map(|i| &METRICS[i])
+    METRICS.binary_search_by(|m| m.name.cmp(name)).ok().map(|i| &METRICS[i])
 }
 
 /// Why a value does not fit the vocabulary.
@@ -129,10 +118,7 @@ pub enum VocabularyError {
     #[error("unknown metric `{0}`")]
     UnknownMetric(String),
     #[error("metric `{metric}` expects {expected}")]
-    WrongType {
-        metric: String,
-        expected: &'static str,
-    },
+    WrongType { metric: String, expected: &'static str },
     #[error("metric `{metric}` is not a finite number")]
     NonFinite { metric: String },
     #[error("metric `{metric}` = {value} is outside its physical range [{min}, {max}]")]
@@ -223,19 +209,14 @@ mod tests {
     fn checks_type_range_and_enum() {
         assert!(check("gas_lel", &Value::Num(12.5)).is_ok());
         assert_eq!(
-            check("gas_lel", &Value::Num(f64::NAN))
-                .unwrap_err()
-                .reason(),
+            check("gas_lel", &Value::Num(f64::NAN)).unwrap_err().reason(),
             "non_finite"
         );
         assert_eq!(
             check("gas_lel", &Value::Num(140.0)).unwrap_err().reason(),
             "out_of_range"
         );
-        assert_eq!(
-            check("smoke", &Value::Num(1.0)).unwrap_err().reason(),
-            "wrong_type"
-        );
+        assert_eq!(check("smoke", &Value::Num(1.0)).unwrap_err().reason(), "wrong_type");
         assert_eq!(
             check("fall_state", &Value::Text("falling".into()))
                 .unwrap_err()

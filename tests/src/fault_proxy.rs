@@ -55,9 +55,7 @@ impl FaultProxy {
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(state.clone());
+        let app = axum::Router::new().fallback(handle).with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -114,8 +112,7 @@ async fn handle(State(state): State<Arc<Mutex<ProxyState>>>, uri: Uri, body: Byt
             if let Ok(mut s) = state.lock() {
                 s.forwarded += 1;
             }
-            let status =
-                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             (status, r.bytes().await.unwrap_or_default().to_vec()).into_response()
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),

@@ -32,13 +32,13 @@ pub fn workspace_root() -> PathBuf {
 
 /// A binary of the workspace, from the same profile folder as the running test.
 pub fn bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test-exe>: the binaries sit in target/<profile>/.
+    // A test runs from target/<profile>/deps/, a harness binary from target/<profile>/: the
+    // workspace binaries sit in target/<profile>/.
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -108,12 +108,7 @@ impl Drop for Proc {
 }
 
 /// Waits until `probe` returns `Some`, polling every `every`, for at most `timeout`.
-pub async fn wait_for<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut probe: F,
-) -> Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -145,7 +140,9 @@ fn which(name: &str) -> Option<PathBuf> {
 fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
     which(name)
         .or_else(|| sbin.iter().map(PathBuf::from).find(|p| p.exists()))
-        .ok_or_else(|| anyhow!("`{name}` is not installed: run scripts/test.sh, which installs it from Debian's packages"))
+        .ok_or_else(|| {
+            anyhow!("`{name}` is not installed: run scripts/test.sh, which installs it from Debian's packages")
+        })
 }
 
 /// A real VictoriaMetrics server on a free loopback port with a temporary data folder.
@@ -162,10 +159,7 @@ impl VictoriaMetrics {
         let port = free_port();
         let log = dir.path().join("vm.log");
         let child = Command::new(exe)
-            .arg(format!(
-                "-storageDataPath={}",
-                dir.path().join("data").display()
-            ))
+            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             // The default retention (1 month) silently drops older points.
             .arg("-retentionPeriod=100y")
@@ -187,11 +181,7 @@ impl VictoriaMetrics {
             || {
                 let client = client.clone();
                 async move {
-                    let r = client
-                        .get(format!("http://{addr}/health"))
-                        .send()
-                        .await
-                        .ok()?;
+                    let r = client.get(format!("http://{addr}/health")).send().await.ok()?;
                     r.status().is_success().then_some(())
                 }
             },
@@ -227,8 +217,7 @@ impl VictoriaMetrics {
             .await?;
         let mut out = Vec::new();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
-            let s: Series =
-                serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
+            let s: Series = serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
             out.push(s);
         }
         Ok(out)
@@ -301,26 +290,26 @@ pub struct Gateway {
     /// The embedded broker's address (None in external mode).
     pub mqtt: Option<SocketAddr>,
     pub proc: Proc,
+    pub pid: u32,
 }
 
 impl Gateway {
     /// Runs `nh-gateway run --config FILE --http 127.0.0.1:0 --mqtt 127.0.0.1:0` with `env`
     /// and waits for its `ready` line.
     pub async fn start(config: &Path, env: &[(&str, String)], log_dir: &Path) -> Result<Self> {
+        Self::start_with(config, env, log_dir, &[]).await
+    }
+
+    /// As [`Gateway::start`], with extra arguments.
+    pub async fn start_with(config: &Path, env: &[(&str, String)], log_dir: &Path, args: &[&str]) -> Result<Self> {
         let log = log_dir.join(format!("gateway-{}.log", free_port()));
         let mut cmd = Command::new(bin("nh-gateway"));
-        cmd.arg("run").arg("--config").arg(config).args([
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-        ]);
-        for k in [
-            "NH_INFLUX_URL",
-            "NH_INFLUX_ORG",
-            "NH_INFLUX_BUCKET",
-            "NH_INFLUX_TOKEN",
-        ] {
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+            .args(args);
+        for k in ["NH_INFLUX_URL", "NH_INFLUX_ORG", "NH_INFLUX_BUCKET", "NH_INFLUX_TOKEN"] {
             cmd.env_remove(k);
         }
         for (k, v) in env {
@@ -337,6 +326,7 @@ impl Gateway {
             name: "nh-gateway",
             log,
         };
+        let pid = proc.child.id();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
@@ -350,10 +340,7 @@ impl Gateway {
         });
         let line = match tokio::time::timeout(Duration::from_secs(60), rx).await {
             Ok(Ok(line)) => line,
-            _ => bail!(
-                "nh-gateway did not print its ready line; log:\n{}",
-                proc.log_tail()
-            ),
+            _ => bail!("nh-gateway did not print its ready line; log:\n{}", proc.log_tail()),
         };
         let mut http = None;
         let mut mqtt = None;
@@ -366,7 +353,7 @@ impl Gateway {
             }
         }
         let http = http.ok_or_else(|| anyhow!("bad ready line `{line}`"))?;
-        Ok(Gateway { http, mqtt, proc })
+        Ok(Gateway { http, mqtt, proc, pid })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -375,12 +362,7 @@ impl Gateway {
 
     /// `/metrics` as `name{labels}` -> value.
     pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
-        let text = http()
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = http().get(self.url("/metrics")).send().await?.text().await?;
         Ok(parse_prometheus(&text))
     }
 
@@ -453,13 +435,7 @@ pub mod sim {
     ///
     /// The virtual timeline ends now: it starts `seconds` ago, so `--fast` publishes device
     /// times in the past, as a fleet that was running would.
-    pub fn run(
-        registry: &Path,
-        broker: SocketAddr,
-        seconds: u64,
-        seed: u64,
-        dir: &Path,
-    ) -> Result<Vec<Sent>> {
+    pub fn run(registry: &Path, broker: SocketAddr, seconds: u64, seed: u64, dir: &Path) -> Result<Vec<Sent>> {
         let record = dir.join(format!("sent-{seed}.jsonl"));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -509,4 +485,24 @@ pub fn write_config(dir: &Path, body: &str) -> Result<PathBuf> {
     let p = dir.join("gateway.toml");
     std::fs::write(&p, body)?;
     Ok(p)
+}
+
+/// CPU time (user + system, seconds) and resident memory (bytes) of a process, from /proc.
+pub fn cpu_and_rss(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    let cpu = ticks / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((cpu, rss_kb * 1024))
 }

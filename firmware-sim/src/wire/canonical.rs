@@ -38,13 +38,7 @@ mod tests {
             json!({"ts": 1_767_225_600_123_i64, "seq": 7, "metrics": {
                 "presence": true, "motion_state": "moving", "body_movement": 42, "skin_temp": 34.25}})
         );
-        assert!(
-            text.contains("\"body_movement\":42"),
-            "integers stay integers: {text}"
-        );
-        assert_eq!(
-            topic("nh-demo", "radar-a-1-01"),
-            "nh/nh-demo/radar-a-1-01/telemetry"
-        );
+        assert!(text.contains("\"body_movement\":42"), "integers stay integers: {text}");
+        assert_eq!(topic("nh-demo", "radar-a-1-01"), "nh/nh-demo/radar-a-1-01/telemetry");
     }
 }

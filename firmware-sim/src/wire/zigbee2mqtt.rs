@@ -85,8 +85,7 @@ pub fn payload(
     let mut out = Map::new();
     for (name, value) in metrics {
         let key = key_for(name).ok_or_else(|| Inexpressible(format!("{name}={value:?}")))?;
-        let v =
-            encode_value(name, value).ok_or_else(|| Inexpressible(format!("{name}={value:?}")))?;
+        let v = encode_value(name, value).ok_or_else(|| Inexpressible(format!("{name}={value:?}")))?;
         out.insert(key.to_owned(), v);
     }
     for (key, v) in extras {
@@ -96,14 +95,8 @@ pub fn payload(
     Ok(out)
 }
 
-pub fn encode(
-    ts_ms: i64,
-    metrics: &Metrics,
-    extras: &[(&'static str, Json)],
-) -> Result<Vec<u8>, Inexpressible> {
-    Ok(Json::Object(payload(ts_ms, metrics, extras)?)
-        .to_string()
-        .into_bytes())
+pub fn encode(ts_ms: i64, metrics: &Metrics, extras: &[(&'static str, Json)]) -> Result<Vec<u8>, Inexpressible> {
+    Ok(Json::Object(payload(ts_ms, metrics, extras)?).to_string().into_bytes())
 }
 
 #[cfg(test)]
@@ -149,8 +142,7 @@ mod tests {
     fn contact_true_means_closed() {
         let open = payload(1, &vec![("contact_open", Value::Bool(true))], &[]).expect("encodable");
         assert_eq!(open["contact"], json!(false));
-        let closed =
-            payload(1, &vec![("contact_open", Value::Bool(false))], &[]).expect("encodable");
+        let closed = payload(1, &vec![("contact_open", Value::Bool(false))], &[]).expect("encodable");
         assert_eq!(closed["contact"], json!(true));
     }
 
@@ -167,10 +159,7 @@ mod tests {
             encode(
                 1_767_225_600_000,
                 &metrics,
-                &[
-                    ("device_temperature", json!(22)),
-                    ("power_outage_count", json!(3)),
-                ],
+                &[("device_temperature", json!(22)), ("power_outage_count", json!(3))],
             )
             .expect("encodable"),
         )
@@ -209,10 +198,7 @@ mod tests {
         let p = payload(
             5,
             &metrics,
-            &[
-                ("supervision_reports", json!(true)),
-                ("illuminance", json!(120)),
-            ],
+            &[("supervision_reports", json!(true)), ("illuminance", json!(120))],
         )
         .expect("encodable");
         let mut expected: Vec<(String, Json)> = metrics

@@ -34,12 +34,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(
-        site: String,
-        registry: Arc<Registry>,
-        telemetry: Arc<Telemetry>,
-        journal_path: PathBuf,
-    ) -> Self {
+    pub fn new(site: String, registry: Arc<Registry>, telemetry: Arc<Telemetry>, journal_path: PathBuf) -> Self {
         ApiState {
             site,
             registry,
@@ -96,10 +91,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error".to_owned(),
-                )
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
         };
         (status, Json(json!({ "error": message }))).into_response()
@@ -217,9 +209,7 @@ fn view_of_row(row: Option<&DeviceRow>) -> DeviceView {
         interval_s: None,
         last_seen: row.map(|r| r.last_seen),
         last_values: row.map(|r| r.metrics.clone()).unwrap_or_else(|| json!({})),
-        battery_pct: row
-            .and_then(|r| r.metrics.get("battery_pct"))
-            .and_then(|v| v.as_f64()),
+        battery_pct: row.and_then(|r| r.metrics.get("battery_pct")).and_then(|v| v.as_f64()),
         readings: row.map_or(0, |r| r.readings),
         seq_duplicates: row.map_or(0, |r| r.seq_duplicates),
         seq_gaps: row.map_or(0, |r| r.seq_gaps),
@@ -234,18 +224,13 @@ pub struct ReadingsQuery {
     limit: Option<usize>,
 }
 
-async fn readings(
-    State(s): State<ApiState>,
-    Query(q): Query<ReadingsQuery>,
-) -> Result<Response, ApiError> {
+async fn readings(State(s): State<ApiState>, Query(q): Query<ReadingsQuery>) -> Result<Response, ApiError> {
     let device = q
         .device
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("`device` is required".into()))?;
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let rows = s
-        .with_store(move |st| st.history(&device, since, limit))
-        .await?;
+    let rows = s.with_store(move |st| st.history(&device, since, limit)).await?;
     Ok(Json(rows).into_response())
 }

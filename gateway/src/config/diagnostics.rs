@@ -93,10 +93,7 @@ impl<'a> Diagnostics<'a> {
 /// Deserializes `text`, collecting every structural error (syntax, unknown key, wrong type,
 /// missing key). Returns the value when there was none, and the diagnostics either way so the
 /// caller can add semantic errors.
-pub fn parse_all<'a, T: DeserializeOwned>(
-    file: &Path,
-    text: &'a str,
-) -> (Option<T>, Diagnostics<'a>) {
+pub fn parse_all<'a, T: DeserializeOwned>(file: &Path, text: &'a str) -> (Option<T>, Diagnostics<'a>) {
     let mut diags = Diagnostics::new(file, text);
     let mut scratch: Vec<String> = text.lines().map(str::to_owned).collect();
     loop {
@@ -141,21 +138,14 @@ fn line_range(text: &str, span: std::ops::Range<usize>) -> (usize, usize) {
     let start = span.start.min(text.len());
     let end = span.end.max(span.start).min(text.len());
     let first = text[..start].matches('\n').count();
-    let last = first
-        + text[start..end]
-            .trim_end_matches('\n')
-            .matches('\n')
-            .count();
+    let last = first + text[start..end].trim_end_matches('\n').matches('\n').count();
     (first, last)
 }
 
 /// Comments out lines `first..=last`; a table header takes its whole table with it, so its keys
 /// do not fall into the table above. Returns false when nothing changed (no progress possible).
 fn comment_out(lines: &mut [String], first: usize, mut last: usize) -> bool {
-    if lines
-        .get(first)
-        .is_some_and(|l| l.trim_start().starts_with('['))
-    {
+    if lines.get(first).is_some_and(|l| l.trim_start().starts_with('[')) {
         last = first;
         while last + 1 < lines.len() && !lines[last + 1].trim_start().starts_with('[') {
             last += 1;
@@ -205,16 +195,12 @@ pub fn locate(text: &str, path: &str) -> usize {
     // Split the path into the table part (names and indexes) and a trailing key.
     let mut best = 0;
     let mut current_table: Vec<String> = Vec::new();
-    let mut array_counts: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::new();
+    let mut array_counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (n, raw) in text.lines().enumerate() {
         let t = raw.trim();
         if t.starts_with("[[") {
             let name = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
-            let idx = array_counts
-                .entry(name.clone())
-                .and_modify(|c| *c += 1)
-                .or_insert(0);
+            let idx = array_counts.entry(name.clone()).and_modify(|c| *c += 1).or_insert(0);
             current_table = name.split('.').map(str::to_owned).collect();
             current_table.push(idx.to_string());
         } else if t.starts_with('[') {
@@ -234,9 +220,7 @@ pub fn locate(text: &str, path: &str) -> usize {
             continue;
         }
         // A header: remember it when it is a prefix of the path.
-        if current_table.len() <= parts.len()
-            && current_table.iter().zip(&parts).all(|(a, b)| a == b)
-        {
+        if current_table.len() <= parts.len() && current_table.iter().zip(&parts).all(|(a, b)| a == b) {
             best = n + 1;
         }
     }
@@ -279,11 +263,7 @@ mod tests {
         let text = "name = \"x\"\nport = \"eighty\"\ncolour = 3\n[inner]\na = -1\nb = 2\n[[items]]\nid = 7\n";
         let (value, diags) = parse_all::<Demo>(Path::new("demo.toml"), text);
         assert!(value.is_none());
-        let lines: Vec<(usize, &str)> = diags
-            .errors
-            .iter()
-            .map(|e| (e.line, e.key.as_str()))
-            .collect();
+        let lines: Vec<(usize, &str)> = diags.errors.iter().map(|e| (e.line, e.key.as_str())).collect();
         assert!(lines.contains(&(2, "port")), "{lines:?}");
         assert!(lines.contains(&(3, "colour")), "{lines:?}");
         assert!(lines.contains(&(5, "inner.a")), "{lines:?}");

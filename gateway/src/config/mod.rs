@@ -497,13 +497,8 @@ pub fn load_str(
                     ),
                     None => None,
                 };
-                let mqtt_password = resolve_secret(
-                    config.mqtt.password.as_ref(),
-                    None,
-                    "mqtt.password",
-                    base,
-                    &mut diags,
-                );
+                let mqtt_password =
+                    resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
                 let journal_path = base.join(&config.journal.path);
                 loaded = Some(Loaded {
                     config,
@@ -562,10 +557,7 @@ fn apply_env(config: &mut Config, env: &Env) {
 /// Semantic checks that serde cannot express.
 fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     if !is_valid_id(&config.site.id) {
-        d.at_key(
-            "site.id",
-            "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)",
-        );
+        d.at_key("site.id", "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)");
     }
     let m = &config.mqtt;
     if m.mode == MqttMode::External && m.host.as_deref().unwrap_or("").is_empty() {
@@ -601,18 +593,13 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
             d.at_key(&key("qos"), "must be 0 or 1");
         }
         match (s.decoder, &s.profile) {
-            (DecoderKind::JsonMap, None) => {
-                d.at_key(&key("profile"), "json_map needs a profile name")
+            (DecoderKind::JsonMap, None) => d.at_key(&key("profile"), "json_map needs a profile name"),
+            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => {
+                d.at_key(&key("profile"), format!("no [[profiles]] entry named `{p}`"))
             }
-            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => d
-                .at_key(
-                    &key("profile"),
-                    format!("no [[profiles]] entry named `{p}`"),
-                ),
-            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => d.at_key(
-                &key("profile"),
-                "only json_map subscriptions take a profile",
-            ),
+            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => {
+                d.at_key(&key("profile"), "only json_map subscriptions take a profile")
+            }
             _ => {}
         }
     }
@@ -686,8 +673,7 @@ mod tests {
 
     #[test]
     fn default_config_parses_and_matches_the_code_defaults() {
-        let (config, diags) =
-            diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
+        let (config, diags) = diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);
         let config = config.expect("default config");
         let code = MqttConfig::default();
@@ -714,26 +700,17 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
             message: format!("cannot read: {e}"),
         }])
     })?;
-    let is_registry = text
-        .lines()
-        .any(|l| l.trim_start().starts_with("[[devices]]"))
+    let is_registry = text.lines().any(|l| l.trim_start().starts_with("[[devices]]"))
         && !text.lines().any(|l| l.trim_start().starts_with("[site]"));
     if is_registry {
         let r = Registry::parse(path, &text)?;
-        return Ok(format!(
-            "registry of site {}, {} devices",
-            r.site(),
-            r.len()
-        ));
+        return Ok(format!("registry of site {}, {} devices", r.site(), r.len()));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     // Secrets are resolved at run time; validation checks only the shape, so an absent
     // environment variable is not an error here.
     let l = load_str(path, &text, base, env, None).or_else(|e| {
-        let rest: Vec<ConfigError> =
-            e.0.into_iter()
-                .filter(|x| !x.message.contains("is not set"))
-                .collect();
+        let rest: Vec<ConfigError> = e.0.into_iter().filter(|x| !x.message.contains("is not set")).collect();
         if rest.is_empty() {
             Err(ConfigErrors(Vec::new()))
         } else {
@@ -746,15 +723,9 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
             l.config.site.id,
             l.registry.len(),
             l.config.mqtt.subscriptions.len(),
-            if l.config.influx.is_some() {
-                "on"
-            } else {
-                "off"
-            }
+            if l.config.influx.is_some() { "on" } else { "off" }
         )),
-        Err(e) if e.0.is_empty() => {
-            Ok("valid (secrets come from the environment at run time)".to_owned())
-        }
+        Err(e) if e.0.is_empty() => Ok("valid (secrets come from the environment at run time)".to_owned()),
         Err(e) => Err(e),
     }
 }

@@ -14,30 +14,17 @@ use crate::reading::{DeviceKey, Reading, Value};
 use crate::vocabulary;
 
 /// Decodes one canonical telemetry message of `site`.
-pub fn decode(
-    site: &str,
-    topic: &str,
-    payload: &[u8],
-    limits: &Limits,
-) -> Result<Vec<Reading>, DecodeError> {
+pub fn decode(site: &str, topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Reading>, DecodeError> {
     let device_id = device_from_topic(site, topic)?;
     let doc = parse_object(payload, limits)?;
 
     // The canonical format is ours: a key we do not know is a firmware bug to surface, not a
     // vendor extension to tolerate.
-    if let Some(key) = doc
-        .keys()
-        .find(|k| !matches!(k.as_str(), "ts" | "seq" | "metrics"))
-    {
-        return Err(DecodeError::Schema(format!(
-            "unknown top-level key `{key}`"
-        )));
+    if let Some(key) = doc.keys().find(|k| !matches!(k.as_str(), "ts" | "seq" | "metrics")) {
+        return Err(DecodeError::Schema(format!("unknown top-level key `{key}`")));
     }
     let ts_ms = doc.get("ts").map(ms_from_json).transpose()?;
-    let seq = doc
-        .get("seq")
-        .map(|v| seq_from_json("seq", v))
-        .transpose()?;
+    let seq = doc.get("seq").map(|v| seq_from_json("seq", v)).transpose()?;
     let metrics = match doc.get("metrics") {
         Some(Json::Object(m)) => m,
         Some(other) => {
@@ -111,10 +98,7 @@ pub(crate) fn is_valid_id(s: &str) -> bool {
 
 /// Every check made before serde_json sees the payload, then the parse itself: the payload must be
 /// UTF-8 JSON whose top level is an object, nested at most `limits.max_json_depth` deep.
-pub(crate) fn parse_object(
-    payload: &[u8],
-    limits: &Limits,
-) -> Result<Map<String, Json>, DecodeError> {
+pub(crate) fn parse_object(payload: &[u8], limits: &Limits) -> Result<Map<String, Json>, DecodeError> {
     // `Decoder::decode` checks this already; repeated here because each decoder is public on its own.
     if payload.len() > limits.max_payload_bytes {
         return Err(DecodeError::Oversized {
@@ -183,11 +167,7 @@ const MAX_EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
 /// A device timestamp in ms since the epoch: a non-negative integer that fits `i64`. A float with
 /// no fraction is accepted because JavaScript firmware prints large numbers as `1.7e12`.
 pub(crate) fn ms_from_json(v: &Json) -> Result<i64, DecodeError> {
-    let bad = || {
-        DecodeError::BadTimestamp(format!(
-            "expected non-negative integer ms since the epoch, got {v}"
-        ))
-    };
+    let bad = || DecodeError::BadTimestamp(format!("expected non-negative integer ms since the epoch, got {v}"));
     let Json::Number(n) = v else {
         return Err(bad());
     };
@@ -200,9 +180,7 @@ pub(crate) fn ms_from_json(v: &Json) -> Result<i64, DecodeError> {
     }
     match n.as_f64() {
         // `i64::MAX as f64` rounds up to 2^63, which itself does not fit: hence `<`.
-        Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < i64::MAX as f64 => {
-            Ok(f as i64)
-        }
+        Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < i64::MAX as f64 => Ok(f as i64),
         _ => Err(bad()),
     }
 }
@@ -218,9 +196,7 @@ pub(crate) fn seq_from_json(what: &str, v: &Json) -> Result<u64, DecodeError> {
         return Ok(u);
     }
     match n.as_f64() {
-        Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= MAX_EXACT_F64_INT => {
-            Ok(f as u64)
-        }
+        Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= MAX_EXACT_F64_INT => Ok(f as u64),
         _ => Err(bad()),
     }
 }
@@ -250,20 +226,12 @@ mod tests {
         decode(SITE, topic, payload.as_bytes(), &Limits::default())
     }
 
-    fn reading(
-        device: &str,
-        ts_ms: Option<i64>,
-        seq: Option<u64>,
-        metrics: &[(&str, Value)],
-    ) -> Reading {
+    fn reading(device: &str, ts_ms: Option<i64>, seq: Option<u64>, metrics: &[(&str, Value)]) -> Reading {
         Reading {
             device: DeviceKey::Id(device.to_owned()),
             ts_ms,
             seq,
-            metrics: metrics
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
+            metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         }
     }
 
@@ -321,12 +289,7 @@ mod tests {
         let r = run(TOPIC, r#"{"metrics":{"heart_rate":72}}"#);
         assert_eq!(
             r,
-            Ok(vec![reading(
-                "gas-k1",
-                None,
-                None,
-                &[("heart_rate", Value::Num(72.0))]
-            )])
+            Ok(vec![reading("gas-k1", None, None, &[("heart_rate", Value::Num(72.0))])])
         );
     }
 
@@ -346,10 +309,7 @@ mod tests {
                 limit: 32
             })
         );
-        assert_eq!(
-            reason(decode(SITE, TOPIC, payload.as_bytes(), &limits)),
-            "oversized"
-        );
+        assert_eq!(reason(decode(SITE, TOPIC, payload.as_bytes(), &limits)), "oversized");
     }
 
     #[test]
@@ -363,10 +323,7 @@ mod tests {
 
     #[test]
     fn invalid_json_is_rejected() {
-        assert_eq!(
-            reason(run(TOPIC, r#"{"metrics":{"smoke":tru}}"#)),
-            "invalid_json"
-        );
+        assert_eq!(reason(run(TOPIC, r#"{"metrics":{"smoke":tru}}"#)), "invalid_json");
         assert_eq!(reason(run(TOPIC, "")), "invalid_json");
         assert_eq!(
             reason(run(TOPIC, r#"{"metrics":{"smoke":true}} trailing"#)),
@@ -406,10 +363,7 @@ mod tests {
     #[test]
     fn other_site_is_rejected_as_wrong_site() {
         assert_eq!(
-            run(
-                "nh/nh-sh-02/gas-k1/telemetry",
-                r#"{"metrics":{"sos":true}}"#
-            ),
+            run("nh/nh-sh-02/gas-k1/telemetry", r#"{"metrics":{"sos":true}}"#),
             Err(DecodeError::WrongSite {
                 found: "nh-sh-02".into(),
                 expected: SITE.into()
@@ -447,10 +401,7 @@ mod tests {
     #[test]
     fn unknown_top_level_key_is_a_schema_error() {
         let r = run(TOPIC, r#"{"metrics":{"sos":true},"device":"x"}"#);
-        assert_eq!(
-            r,
-            Err(DecodeError::Schema("unknown top-level key `device`".into()))
-        );
+        assert_eq!(r, Err(DecodeError::Schema("unknown top-level key `device`".into())));
     }
 
     #[test]
@@ -475,19 +426,13 @@ mod tests {
             let payload = format!(r#"{{"seq":{seq},"metrics":{{"sos":true}}}}"#);
             assert_eq!(reason(run(TOPIC, &payload)), "wrong_type", "seq = {seq}");
         }
-        let max = run(
-            TOPIC,
-            r#"{"seq":18446744073709551615,"metrics":{"sos":true}}"#,
-        );
+        let max = run(TOPIC, r#"{"seq":18446744073709551615,"metrics":{"sos":true}}"#);
         assert_eq!(max.map(|v| v[0].seq), Ok(Some(u64::MAX)));
     }
 
     #[test]
     fn empty_metrics_is_no_metrics_and_missing_metrics_is_a_schema_error() {
-        assert_eq!(
-            run(TOPIC, r#"{"ts":1,"metrics":{}}"#),
-            Err(DecodeError::NoMetrics)
-        );
+        assert_eq!(run(TOPIC, r#"{"ts":1,"metrics":{}}"#), Err(DecodeError::NoMetrics));
         assert_eq!(reason(run(TOPIC, r#"{"ts":1}"#)), "wrong_type");
         assert_eq!(reason(run(TOPIC, r#"{"metrics":[]}"#)), "wrong_type");
     }
@@ -512,9 +457,7 @@ mod tests {
         let r = run(TOPIC, r#"{"metrics":{"smoke":true,"colour":"red"}}"#);
         assert_eq!(
             r,
-            Err(DecodeError::Vocabulary(VocabularyError::UnknownMetric(
-                "colour".into()
-            )))
+            Err(DecodeError::Vocabulary(VocabularyError::UnknownMetric("colour".into())))
         );
     }
 
@@ -528,14 +471,8 @@ mod tests {
 
     #[test]
     fn out_of_range_and_unrepresentable_numbers_are_rejected() {
-        assert_eq!(
-            reason(run(TOPIC, r#"{"metrics":{"gas_lel":1e300}}"#)),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(run(TOPIC, r#"{"metrics":{"spo2":-3}}"#)),
-            "out_of_range"
-        );
+        assert_eq!(reason(run(TOPIC, r#"{"metrics":{"gas_lel":1e300}}"#)), "out_of_range");
+        assert_eq!(reason(run(TOPIC, r#"{"metrics":{"spo2":-3}}"#)), "out_of_range");
         // serde_json refuses a literal beyond f64 while parsing: never an infinite reading.
         let huge = run(TOPIC, r#"{"metrics":{"gas_lel":1e400}}"#);
         assert!(

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use crate::decode::canonical::{
-    is_valid_id, json_kind, ms_from_json, number_to_f64, parse_object, seq_from_json,
-};
+use crate::decode::canonical::{is_valid_id, json_kind, ms_from_json, number_to_f64, parse_object, seq_from_json};
 use crate::decode::zigbee2mqtt::parse_rfc3339_ms;
 use crate::decode::{DecodeError, Limits};
 use crate::reading::{DeviceKey, Reading, Value};
@@ -112,19 +110,11 @@ impl Profile {
             problems.push("name: must not be empty".to_owned());
         }
         match (&self.device_pointer, self.device_topic_level) {
-            (Some(_), Some(_)) => {
-                problems.push("device_pointer, device_topic_level: set only one of them".to_owned())
-            }
-            (None, None) => {
-                problems.push("device_pointer, device_topic_level: set one of them".to_owned())
-            }
+            (Some(_), Some(_)) => problems.push("device_pointer, device_topic_level: set only one of them".to_owned()),
+            (None, None) => problems.push("device_pointer, device_topic_level: set one of them".to_owned()),
             _ => {}
         }
-        check_pointer(
-            &mut problems,
-            "device_pointer",
-            self.device_pointer.as_deref(),
-        );
+        check_pointer(&mut problems, "device_pointer", self.device_pointer.as_deref());
         check_pointer(&mut problems, "ts_pointer", self.ts_pointer.as_deref());
         check_pointer(&mut problems, "seq_pointer", self.seq_pointer.as_deref());
         if !self.device_prefix.is_empty() && !is_valid_id(&self.device_prefix) {
@@ -168,13 +158,8 @@ impl FieldMapping {
         let is_bool = matches!(spec.kind, Kind::Bool);
         for (key, value) in [("scale", self.scale), ("offset", self.offset)] {
             match value {
-                Some(_) if !is_number => problems.push(format!(
-                    "{at}.{key}: `{}` is not a number metric",
-                    self.metric
-                )),
-                Some(v) if !v.is_finite() => {
-                    problems.push(format!("{at}.{key}: must be a finite number"))
-                }
+                Some(_) if !is_number => problems.push(format!("{at}.{key}: `{}` is not a number metric", self.metric)),
+                Some(v) if !v.is_finite() => problems.push(format!("{at}.{key}: must be a finite number")),
                 _ => {}
             }
         }
@@ -182,37 +167,23 @@ impl FieldMapping {
             problems.push(format!("{at}.scale: 0 would make every value the offset"));
         }
         match (&self.unit, spec.kind) {
-            (
-                Some(unit),
-                Kind::Number {
-                    unit: canonical, ..
-                },
-            ) if unit != canonical => problems.push(format!(
+            (Some(unit), Kind::Number { unit: canonical, .. }) if unit != canonical => problems.push(format!(
                 "{at}.unit: `{}` is in `{canonical}`, not `{unit}`; convert with scale/offset",
                 self.metric
             )),
             (Some(_), Kind::Number { .. }) | (None, _) => {}
             (Some(_), _) => problems.push(format!("{at}.unit: `{}` has no unit", self.metric)),
         }
-        for (key, list) in [
-            ("true_values", &self.true_values),
-            ("false_values", &self.false_values),
-        ] {
+        for (key, list) in [("true_values", &self.true_values), ("false_values", &self.false_values)] {
             match list {
-                Some(_) if !is_bool => problems.push(format!(
-                    "{at}.{key}: `{}` is not a boolean metric",
-                    self.metric
-                )),
+                Some(_) if !is_bool => problems.push(format!("{at}.{key}: `{}` is not a boolean metric", self.metric)),
                 Some(l) if l.is_empty() => problems.push(format!("{at}.{key}: must not be empty")),
                 _ => {}
             }
         }
         if let (Some(t), Some(f)) = (&self.true_values, &self.false_values) {
             if let Some(both) = t.iter().find(|v| f.contains(v)) {
-                problems.push(format!(
-                    "{at}.false_values: {} is also in true_values",
-                    show(both)
-                ));
+                problems.push(format!("{at}.false_values: {} is also in true_values", show(both)));
             }
         }
         if let Some(map) = &self.enum_map {
@@ -270,9 +241,7 @@ fn check_pointer(problems: &mut Vec<String>, key: &str, pointer: Option<&str>) {
     let mut chars = p.chars();
     while let Some(c) = chars.next() {
         if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            problems.push(format!(
-                "{key}: JSON pointer `{p}` has `~` not followed by 0 or 1"
-            ));
+            problems.push(format!("{key}: JSON pointer `{p}` has `~` not followed by 0 or 1"));
             return;
         }
     }
@@ -280,12 +249,7 @@ fn check_pointer(problems: &mut Vec<String>, key: &str, pointer: Option<&str>) {
 
 /// Decodes one message with `profile`. A profile that failed [`Profile::validate`] still never
 /// panics here; its mistakes come out as rejections.
-pub fn decode(
-    profile: &Profile,
-    topic: &str,
-    payload: &[u8],
-    limits: &Limits,
-) -> Result<Vec<Reading>, DecodeError> {
+pub fn decode(profile: &Profile, topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Reading>, DecodeError> {
     let doc = Json::Object(parse_object(payload, limits)?);
     let device = device_id(profile, topic, &doc)?;
     let ts_ms = match profile.ts_pointer.as_deref().and_then(|p| present(&doc, p)) {
@@ -333,11 +297,7 @@ fn device_id(profile: &Profile, topic: &str, doc: &Json) -> Result<String, Decod
                     json_kind(other)
                 )))
             }
-            None => {
-                return Err(DecodeError::Schema(format!(
-                    "device id at `{p}` is missing"
-                )))
-            }
+            None => return Err(DecodeError::Schema(format!("device id at `{p}` is missing"))),
         }
     } else if let Some(level) = profile.device_topic_level {
         topic
@@ -365,11 +325,7 @@ fn timestamp(v: &Json, format: TsFormat) -> Result<i64, DecodeError> {
     match format {
         TsFormat::Ms => ms_from_json(v),
         TsFormat::S => {
-            let bad = || {
-                DecodeError::BadTimestamp(format!(
-                    "expected non-negative seconds since the epoch, got {v}"
-                ))
-            };
+            let bad = || DecodeError::BadTimestamp(format!("expected non-negative seconds since the epoch, got {v}"));
             let secs = v.as_f64().ok_or_else(bad)?;
             let ms = (secs * 1000.0).round();
             // `i64::MAX as f64` rounds up to 2^63, which itself does not fit: hence `<`.
@@ -380,8 +336,9 @@ fn timestamp(v: &Json, format: TsFormat) -> Result<i64, DecodeError> {
             }
         }
         TsFormat::Rfc3339 => match v {
-            Json::String(s) => parse_rfc3339_ms(s)
-                .ok_or_else(|| DecodeError::BadTimestamp(format!("{s:?} is not an RFC 3339 time"))),
+            Json::String(s) => {
+                parse_rfc3339_ms(s).ok_or_else(|| DecodeError::BadTimestamp(format!("{s:?} is not an RFC 3339 time")))
+            }
             other => Err(DecodeError::BadTimestamp(format!(
                 "expected an RFC 3339 string, got {}",
                 json_kind(other)
@@ -495,20 +452,12 @@ mod tests {
         p
     }
 
-    fn reading(
-        device: &str,
-        ts_ms: Option<i64>,
-        seq: Option<u64>,
-        metrics: &[(&str, Value)],
-    ) -> Reading {
+    fn reading(device: &str, ts_ms: Option<i64>, seq: Option<u64>, metrics: &[(&str, Value)]) -> Reading {
         Reading {
             device: DeviceKey::Id(device.to_owned()),
             ts_ms,
             seq,
-            metrics: metrics
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
+            metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         }
     }
 
@@ -733,14 +682,7 @@ mod tests {
         );
         let topic = "acme/pendant-7/up";
         let run = |payload: &str| decode(&p, topic, payload.as_bytes(), &Limits::default());
-        let sos = |b| {
-            Ok(vec![reading(
-                "pendant-7",
-                None,
-                None,
-                &[("sos", Value::Bool(b))],
-            )])
-        };
+        let sos = |b| Ok(vec![reading("pendant-7", None, None, &[("sos", Value::Bool(b))])]);
         assert_eq!(run(r#"{"sos":true}"#), sos(true));
         assert_eq!(run(r#"{"sos":1}"#), sos(true));
         assert_eq!(run(r#"{"sos":false}"#), sos(false));
@@ -763,18 +705,8 @@ mod tests {
             false_values = ["normal", 1]
             "#,
         );
-        let gas = |b| {
-            Ok(vec![reading(
-                "t1",
-                None,
-                None,
-                &[("gas_alarm", Value::Bool(b))],
-            )])
-        };
-        assert_eq!(
-            run(&p, r#"{"id":"t1","gas_sensor_status":"alarm"}"#),
-            gas(true)
-        );
+        let gas = |b| Ok(vec![reading("t1", None, None, &[("gas_alarm", Value::Bool(b))])]);
+        assert_eq!(run(&p, r#"{"id":"t1","gas_sensor_status":"alarm"}"#), gas(true));
         assert_eq!(run(&p, r#"{"id":"t1","gas_sensor_status":0}"#), gas(true));
         assert_eq!(run(&p, r#"{"id":"t1","gas_sensor_status":1}"#), gas(false));
         assert_eq!(
@@ -825,14 +757,8 @@ mod tests {
             )])
         );
         let kept = run(&p, r#"{"id":"r1","code":31}"#);
-        assert_eq!(
-            kept,
-            Ok(vec![reading("r1", None, None, &[("fault_code", t("31"))])])
-        );
-        assert_eq!(
-            reason(run(&p, r#"{"id":"r1","fall":"falling"}"#)),
-            "bad_enum"
-        );
+        assert_eq!(kept, Ok(vec![reading("r1", None, None, &[("fault_code", t("31"))])]));
+        assert_eq!(reason(run(&p, r#"{"id":"r1","fall":"falling"}"#)), "bad_enum");
         assert_eq!(reason(run(&p, r#"{"id":"r1","fall":2}"#)), "wrong_type");
     }
 
@@ -882,14 +808,8 @@ mod tests {
             reason(run(&p, r#"{"devEUI":"24e1 2453","object":{"gas":1}}"#)),
             "wrong_type"
         );
-        assert_eq!(
-            reason(run(&p, r#"{"devEUI":true,"object":{"gas":1}}"#)),
-            "wrong_type"
-        );
-        assert_eq!(
-            reason(run(&p, r#"{"devEUI":-4,"object":{"gas":1}}"#)),
-            "wrong_type"
-        );
+        assert_eq!(reason(run(&p, r#"{"devEUI":true,"object":{"gas":1}}"#)), "wrong_type");
+        assert_eq!(reason(run(&p, r#"{"devEUI":-4,"object":{"gas":1}}"#)), "wrong_type");
         let numeric = run(&p, r#"{"devEUI":860374051096202,"object":{"gas":10}}"#);
         assert_eq!(
             numeric.map(|v| v[0].device.clone()),
@@ -911,12 +831,7 @@ mod tests {
         let ok = decode(&p, "acme/up/hs-9", br#"{"t":21.5}"#, &Limits::default());
         assert_eq!(
             ok,
-            Ok(vec![reading(
-                "hs-9",
-                None,
-                None,
-                &[("temperature", Value::Num(21.5))]
-            )])
+            Ok(vec![reading("hs-9", None, None, &[("temperature", Value::Num(21.5))])])
         );
         assert_eq!(
             reason(decode(&p, "acme/up", br#"{"t":21.5}"#, &Limits::default())),
@@ -931,11 +846,7 @@ mod tests {
     #[test]
     fn bad_timestamps_are_rejected_per_format() {
         let p = profile(ACME_GAS);
-        for time in [
-            r#""2026-05-01""#,
-            "1777636800000",
-            r#""2026-05-01T12:00:00+08""#,
-        ] {
+        for time in [r#""2026-05-01""#, "1777636800000", r#""2026-05-01T12:00:00+08""#] {
             let payload = format!(r#"{{"devEUI":"a1","time":{time},"object":{{"gas":1}}}}"#);
             assert_eq!(reason(run(&p, &payload)), "bad_timestamp", "{time}");
         }
@@ -947,9 +858,7 @@ mod tests {
         );
         assert_eq!(ok.map(|v| v[0].ts_ms), Ok(Some(1_589_352_628_500)));
         for ts in ["-1", "\"1589352628\"", "1e300"] {
-            let payload = format!(
-                r#"{{"IMEI":"1","timestamp":{ts},"payload":{{"serviceData":{{"SNR":1}}}}}}"#
-            );
+            let payload = format!(r#"{{"IMEI":"1","timestamp":{ts},"payload":{{"serviceData":{{"SNR":1}}}}}}"#);
             assert_eq!(reason(run(&secs, &payload)), "bad_timestamp", "{ts}");
         }
     }
@@ -966,10 +875,7 @@ mod tests {
     #[test]
     fn message_with_no_mapped_field_is_no_metrics() {
         let p = profile(ACME_GAS);
-        assert_eq!(
-            run(&p, r#"{"devEUI":"a1","object":{}}"#),
-            Err(DecodeError::NoMetrics)
-        );
+        assert_eq!(run(&p, r#"{"devEUI":"a1","object":{}}"#), Err(DecodeError::NoMetrics));
     }
 
     #[test]
@@ -994,12 +900,7 @@ mod tests {
             max_json_depth: 2,
             ..Limits::default()
         };
-        let r = decode(
-            &p,
-            "t",
-            br#"{"devEUI":"a1","rxInfo":[{"rssi":-97}]}"#,
-            &deep,
-        );
+        let r = decode(&p, "t", br#"{"devEUI":"a1","rxInfo":[{"rssi":-97}]}"#, &deep);
         assert_eq!(r, Err(DecodeError::TooDeep(2)));
     }
 
@@ -1095,9 +996,8 @@ mod tests {
 
     #[test]
     fn profile_rejects_unknown_keys_and_bad_ts_format() {
-        let unknown = toml::from_str::<Profile>(
-            "name = \"x\"\ndevice_pointer = \"/id\"\ndevice_id = \"/x\"\nfields = []\n",
-        );
+        let unknown =
+            toml::from_str::<Profile>("name = \"x\"\ndevice_pointer = \"/id\"\ndevice_id = \"/x\"\nfields = []\n");
         assert!(unknown.is_err());
         let field = toml::from_str::<Profile>(
             "name = \"x\"\ndevice_pointer = \"/id\"\n[[fields]]\npointer = \"/a\"\nmetric = \"sos\"\nscal = 2\n",
@@ -1234,11 +1134,7 @@ mod tests {
             if map.is_empty() {
                 break;
             }
-            let key = map
-                .keys()
-                .nth(rng.below(map.len()))
-                .cloned()
-                .unwrap_or_default();
+            let key = map.keys().nth(rng.below(map.len())).cloned().unwrap_or_default();
             let Some(child) = map.get_mut(&key) else {
                 break;
             };
@@ -1264,14 +1160,8 @@ mod tests {
                 "nh/nh-hz-01/gas-k1/telemetry",
             ),
             (Decoder::Zigbee2Mqtt, "zigbee2mqtt/A-305 smoke"),
-            (
-                Decoder::JsonMap(Arc::new(profile(ACME_GAS))),
-                "acme/up/24e1",
-            ),
-            (
-                Decoder::JsonMap(Arc::new(profile(CTWING_SMOKE))),
-                "ctwing/up",
-            ),
+            (Decoder::JsonMap(Arc::new(profile(ACME_GAS))), "acme/up/24e1"),
+            (Decoder::JsonMap(Arc::new(profile(CTWING_SMOKE))), "ctwing/up"),
         ];
         let seeds: &[&str] = &[
             r#"{"ts":1777636800123,"seq":4,"metrics":{"gas_lel":12.5,"smoke":false,"fall_state":"none","fault_code":"x"}}"#,
@@ -1309,8 +1199,7 @@ mod tests {
                 _ => swap_value(&mut rng, seed),
             };
             let other_topic = *rng.pick(topics);
-            let mutated_topic =
-                String::from_utf8_lossy(&mutate(&mut rng, other_topic.as_bytes())).into_owned();
+            let mutated_topic = String::from_utf8_lossy(&mutate(&mut rng, other_topic.as_bytes())).into_owned();
             for (d, (decoder, home_topic)) in decoders.iter().enumerate() {
                 let topic = match rng.below(8) {
                     0 => other_topic,
@@ -1325,11 +1214,7 @@ mod tests {
                             let r = &readings[0];
                             assert!(!r.metrics.is_empty());
                             for (name, value) in &r.metrics {
-                                assert_eq!(
-                                    vocabulary::check(name, value),
-                                    Ok(()),
-                                    "{name} in {r:?}"
-                                );
+                                assert_eq!(vocabulary::check(name, value), Ok(()), "{name} in {r:?}");
                             }
                         }
                         Err(e) => {

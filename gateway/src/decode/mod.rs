@@ -96,12 +96,7 @@ pub enum Decoder {
 
 impl Decoder {
     /// Decodes one message.
-    pub fn decode(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        limits: &Limits,
-    ) -> Result<Vec<Reading>, DecodeError> {
+    pub fn decode(&self, topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Reading>, DecodeError> {
         if payload.len() > limits.max_payload_bytes {
             return Err(DecodeError::Oversized {
                 size: payload.len(),

@@ -99,9 +99,10 @@ pub fn decode(topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Readin
 
     let ts_ms = match doc.get("last_seen") {
         None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
-            DecodeError::BadTimestamp(format!("`last_seen` {s:?} is not an RFC 3339 time"))
-        })?),
+        Some(Json::String(s)) => Some(
+            parse_rfc3339_ms(s)
+                .ok_or_else(|| DecodeError::BadTimestamp(format!("`last_seen` {s:?} is not an RFC 3339 time")))?,
+        ),
         Some(v) => Some(ms_from_json(v)?),
     };
 
@@ -160,10 +161,7 @@ fn owon_status(status: &str, metrics: &mut BTreeMap<String, Value>) -> Result<()
 /// `trouble` (IAS zone bit 6) and `fault` (Tuya: a boolean, or an enum whose non-`none` values name
 /// the fault) both mean `fault`. They are OR-ed rather than overridden: a fault reported by either
 /// must not be hidden by the other saying false.
-fn fault(
-    doc: &Map<String, Json>,
-    metrics: &mut BTreeMap<String, Value>,
-) -> Result<(), DecodeError> {
+fn fault(doc: &Map<String, Json>, metrics: &mut BTreeMap<String, Value>) -> Result<(), DecodeError> {
     let trouble = flag(doc, "trouble")?;
     let fault = match doc.get("fault") {
         None | Some(Json::Null) => None,
@@ -299,8 +297,7 @@ pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     if !valid {
         return None;
     }
-    let secs =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
     let ms = secs * 1000 + millis;
     (ms >= 0).then_some(ms)
 }
@@ -370,10 +367,7 @@ mod tests {
             device: DeviceKey::Zigbee(name.to_owned()),
             ts_ms,
             seq: None,
-            metrics: metrics
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
+            metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         }
     }
 
@@ -470,14 +464,8 @@ mod tests {
     #[test]
     fn tuya_radar_fall_and_none_map_to_canonical_fall_states() {
         let fall = run("zigbee2mqtt/r", r#"{"fall_down_status":"fall"}"#);
-        assert_eq!(
-            fall,
-            Ok(vec![reading("r", None, &[("fall_state", t("fall"))])])
-        );
-        let none = run(
-            "zigbee2mqtt/r",
-            r#"{"fall_down_status":"none","occupancy":true}"#,
-        );
+        assert_eq!(fall, Ok(vec![reading("r", None, &[("fall_state", t("fall"))])]));
+        let none = run("zigbee2mqtt/r", r#"{"fall_down_status":"none","occupancy":true}"#);
         assert_eq!(
             none,
             Ok(vec![reading(
@@ -493,25 +481,16 @@ mod tests {
         let cases: &[(&str, &[(&str, Value)])] = &[
             ("unoccupied", &[("presence", Value::Bool(false))]),
             ("occupied", &[("presence", Value::Bool(true))]),
-            (
-                "sitting",
-                &[("posture", t("sitting")), ("presence", Value::Bool(true))],
-            ),
+            ("sitting", &[("posture", t("sitting")), ("presence", Value::Bool(true))]),
             (
                 "on_the_bed",
                 &[("posture", t("on_bed")), ("presence", Value::Bool(true))],
             ),
             (
                 "low_posture",
-                &[
-                    ("posture", t("low_posture")),
-                    ("presence", Value::Bool(true)),
-                ],
+                &[("posture", t("low_posture")), ("presence", Value::Bool(true))],
             ),
-            (
-                "falling",
-                &[("fall_state", t("fall")), ("presence", Value::Bool(true))],
-            ),
+            ("falling", &[("fall_state", t("fall")), ("presence", Value::Bool(true))]),
         ];
         for (status, metrics) in cases {
             let payload = format!(r#"{{"status":"{status}","location_x":120,"location_y":-40}}"#);
@@ -521,10 +500,7 @@ mod tests {
                 "{status}"
             );
         }
-        let breathing = run(
-            "zigbee2mqtt/fds315",
-            r#"{"status":"on_the_bed","breathing_rate":14}"#,
-        );
+        let breathing = run("zigbee2mqtt/fds315", r#"{"status":"on_the_bed","breathing_rate":14}"#);
         assert_eq!(
             breathing,
             Ok(vec![reading(
@@ -550,8 +526,7 @@ mod tests {
     /// domain.md 1.2: Feibit SEB01ZB SOS button.
     #[test]
     fn feibit_sos_button_maps_to_sos_true() {
-        let payload =
-            r#"{"sos":true,"battery_low":false,"tamper":false,"battery":87,"linkquality":60}"#;
+        let payload = r#"{"sos":true,"battery_low":false,"tamper":false,"battery":87,"linkquality":60}"#;
         assert_eq!(
             run("zigbee2mqtt/pendant r-8f3a", payload),
             Ok(vec![reading(
@@ -580,10 +555,7 @@ mod tests {
             )])
         );
         let double = run("zigbee2mqtt/hs1eb", r#"{"action":"double"}"#);
-        assert_eq!(
-            double,
-            Ok(vec![reading("hs1eb", None, &[("button", t("double"))])])
-        );
+        assert_eq!(double, Ok(vec![reading("hs1eb", None, &[("button", t("double"))])]));
         assert_eq!(
             run("zigbee2mqtt/hs1eb", r#"{"action":"arm_away"}"#),
             Err(DecodeError::NoMetrics)
@@ -597,8 +569,7 @@ mod tests {
     /// domain.md 1.7: Z2M `contact: true` means closed.
     #[test]
     fn contact_true_means_door_closed() {
-        let payload =
-            r#"{"contact":true,"battery":91,"voltage":3000,"tamper":false,"linkquality":102}"#;
+        let payload = r#"{"contact":true,"battery":91,"voltage":3000,"tamper":false,"linkquality":102}"#;
         assert_eq!(
             run("zigbee2mqtt/A-305 door", payload),
             Ok(vec![reading(
@@ -652,10 +623,7 @@ mod tests {
             Ok(vec![reading(
                 "boiler gas",
                 None,
-                &[
-                    ("gas_alarm", Value::Bool(true)),
-                    ("gas_lel", Value::Num(11.0))
-                ],
+                &[("gas_alarm", Value::Bool(true)), ("gas_lel", Value::Num(11.0))],
             )])
         );
     }
@@ -682,21 +650,14 @@ mod tests {
         let no_fault = run("zigbee2mqtt/boiler co", r#"{"fault":"none"}"#);
         assert_eq!(
             no_fault,
-            Ok(vec![reading(
-                "boiler co",
-                None,
-                &[("fault", Value::Bool(false))]
-            )])
+            Ok(vec![reading("boiler co", None, &[("fault", Value::Bool(false))])])
         );
     }
 
     #[test]
     fn trouble_is_not_hidden_by_fault_false() {
         let r = run("zigbee2mqtt/s", r#"{"trouble":true,"fault":false}"#);
-        assert_eq!(
-            r,
-            Ok(vec![reading("s", None, &[("fault", Value::Bool(true))])])
-        );
+        assert_eq!(r, Ok(vec![reading("s", None, &[("fault", Value::Bool(true))])]));
     }
 
     #[test]
@@ -711,10 +672,7 @@ mod tests {
             r#"{"smoke":false,"last_seen":"2026-05-01T20:00:00+08:00"}"#,
         );
         assert_eq!(local.map(|v| v[0].ts_ms), Ok(Some(1_777_636_800_000)));
-        let epoch = run(
-            "zigbee2mqtt/s",
-            r#"{"smoke":false,"last_seen":1777636800123}"#,
-        );
+        let epoch = run("zigbee2mqtt/s", r#"{"smoke":false,"last_seen":1777636800123}"#);
         assert_eq!(epoch.map(|v| v[0].ts_ms), Ok(Some(1_777_636_800_123)));
     }
 
@@ -728,24 +686,14 @@ mod tests {
             r#""2026-05-01T12:00:00""#,
         ] {
             let payload = format!(r#"{{"smoke":false,"last_seen":{last_seen}}}"#);
-            assert_eq!(
-                reason(run("zigbee2mqtt/s", &payload)),
-                "bad_timestamp",
-                "{last_seen}"
-            );
+            assert_eq!(reason(run("zigbee2mqtt/s", &payload)), "bad_timestamp", "{last_seen}");
         }
     }
 
     #[test]
     fn null_attributes_count_as_absent() {
-        let r = run(
-            "zigbee2mqtt/s",
-            r#"{"smoke":null,"battery":null,"tamper":true}"#,
-        );
-        assert_eq!(
-            r,
-            Ok(vec![reading("s", None, &[("tamper", Value::Bool(true))])])
-        );
+        let r = run("zigbee2mqtt/s", r#"{"smoke":null,"battery":null,"tamper":true}"#);
+        assert_eq!(r, Ok(vec![reading("s", None, &[("tamper", Value::Bool(true))])]));
     }
 
     #[test]
@@ -757,15 +705,9 @@ mod tests {
                 "Zigbee2MQTT `smoke` must be a boolean, got a string".into()
             ))
         );
-        assert_eq!(
-            reason(run("zigbee2mqtt/s", r#"{"gas_value":"3"}"#)),
-            "wrong_type"
-        );
+        assert_eq!(reason(run("zigbee2mqtt/s", r#"{"gas_value":"3"}"#)), "wrong_type");
         assert_eq!(reason(run("zigbee2mqtt/s", r#"{"fault":3}"#)), "wrong_type");
-        assert_eq!(
-            reason(run("zigbee2mqtt/s", r#"{"fall_down_status":2}"#)),
-            "wrong_type"
-        );
+        assert_eq!(reason(run("zigbee2mqtt/s", r#"{"fall_down_status":2}"#)), "wrong_type");
     }
 
     #[test]
@@ -778,18 +720,9 @@ mod tests {
 
     #[test]
     fn values_outside_the_physical_range_are_rejected() {
-        assert_eq!(
-            reason(run("zigbee2mqtt/s", r#"{"battery":250}"#)),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(run("zigbee2mqtt/s", r#"{"gas_value":1e300}"#)),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(run("zigbee2mqtt/s", r#"{"gas_value":1e400}"#)),
-            "invalid_json"
-        );
+        assert_eq!(reason(run("zigbee2mqtt/s", r#"{"battery":250}"#)), "out_of_range");
+        assert_eq!(reason(run("zigbee2mqtt/s", r#"{"gas_value":1e300}"#)), "out_of_range");
+        assert_eq!(reason(run("zigbee2mqtt/s", r#"{"gas_value":1e400}"#)), "invalid_json");
     }
 
     #[test]
@@ -817,11 +750,7 @@ mod tests {
             "tele/x/SENSOR",
             "nh/site/dev/telemetry",
         ] {
-            assert_eq!(
-                reason(run(topic, r#"{"smoke":true}"#)),
-                "bad_topic",
-                "{topic}"
-            );
+            assert_eq!(reason(run(topic, r#"{"smoke":true}"#)), "bad_topic", "{topic}");
         }
     }
 
@@ -845,45 +774,23 @@ mod tests {
             max_json_depth: 2,
             ..Limits::default()
         };
-        let deep = decode(
-            "zigbee2mqtt/s",
-            br#"{"update":{"a":{"b":1}},"smoke":true}"#,
-            &shallow,
-        );
+        let deep = decode("zigbee2mqtt/s", br#"{"update":{"a":{"b":1}},"smoke":true}"#, &shallow);
         assert_eq!(deep, Err(DecodeError::TooDeep(2)));
     }
 
     #[test]
     fn rfc3339_parser_handles_offsets_fractions_and_calendar() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2026-05-01T12:00:00.123Z"),
-            Some(1_777_636_800_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2026-05-01t12:00:00.1z"),
-            Some(1_777_636_800_100)
-        );
+        assert_eq!(parse_rfc3339_ms("2026-05-01T12:00:00.123Z"), Some(1_777_636_800_123));
+        assert_eq!(parse_rfc3339_ms("2026-05-01t12:00:00.1z"), Some(1_777_636_800_100));
         assert_eq!(
             parse_rfc3339_ms("2026-05-01 12:00:00.123456789Z"),
             Some(1_777_636_800_123)
         );
-        assert_eq!(
-            parse_rfc3339_ms("2026-05-01T07:30:00-04:30"),
-            Some(1_777_636_800_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-02-29T00:00:00Z"),
-            Some(1_709_164_800_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-03-01T00:00:00Z"),
-            Some(951_868_800_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2016-12-31T23:59:60Z"),
-            Some(1_483_228_800_000)
-        );
+        assert_eq!(parse_rfc3339_ms("2026-05-01T07:30:00-04:30"), Some(1_777_636_800_000));
+        assert_eq!(parse_rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(parse_rfc3339_ms("2000-03-01T00:00:00Z"), Some(951_868_800_000));
+        assert_eq!(parse_rfc3339_ms("2016-12-31T23:59:60Z"), Some(1_483_228_800_000));
         for bad in [
             "",
             "2026-05-01",

@@ -46,14 +46,10 @@ impl InfluxClient {
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)));
         let token = token.map(|t| t.expose().to_owned()).unwrap_or_default();
-        let client = influxdb2::ClientBuilder::with_builder(
-            builder,
-            cfg.url.trim_end_matches('/'),
-            cfg.org.clone(),
-            token,
-        )
-        .build()
-        .map_err(|e| BuildError(e.to_string()))?;
+        let client =
+            influxdb2::ClientBuilder::with_builder(builder, cfg.url.trim_end_matches('/'), cfg.org.clone(), token)
+                .build()
+                .map_err(|e| BuildError(e.to_string()))?;
         Ok(InfluxClient {
             client,
             org: cfg.org.clone(),
@@ -65,12 +61,7 @@ impl InfluxClient {
     pub async fn write(&self, body: String) -> Result<(), WriteError> {
         match self
             .client
-            .write_line_protocol_with_precision(
-                &self.org,
-                &self.bucket,
-                body,
-                TimestampPrecision::Milliseconds,
-            )
+            .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Milliseconds)
             .await
         {
             Ok(()) => Ok(()),
@@ -87,10 +78,7 @@ fn classify(e: RequestError) -> WriteError {
             match code {
                 // The content is refused: 400 bad line, 413 too large, 422 unprocessable
                 // (outside retention, field type conflict).
-                400 | 413 | 422 => WriteError::Malformed {
-                    status: code,
-                    message,
-                },
+                400 | 413 | 422 => WriteError::Malformed { status: code, message },
                 401 | 403 => WriteError::Transient {
                     kind: "unauthorized",
                     message,

@@ -159,10 +159,7 @@ mod tests {
         let nasty = ["a b", "x,y", "k=v", "q\"", "back\\", "new\nline", "ünï", ""];
         for room in nasty {
             for text in nasty {
-                let mut r = record(&[
-                    ("fault_code", Value::Text(text.into())),
-                    ("gas_lel", Value::Num(0.5)),
-                ]);
+                let mut r = record(&[("fault_code", Value::Text(text.into())), ("gas_lel", Value::Num(0.5))]);
                 r.room = room.into();
                 let l = line("s", &r);
                 assert!(!l.contains('\n'), "{l:?}");

@@ -73,9 +73,7 @@ impl Forwarder {
         let store = tokio::task::spawn_blocking(move || Store::open_secondary(&path)).await??;
         let store = Arc::new(std::sync::Mutex::new(store));
         let mut cursor = blocking(&store, |s| s.cursor(CURSOR)).await?;
-        self.telemetry
-            .influx_cursor
-            .store(cursor, Ordering::Relaxed);
+        self.telemetry.influx_cursor.store(cursor, Ordering::Relaxed);
         info!(cursor, "influx forwarder started");
         let batch_max = self.cfg.batch_max_lines;
         let linger = Duration::from_millis(self.cfg.linger_ms);
@@ -121,9 +119,7 @@ impl Forwarder {
             }
             blocking(&store, move |s| s.set_cursor(CURSOR, last)).await?;
             cursor = last;
-            self.telemetry
-                .influx_cursor
-                .store(cursor, Ordering::Relaxed);
+            self.telemetry.influx_cursor.store(cursor, Ordering::Relaxed);
         }
     }
 
@@ -151,9 +147,7 @@ impl Forwarder {
             match self.client.write(body).await {
                 Ok(()) => {
                     backoff = BACKOFF_START;
-                    self.telemetry
-                        .influx_batches
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.influx_batches.fetch_add(1, Ordering::Relaxed);
                     self.telemetry
                         .influx_lines
                         .fetch_add((end - start) as u64, Ordering::Relaxed);
@@ -170,9 +164,7 @@ impl Forwarder {
                         warn!(reading_id = id, %error, "line refused by the database; quarantined");
                         let at = self.clock.now_ms();
                         blocking(store, move |s| s.quarantine(at, id, &line, &error)).await?;
-                        self.telemetry
-                            .influx_quarantined
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.telemetry.influx_quarantined.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(WriteError::Transient { kind, message }) => {
@@ -198,9 +190,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ForwarderError> {
     let store = store.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let guard = store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     })
     .await?;

@@ -12,10 +12,7 @@ use crate::config::SyncPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("journal {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: rusqlite::Error },
     #[error("journal: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("journal: stored metrics are not JSON: {0}")]
@@ -96,9 +93,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.conn.path())
-            .finish()
+        f.debug_struct("Store").field("path", &self.conn.path()).finish()
     }
 }
 
@@ -143,11 +138,9 @@ impl Store {
     pub fn last_id(&self) -> Result<RowId, StoreError> {
         let seq: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'readings'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(seq.unwrap_or(0))
     }
@@ -156,11 +149,7 @@ impl Store {
     pub fn cursor(&self, name: &str) -> Result<RowId, StoreError> {
         let pos: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT position FROM cursors WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT position FROM cursors WHERE name = ?1", [name], |r| r.get(0))
             .optional()?;
         Ok(pos.unwrap_or(0))
     }
@@ -209,12 +198,7 @@ impl Store {
     }
 
     /// A device's readings with `ts >= since`, ascending by `ts`, at most `limit`.
-    pub fn history(
-        &self,
-        device: &str,
-        since: i64,
-        limit: usize,
-    ) -> Result<Vec<HistoryReading>, StoreError> {
+    pub fn history(&self, device: &str, since: i64, limit: usize) -> Result<Vec<HistoryReading>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT ts, ts_recv, seq, metrics FROM readings
              WHERE device = ?1 AND ts >= ?2 ORDER BY ts, id LIMIT ?3",
@@ -272,13 +256,7 @@ impl Store {
     }
 
     /// Sets a line InfluxDB refused aside, with the reason.
-    pub fn quarantine(
-        &self,
-        at: i64,
-        reading_id: RowId,
-        line: &str,
-        error: &str,
-    ) -> Result<(), StoreError> {
+    pub fn quarantine(&self, at: i64, reading_id: RowId, line: &str, error: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO quarantine (at, reading_id, line, error) VALUES (?1, ?2, ?3, ?4)",
             params![at, reading_id, line, error],
@@ -297,9 +275,7 @@ impl Store {
     /// Size of the database in bytes (pages in use, WAL excluded).
     pub fn size_bytes(&self) -> Result<u64, StoreError> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let free: i64 = self
-            .conn
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(((pages - free).max(0) * size) as u64)
     }

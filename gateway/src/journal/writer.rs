@@ -71,11 +71,7 @@ pub struct WriterHandle {
 }
 
 /// Starts the writer thread. It ends once every sender is dropped and the queue is drained.
-pub fn spawn_writer(
-    store: Store,
-    cfg: WriterConfig,
-    telemetry: Arc<Telemetry>,
-) -> Result<WriterHandle, StoreError> {
+pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let last = store.last_id()?;
     telemetry.journal_last_id.store(last, Ordering::Relaxed);
@@ -100,11 +96,7 @@ pub fn spawn_writer(
             path: "journal-writer thread".into(),
             source: rusqlite::Error::InvalidPath(e.to_string().into()),
         })?;
-    Ok(WriterHandle {
-        tx,
-        committed,
-        thread,
-    })
+    Ok(WriterHandle { tx, committed, thread })
 }
 
 fn load_seq_state(store: &Store) -> Result<HashMap<String, u64>, StoreError> {
@@ -147,9 +139,7 @@ impl Writer {
         loop {
             let wait = next_housekeeping.saturating_duration_since(Instant::now());
             let rx = &mut self.rx;
-            let first = self
-                .rt
-                .block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            let first = self.rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
             match first {
                 Ok(Some(first)) => {
                     let mut batch = vec![first];
@@ -181,9 +171,7 @@ impl Writer {
         loop {
             match self.commit(&batch) {
                 Ok(last) => {
-                    self.telemetry
-                        .journal_last_id
-                        .store(last, Ordering::Relaxed);
+                    self.telemetry.journal_last_id.store(last, Ordering::Relaxed);
                     self.committed.send_replace(last);
                     for ingest in batch {
                         if let Some(Ack(f)) = ingest.ack {
@@ -193,9 +181,7 @@ impl Writer {
                     return;
                 }
                 Err(e) => {
-                    self.telemetry
-                        .journal_commit_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.journal_commit_errors.fetch_add(1, Ordering::Relaxed);
                     error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "journal commit failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -237,8 +223,7 @@ impl Writer {
                 d.last_seen = d.last_seen.max(r.ts_recv);
                 d.last_ts = d.last_ts.max(r.ts);
                 d.readings += 1;
-                d.metrics
-                    .extend(r.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
+                d.metrics.extend(r.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
                 if let Some(seq) = r.seq {
                     match seqs.get(&r.device).copied() {
                         Some(prev) if seq == prev => d.duplicates += 1,
@@ -280,9 +265,9 @@ impl Writer {
             }
         }
         tx.commit()?;
-        let (dups, gaps, resets) = deltas.values().fold((0, 0, 0), |a, d| {
-            (a.0 + d.duplicates, a.1 + d.gaps, a.2 + d.resets)
-        });
+        let (dups, gaps, resets) = deltas
+            .values()
+            .fold((0, 0, 0), |a, d| (a.0 + d.duplicates, a.1 + d.gaps, a.2 + d.resets));
         self.seqs = seqs;
         let t = &self.telemetry;
         t.journal_commits.fetch_add(1, Ordering::Relaxed);
@@ -303,9 +288,7 @@ impl Writer {
                 None => i64::MAX,
             };
             let now = self.cfg.clock.now_ms();
-            let mut deleted = self
-                .store
-                .delete_older(now - self.cfg.retention_ms, max_id)?;
+            let mut deleted = self.store.delete_older(now - self.cfg.retention_ms, max_id)?;
             let mut size = self.store.size_bytes()?;
             while size > self.cfg.disk_budget_bytes {
                 let n = self.store.delete_oldest(BUDGET_DELETE_CHUNK, max_id)?;
@@ -323,9 +306,7 @@ impl Writer {
             }
             if deleted > 0 {
                 info!(deleted, "journal retention");
-                self.telemetry
-                    .journal_deleted
-                    .fetch_add(deleted, Ordering::Relaxed);
+                self.telemetry.journal_deleted.fetch_add(deleted, Ordering::Relaxed);
             }
             self.telemetry.journal_bytes.store(size, Ordering::Relaxed);
             Ok(())

@@ -21,10 +21,7 @@ use tracing::error;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("embedded MQTT broker cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("embedded MQTT broker on {addr} stopped: {message}")]
     Stopped { addr: SocketAddr, message: String },
     #[error("embedded MQTT broker on {addr} did not start accepting within {waited_ms} ms")]
@@ -60,14 +57,10 @@ pub async fn start(
     // Bind once ourselves: a taken port fails here with the real error, and port 0 becomes a
     // concrete free port rumqttd can be given.
     let addr = {
-        let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-            addr: listen,
-            source,
-        })?;
-        probe.local_addr().map_err(|source| BrokerError::Bind {
-            addr: listen,
-            source,
-        })?
+        let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+        probe
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr: listen, source })?
     };
     let router_cfg = RouterConfig {
         max_connections: MAX_CONNECTIONS,
@@ -97,10 +90,7 @@ pub async fn start(
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = failed_tx.send(format!("cannot start its runtime: {e}"));

@@ -69,11 +69,7 @@ impl MqttSource {
             .set_request_channel_capacity(REQUEST_CAPACITY)
             .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
         if let Some(user) = &cfg.username {
-            let pass = cfg
-                .password
-                .as_ref()
-                .map(|p| p.expose().to_owned())
-                .unwrap_or_default();
+            let pass = cfg.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
             options.set_credentials(user.clone(), pass);
         }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
@@ -112,11 +108,7 @@ impl MqttSource {
                         pending_subacks = cfg.routes.len();
                         // Subscribing from another task: this one must keep polling.
                         let client = client.clone();
-                        let routes: Vec<(String, QoS)> = cfg
-                            .routes
-                            .iter()
-                            .map(|r| (r.filter.clone(), r.qos))
-                            .collect();
+                        let routes: Vec<(String, QoS)> = cfg.routes.iter().map(|r| (r.filter.clone(), r.qos)).collect();
                         tokio::spawn(async move {
                             for (filter, qos) in routes {
                                 if let Err(e) = client.subscribe(filter.clone(), qos).await {
@@ -165,19 +157,10 @@ impl MqttSource {
 
     async fn handle(&self, p: Publish, ack_tx: &mpsc::UnboundedSender<Publish>) {
         let recv_ms = self.normalizer.clock.now_ms();
-        let records = match self
-            .cfg
-            .routes
-            .iter()
-            .find(|r| topic_matches(&r.filter, &p.topic))
-        {
-            Some(route) => self
-                .normalizer
-                .process(&route.decoder, &p.topic, &p.payload, recv_ms),
+        let records = match self.cfg.routes.iter().find(|r| topic_matches(&r.filter, &p.topic)) {
+            Some(route) => self.normalizer.process(&route.decoder, &p.topic, &p.payload, recv_ms),
             None => {
-                self.telemetry
-                    .messages_received
-                    .fetch_add(1, Ordering::Relaxed);
+                self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
                 self.telemetry.rejected("no_route");
                 Vec::new()
             }
@@ -224,15 +207,9 @@ mod tests {
     #[test]
     fn filters_match_like_mqtt() {
         assert!(topic_matches("nh/+/+/telemetry", "nh/s1/dev-1/telemetry"));
-        assert!(!topic_matches(
-            "nh/+/+/telemetry",
-            "nh/s1/dev-1/telemetry/x"
-        ));
+        assert!(!topic_matches("nh/+/+/telemetry", "nh/s1/dev-1/telemetry/x"));
         assert!(topic_matches("zigbee2mqtt/+", "zigbee2mqtt/smoke_1"));
-        assert!(!topic_matches(
-            "zigbee2mqtt/+",
-            "zigbee2mqtt/smoke_1/availability"
-        ));
+        assert!(!topic_matches("zigbee2mqtt/+", "zigbee2mqtt/smoke_1/availability"));
         assert!(topic_matches("vendor/#", "vendor/a/b/c"));
         assert!(topic_matches("#", "anything/at/all"));
     }

@@ -46,21 +46,13 @@ async fn malformed_payloads_are_counted_and_good_readings_all_arrive() -> Result
     );
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
         (good_topic, b"{not json".to_vec(), "invalid_json"),
-        (
-            good_topic,
-            br#"{"metrics":{"gas_lel":"high"}}"#.to_vec(),
-            "wrong_type",
-        ),
+        (good_topic, br#"{"metrics":{"gas_lel":"high"}}"#.to_vec(), "wrong_type"),
         (
             good_topic,
             br#"{"metrics":{"heart_rate":NaN}}"#.to_vec(),
             "invalid_json",
         ),
-        (
-            good_topic,
-            br#"{"metrics":{"spo2":250}}"#.to_vec(),
-            "out_of_range",
-        ),
+        (good_topic, br#"{"metrics":{"spo2":250}}"#.to_vec(), "out_of_range"),
         (
             "nh/nh-test/ghost-1/telemetry",
             br#"{"metrics":{"smoke":true}}"#.to_vec(),
@@ -68,20 +60,14 @@ async fn malformed_payloads_are_counted_and_good_readings_all_arrive() -> Result
         ),
         (good_topic, oversized.into_bytes(), "oversized"),
         (good_topic, vec![0x7b, 0xff, 0xfe, 0x7d], "invalid_utf8"),
-        (
-            "zigbee2mqtt/smoke_t101",
-            br#"{"smoke":"yes"}"#.to_vec(),
-            "wrong_type",
-        ),
+        ("zigbee2mqtt/smoke_t101", br#"{"smoke":"yes"}"#.to_vec(), "wrong_type"),
     ];
     let mut published = 0;
     for (i, (topic, payload, _)) in bad.iter().enumerate() {
         client
             .publish(good_topic, QoS::AtLeastOnce, false, good(i as i64))
             .await?;
-        client
-            .publish(*topic, QoS::AtLeastOnce, false, payload.clone())
-            .await?;
+        client.publish(*topic, QoS::AtLeastOnce, false, payload.clone()).await?;
         published += 2;
     }
     client
@@ -98,10 +84,7 @@ async fn malformed_payloads_are_counted_and_good_readings_all_arrive() -> Result
         Duration::from_secs(30),
         Duration::from_millis(100),
         || async {
-            let r = gw
-                .get_json("/api/v1/readings?device=radar-t-101&since=0")
-                .await
-                .ok()?;
+            let r = gw.get_json("/api/v1/readings?device=radar-t-101&since=0").await.ok()?;
             let r = r.as_array()?.clone();
             (r.len() as u64 == goods).then_some(r)
         },
@@ -118,20 +101,15 @@ async fn malformed_payloads_are_counted_and_good_readings_all_arrive() -> Result
     let m = gw.metrics().await?;
     for (reason, n) in want {
         assert_eq!(
-            m.get(&format!(
-                "nh_readings_rejected_total{{reason=\"{reason}\"}}"
-            ))
-            .copied(),
+            m.get(&format!("nh_readings_rejected_total{{reason=\"{reason}\"}}"))
+                .copied(),
             Some(n),
             "reason {reason}"
         );
     }
     // The connection never broke: no redelivery loop of the oversized message.
     assert_eq!(m.get("nh_mqtt_connects_total").copied(), Some(1.0));
-    assert_eq!(
-        m.get("nh_readings_accepted_total").copied(),
-        Some(goods as f64)
-    );
+    assert_eq!(m.get("nh_readings_accepted_total").copied(), Some(goods as f64));
     let health = gw.get_json("/healthz").await?;
     assert_eq!(health["status"], "ok");
     Ok(())

@@ -35,16 +35,9 @@ fn every_file_in_config_is_valid() -> Result<()> {
         if is_registry || text.lines().any(|l| l.trim() == "[scenario]") {
             programs.push("nh-sim");
         }
-        assert!(
-            !programs.is_empty(),
-            "{}: no program reads this file",
-            f.display()
-        );
+        assert!(!programs.is_empty(), "{}: no program reads this file", f.display());
         for program in programs {
-            let out = Command::new(bin(program))
-                .arg("validate")
-                .arg(&f)
-                .output()?;
+            let out = Command::new(bin(program)).arg("validate").arg(&f).output()?;
             assert!(
                 out.status.success(),
                 "{program} validate {}: {}{}",
@@ -70,10 +63,7 @@ fn validate_reports_every_error_with_its_line() -> Result<()> {
         &cfg,
         "[site]\nid = \"nh-x\"\ncolour = \"blue\"\n[mqtt]\nmode = \"external\"\nkeep_alive_s = \"soon\"\n[registry]\nfile = \"devices.toml\"\n[http]\nlisten = \"nowhere\"\n",
     )?;
-    let out = Command::new(bin("nh-gateway"))
-        .arg("validate")
-        .arg(&cfg)
-        .output()?;
+    let out = Command::new(bin("nh-gateway")).arg("validate").arg(&cfg).output()?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -91,10 +81,7 @@ fn validate_reports_every_error_with_its_line() -> Result<()> {
         &cfg,
         "[site]\nid = \"nh-x\"\n[mqtt]\nmode = \"external\"\n[registry]\nfile = \"devices.toml\"\n[journal]\nretention_days = 0\n",
     )?;
-    let out = Command::new(bin("nh-gateway"))
-        .arg("validate")
-        .arg(&cfg)
-        .output()?;
+    let out = Command::new(bin("nh-gateway")).arg("validate").arg(&cfg).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
         "site.toml:3: `mqtt.host`",

@@ -35,10 +35,8 @@ async fn transient_failures_are_retried_and_a_bad_line_is_quarantined() -> Resul
     let gw = Gateway::start(&write_config(dir.path(), &cfg)?, &[], dir.path()).await?;
     let broker = gw.mqtt.expect("embedded broker");
 
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new("radar", broker.ip().to_string(), broker.port()),
-        1000,
-    );
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("radar", broker.ip().to_string(), broker.port()), 1000);
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(ev) = eventloop.poll().await {
@@ -51,11 +49,7 @@ async fn transient_failures_are_retried_and_a_bad_line_is_quarantined() -> Resul
     const BAD: i64 = 137;
     let start = nh_gateway::clock::system_now_ms() - 3_600_000;
     for i in 0..N {
-        let extra = if i == BAD {
-            r#","fault_code":"POISON""#
-        } else {
-            ""
-        };
+        let extra = if i == BAD { r#","fault_code":"POISON""# } else { "" };
         let payload = format!(
             r#"{{"ts":{},"seq":{},"metrics":{{"body_movement":{}{extra}}}}}"#,
             start + i * 1000,
@@ -63,25 +57,16 @@ async fn transient_failures_are_retried_and_a_bad_line_is_quarantined() -> Resul
             i % 100
         );
         client
-            .publish(
-                "nh/nh-test/radar-t-101/telemetry",
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish("nh/nh-test/radar-t-101/telemetry", QoS::AtLeastOnce, false, payload)
             .await?;
     }
     for _ in 0..N {
         tokio::time::timeout(Duration::from_secs(30), acked_rx.recv()).await?;
     }
-    gw.wait_forwarded(N as u64, true, Duration::from_secs(60))
-        .await?;
+    gw.wait_forwarded(N as u64, true, Duration::from_secs(60)).await?;
 
     let m = gw.metrics().await?;
-    assert_eq!(
-        m.get("nh_influx_quarantined_lines_total").copied(),
-        Some(1.0)
-    );
+    assert_eq!(m.get("nh_influx_quarantined_lines_total").copied(), Some(1.0));
     assert!(
         m.get("nh_influx_failures_total{kind=\"http_5xx\"}")
             .copied()
@@ -128,10 +113,7 @@ async fn transient_failures_are_retried_and_a_bad_line_is_quarantined() -> Resul
     .await?;
     let mut ts: Vec<i64> = series.iter().flat_map(|s| s.timestamps.clone()).collect();
     ts.sort_unstable();
-    let expected: Vec<i64> = (0..N)
-        .filter(|i| *i != BAD)
-        .map(|i| start + i * 1000)
-        .collect();
+    let expected: Vec<i64> = (0..N).filter(|i| *i != BAD).map(|i| start + i * 1000).collect();
     assert_eq!(ts, expected);
 
     // The refused line is kept in the journal's quarantine with the database's answer.

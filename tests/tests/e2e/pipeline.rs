@@ -39,8 +39,7 @@ path = "{journal}"
     )
 }
 
-const INFLUX_FAST: &str =
-    "[influx]\nurl = \"http://unused.invalid\"\norg = \"nh\"\nbucket = \"nh\"\nlinger_ms = 100\n";
+const INFLUX_FAST: &str = "[influx]\nurl = \"http://unused.invalid\"\norg = \"nh\"\nbucket = \"nh\"\nlinger_ms = 100\n";
 
 /// What VictoriaMetrics must hold for these sent messages: series name and device -> ts -> value.
 type Points = BTreeMap<(String, String), BTreeMap<i64, f64>>;
@@ -56,15 +55,12 @@ fn expected_points(sent: &[Sent], registry: &Registry) -> Result<Points> {
                 bail!("simulator sent unknown metric {name}")
             };
             let mut put = |series: String, v: f64| {
-                out.entry((series, s.device.clone()))
-                    .or_default()
-                    .insert(s.ts, v);
+                out.entry((series, s.device.clone())).or_default().insert(s.ts, v);
             };
             match (spec.kind, value) {
-                (Kind::Number { .. }, serde_json::Value::Number(n)) => put(
-                    format!("{}_{name}", dev.class),
-                    n.as_f64().unwrap_or(f64::NAN),
-                ),
+                (Kind::Number { .. }, serde_json::Value::Number(n)) => {
+                    put(format!("{}_{name}", dev.class), n.as_f64().unwrap_or(f64::NAN))
+                }
                 (Kind::Bool, serde_json::Value::Bool(b)) => {
                     put(format!("{}_{name}", dev.class), if *b { 1.0 } else { 0.0 })
                 }
@@ -74,9 +70,7 @@ fn expected_points(sent: &[Sent], registry: &Registry) -> Result<Points> {
                     let code = vocabulary::enum_code(name, v).unwrap_or(u32::MAX);
                     put(format!("{}_{name}_code", dev.class), f64::from(code));
                 }
-                (Kind::Text, serde_json::Value::String(_)) => {
-                    put(format!("{}_{name}", dev.class), 0.0)
-                }
+                (Kind::Text, serde_json::Value::String(_)) => put(format!("{}_{name}", dev.class), 0.0),
                 _ => bail!("simulator sent {name}={value} of the wrong type"),
             }
         }
@@ -85,11 +79,7 @@ fn expected_points(sent: &[Sent], registry: &Registry) -> Result<Points> {
 }
 
 /// Asserts that VictoriaMetrics holds exactly the points of `sent`, with the right tags.
-async fn assert_database_holds(
-    vm: &VictoriaMetrics,
-    sent: &[Sent],
-    registry: &Registry,
-) -> Result<()> {
+async fn assert_database_holds(vm: &VictoriaMetrics, sent: &[Sent], registry: &Registry) -> Result<()> {
     let expected = expected_points(sent, registry)?;
     let mut actual = Points::new();
     for series in vm.export(&format!("{{site=\"{SITE}\"}}")).await? {
@@ -134,11 +124,7 @@ async fn assert_database_holds(
                     }
                 }
                 if got.len() != want.len() {
-                    problems.push(format!(
-                        "{key:?}: {} points stored, {} sent",
-                        got.len(),
-                        want.len()
-                    ));
+                    problems.push(format!("{key:?}: {} points stored, {} sent", got.len(), want.len()));
                 }
             }
         }
@@ -150,12 +136,7 @@ async fn assert_database_holds(
         bail!(
             "{} differences, first ones:\n{}",
             problems.len(),
-            problems
-                .iter()
-                .take(15)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
+            problems.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
         );
     }
     Ok(())
@@ -164,10 +145,7 @@ async fn assert_database_holds(
 fn check_coverage(sent: &[Sent], registry: &Registry) {
     assert!(sent.len() >= 2000, "only {} readings sent", sent.len());
     for format in ["canonical", "zigbee2mqtt"] {
-        assert!(
-            sent.iter().any(|s| s.format == format),
-            "no {format} messages"
-        );
+        assert!(sent.iter().any(|s| s.format == format), "no {format} messages");
     }
     for d in registry.devices() {
         assert!(
@@ -179,49 +157,31 @@ fn check_coverage(sent: &[Sent], registry: &Registry) {
     }
 }
 
-async fn run_against_database(
-    mqtt_section: &str,
-    broker_of: impl Fn(&Gateway) -> SocketAddr,
-) -> Result<()> {
+async fn run_against_database(mqtt_section: &str, broker_of: impl Fn(&Gateway) -> SocketAddr) -> Result<()> {
     let dir = TempDir::new("pipeline")?;
     let vm = VictoriaMetrics::start().await?;
     let cfg = write_config(dir.path(), &config(dir.path(), mqtt_section, INFLUX_FAST))?;
     let gw = Gateway::start(&cfg, &[("NH_INFLUX_URL", vm.url())], dir.path()).await?;
     let registry = Registry::load(&registry_path()).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let sent = sim::run(
-        &registry_path(),
-        broker_of(&gw),
-        SIM_SECONDS,
-        42,
-        dir.path(),
-    )?;
+    let sent = sim::run(&registry_path(), broker_of(&gw), SIM_SECONDS, 42, dir.path())?;
     check_coverage(&sent, &registry);
-    gw.wait_forwarded(sent.len() as u64, true, FORWARD_TIMEOUT)
-        .await?;
+    gw.wait_forwarded(sent.len() as u64, true, FORWARD_TIMEOUT).await?;
     let m = gw.metrics().await?;
-    assert_eq!(
-        m.get("nh_readings_accepted_total").copied(),
-        Some(sent.len() as f64)
-    );
+    assert_eq!(m.get("nh_readings_accepted_total").copied(), Some(sent.len() as f64));
     assert_database_holds(&vm, &sent, &registry).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_through_embedded_broker_lands_exactly_in_victoriametrics() -> Result<()> {
-    run_against_database("mode = \"embedded\"", |gw| {
-        gw.mqtt.expect("embedded broker address")
-    })
-    .await
+    run_against_database("mode = \"embedded\"", |gw| gw.mqtt.expect("embedded broker address")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_through_external_mosquitto_lands_exactly_in_victoriametrics() -> Result<()> {
     let mosquitto = Mosquitto::start().await?;
     let port = mosquitto.port;
-    let section = format!(
-        "mode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"nh-gw-test\""
-    );
+    let section = format!("mode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"nh-gw-test\"");
     run_against_database(&section, move |_| SocketAddr::from(([127, 0, 0, 1], port))).await
 }
 
@@ -233,8 +193,7 @@ async fn without_influx_the_local_history_api_answers() -> Result<()> {
     let registry = Registry::load(&registry_path()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let broker = gw.mqtt.expect("embedded broker address");
     let sent = sim::run(&registry_path(), broker, 1800, 7, dir.path())?;
-    gw.wait_forwarded(sent.len() as u64, false, FORWARD_TIMEOUT)
-        .await?;
+    gw.wait_forwarded(sent.len() as u64, false, FORWARD_TIMEOUT).await?;
 
     // Devices: every registered one, with its last reception and last values.
     let devices = gw.get_json("/api/v1/devices").await?;
@@ -252,10 +211,7 @@ async fn without_influx_the_local_history_api_answers() -> Result<()> {
     for dev in registry.devices() {
         let mine: Vec<&Sent> = sent.iter().filter(|s| s.device == dev.id).collect();
         let got = gw
-            .get_json(&format!(
-                "/api/v1/readings?device={}&since=0&limit=100000",
-                dev.id
-            ))
+            .get_json(&format!("/api/v1/readings?device={}&since=0&limit=100000", dev.id))
             .await?;
         let got = got.as_array().cloned().unwrap_or_default();
         assert_eq!(got.len(), mine.len(), "readings of {}", dev.id);
@@ -273,10 +229,7 @@ async fn without_influx_the_local_history_api_answers() -> Result<()> {
         if mine.len() >= 3 {
             let since = mine[1].ts;
             let page = gw
-                .get_json(&format!(
-                    "/api/v1/readings?device={}&since={since}&limit=1",
-                    dev.id
-                ))
+                .get_json(&format!("/api/v1/readings?device={}&since={since}&limit=1", dev.id))
                 .await?;
             assert_eq!(page.as_array().map(Vec::len), Some(1));
             assert_eq!(page[0]["ts"].as_i64(), Some(since));
@@ -291,9 +244,7 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a, b) {
         (J::Number(x), J::Number(y)) => x.as_f64() == y.as_f64(),
         (J::Object(x), J::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
         }
         _ => a == b,
     }
