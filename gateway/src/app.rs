@@ -126,6 +126,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         disk_budget_bytes: config.journal.disk_budget_mb * 1024 * 1024,
         guard_cursor: config.influx.as_ref().map(|_| influx::CURSOR),
         clock,
+        observer: None,
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
     info!(path = %journal_path.display(), last_id = *writer.committed.borrow(), "journal open");

@@ -51,6 +51,9 @@ pub struct WriterConfig {
     /// When set, only rows at or below this cursor (already forwarded) may be deleted.
     pub guard_cursor: Option<&'static str>,
     pub clock: Clock,
+    /// Receives every committed batch of records (the rules engine). Sent with back-pressure:
+    /// a slow engine slows the writer, it never loses a reading.
+    pub observer: Option<mpsc::Sender<Vec<Record>>>,
 }
 
 /// Capacity of the queue into the writer, in messages. Full = the sources wait (back-pressure
@@ -173,9 +176,16 @@ impl Writer {
                 Ok(last) => {
                     self.telemetry.journal_last_id.store(last, Ordering::Relaxed);
                     self.committed.send_replace(last);
+                    let mut records = Vec::new();
                     for ingest in batch {
                         if let Some(Ack(f)) = ingest.ack {
                             f();
+                        }
+                        records.extend(ingest.records);
+                    }
+                    if let Some(observer) = &self.cfg.observer {
+                        if !records.is_empty() && observer.blocking_send(records).is_err() {
+                            debug!("rules engine gone; committed readings not observed");
                         }
                     }
                     return;
