@@ -159,3 +159,84 @@ fn unregistered_id(key: &DeviceKey) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const REGISTRY: &str = r#"
+site = "nh-t"
+[[devices]]
+id = "gas-1"
+class = "gas_detector"
+zigbee_name = "kitchen gas"
+building = "A"
+floor = "1"
+room = "A-kitchen"
+zone = "kitchen"
+interval_s = 60
+"#;
+
+    fn normalizer(policy: UnknownDevicePolicy) -> Normalizer {
+        let registry = Arc::new(Registry::parse(Path::new("d.toml"), REGISTRY).expect("registry"));
+        Normalizer::new(
+            registry,
+            policy,
+            Limits::default(),
+            300_000,
+            3_600_000,
+            Clock::system(),
+            Arc::new(Telemetry::default()),
+        )
+    }
+
+    const RECV: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn attaches_registry_location_and_keeps_sane_device_time() {
+        let n = normalizer(UnknownDevicePolicy::Reject);
+        let payload = format!(r#"{{"ts":{},"metrics":{{"gas_lel":3.5}}}}"#, RECV - 1000);
+        let d = Decoder::Canonical { site: "nh-t".into() };
+        let r = n.process(&d, "nh/nh-t/gas-1/telemetry", payload.as_bytes(), RECV);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].class.as_str(), r[0].room.as_str(), r[0].zone.as_str()),
+            ("gas_detector", "A-kitchen", "kitchen")
+        );
+        assert_eq!((r[0].ts, r[0].ts_replaced), (RECV - 1000, false));
+    }
+
+    #[test]
+    fn device_time_too_far_ahead_or_behind_is_replaced_and_counted() {
+        let n = normalizer(UnknownDevicePolicy::Reject);
+        let d = Decoder::Canonical { site: "nh-t".into() };
+        for ts in [RECV + 301_000, RECV - 3_601_000] {
+            let payload = format!(r#"{{"ts":{ts},"metrics":{{"gas_lel":3.5}}}}"#);
+            let r = n.process(&d, "nh/nh-t/gas-1/telemetry", payload.as_bytes(), RECV);
+            assert_eq!((r[0].ts, r[0].ts_replaced), (RECV, true));
+        }
+        assert_eq!(n.telemetry.ts_replaced.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn unknown_devices_follow_the_policy() {
+        let d = Decoder::Zigbee2Mqtt;
+        let payload = br#"{"smoke":false,"battery":90}"#;
+        let reject = normalizer(UnknownDevicePolicy::Reject);
+        assert!(reject.process(&d, "zigbee2mqtt/hall smoke", payload, RECV).is_empty());
+        assert_eq!(reject.telemetry.rejected_count("unknown_device"), 1);
+
+        let accept = normalizer(UnknownDevicePolicy::Accept);
+        let r = accept.process(&d, "zigbee2mqtt/hall smoke", payload, RECV);
+        assert_eq!(
+            (r[0].device.as_str(), r[0].class.as_str()),
+            ("zigbee:hall_smoke", UNREGISTERED_CLASS)
+        );
+        assert_eq!(accept.telemetry.unregistered.load(Ordering::Relaxed), 1);
+
+        // Zigbee friendly names resolve through the registry.
+        let r = accept.process(&d, "zigbee2mqtt/kitchen gas", br#"{"gas":false,"gas_value":1.5}"#, RECV);
+        assert_eq!(r[0].device, "gas-1");
+    }
+}

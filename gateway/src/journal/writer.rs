@@ -326,3 +326,152 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SyncPolicy;
+    use crate::reading::Value;
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+
+    fn temp_db(label: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nh-journal-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("journal.db")
+    }
+
+    fn record(device: &str, ts: i64, seq: Option<u64>, metrics: &[(&str, Value)]) -> Record {
+        Record {
+            device: device.into(),
+            class: "wearable".into(),
+            building: "A".into(),
+            floor: "1".into(),
+            room: "A-101".into(),
+            zone: String::new(),
+            ts,
+            ts_recv: ts,
+            ts_replaced: false,
+            seq,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+
+    fn config(observer: Option<mpsc::Sender<Vec<Record>>>) -> WriterConfig {
+        WriterConfig {
+            commit_max_messages: 100,
+            retention_ms: 3_600_000,
+            disk_budget_bytes: u64::MAX,
+            guard_cursor: Some("influx"),
+            clock: Clock::test(0, 10_000_000, 1.0),
+            observer,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_acknowledge_after_durability_and_count_seq_anomalies() {
+        let path = temp_db("seq");
+        let telemetry = Arc::new(Telemetry::default());
+        let (obs_tx, mut obs_rx) = mpsc::channel(16);
+        let store = Store::open(&path, SyncPolicy::Full).expect("open");
+        let mut w = spawn_writer(store, config(Some(obs_tx)), telemetry.clone()).expect("writer");
+        let acked = Arc::new(AtomicUsize::new(0));
+        // seq 1, 2, 2 (duplicate), 5 (gap of 2), 3 (reset)
+        for (i, seq) in [1u64, 2, 2, 5, 3].into_iter().enumerate() {
+            let a = acked.clone();
+            let r = record(
+                "w-1",
+                1000 + i as i64,
+                Some(seq),
+                &[("heart_rate", Value::Num(60.0 + i as f64))],
+            );
+            let ack = Ack::new(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+            });
+            w.tx.send(Ingest {
+                records: vec![r],
+                ack: Some(ack),
+            })
+            .await
+            .expect("send");
+        }
+        // A rejected message: no records, still acknowledged in order.
+        let a = acked.clone();
+        w.tx.send(Ingest {
+            records: vec![],
+            ack: Some(Ack::new(move || drop(a.fetch_add(1, Ordering::SeqCst)))),
+        })
+        .await
+        .expect("send");
+        let mut observed = 0;
+        while observed < 5 {
+            observed += obs_rx.recv().await.expect("observer").len();
+        }
+        w.committed.wait_for(|id| *id >= 5).await.expect("committed");
+        drop(w.tx);
+        tokio::task::spawn_blocking(move || w.thread.join())
+            .await
+            .expect("join")
+            .expect("writer thread");
+        assert_eq!(acked.load(Ordering::SeqCst), 6);
+        assert_eq!(telemetry.seq_duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(telemetry.seq_gaps.load(Ordering::Relaxed), 2);
+        assert_eq!(telemetry.seq_resets.load(Ordering::Relaxed), 1);
+
+        // Survives reopening: history, device state, and seq state for the next run.
+        let store = Store::open(&path, SyncPolicy::Full).expect("reopen");
+        let h = store.history("w-1", 1002, 10).expect("history");
+        assert_eq!(h.iter().map(|r| r.ts).collect::<Vec<_>>(), vec![1002, 1003, 1004]);
+        let d = store.devices().expect("devices");
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].readings, d[0].seq_duplicates, d[0].seq_gaps, d[0].seq_resets),
+            (5, 1, 2, 1)
+        );
+        assert_eq!(d[0].last_seq, Some(3));
+        assert_eq!(d[0].metrics["heart_rate"].as_f64(), Some(64.0));
+    }
+
+    #[test]
+    fn retention_deletes_only_what_was_forwarded() {
+        let path = temp_db("retention");
+        let store = Store::open(&path, SyncPolicy::Normal).expect("open");
+        let mut w = Writer {
+            store,
+            cfg: config(None),
+            telemetry: Arc::new(Telemetry::default()),
+            committed: watch::channel(0).0,
+            seqs: HashMap::new(),
+            rx: mpsc::channel(1).1,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("rt")
+                .handle()
+                .clone(),
+        };
+        // Clock reads 10,000,000 ms; retention 1 h: rows received at 1000..1009 are old.
+        let batch: Vec<Ingest> = (0..10)
+            .map(|i| Ingest {
+                records: vec![record("d", 1000 + i, None, &[("spo2", Value::Num(97.0))])],
+                ack: None,
+            })
+            .collect();
+        w.commit(&batch).expect("commit");
+        w.store.set_cursor("influx", 4).expect("cursor");
+        w.housekeeping();
+        let left: Vec<i64> = w.store.rows_after(0, 100).expect("rows").iter().map(|r| r.id).collect();
+        assert_eq!(left, vec![5, 6, 7, 8, 9, 10], "rows not yet forwarded must stay");
+        // Ids are never reused after deletes (the forwarder's cursor relies on it).
+        w.commit(&[Ingest {
+            records: vec![record("d", 2000, None, &[("spo2", Value::Num(96.0))])],
+            ack: None,
+        }])
+        .expect("commit");
+        assert_eq!(w.store.last_id().expect("last"), 11);
+    }
+}
