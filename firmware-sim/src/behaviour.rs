@@ -69,6 +69,9 @@ pub struct Behaviour {
     format: Format,
     interval_ms: i64,
     incidents: bool,
+    /// A bathroom, toilet or corridor: people pass through moving, nobody stays (rule R3 watches
+    /// stillness there).
+    transit: bool,
     rng: Rng,
     battery: f64,
     drain_per_report: f64,
@@ -135,6 +138,10 @@ impl Behaviour {
             format: device.format(),
             interval_ms,
             incidents,
+            transit: matches!(
+                device.zone.as_deref(),
+                Some("bathroom" | "toilet" | "wc" | "corridor" | "exit")
+            ),
             rng,
             battery,
             drain_per_report: drain_per_day(device.class) * device.interval_s as f64 / 86_400.0,
@@ -322,9 +329,16 @@ impl Behaviour {
     }
 
     fn walk_presence(&mut self, ts_ms: i64) {
+        let scale = (self.interval_ms as f64 / 10_000.0).clamp(0.1, 10.0);
+        if self.transit {
+            // A short visit, always moving, rarer at night: never a long still presence (R3).
+            let enter = if is_night(ts_ms) { 0.01 } else { 0.05 };
+            self.presence = !self.presence && self.rng.chance((enter * scale).min(0.5));
+            self.moving = self.presence;
+            return;
+        }
         // Per 10 s report: residents come and go in daytime and stay in at night.
         let (leave, enter) = if is_night(ts_ms) { (0.002, 0.2) } else { (0.02, 0.05) };
-        let scale = (self.interval_ms as f64 / 10_000.0).clamp(0.1, 10.0);
         self.presence = if self.presence {
             !self.rng.chance(leave * scale)
         } else {
@@ -412,9 +426,14 @@ impl Behaviour {
 
     fn walk_bed(&mut self, ts_ms: i64) {
         let scale = (self.interval_ms as f64 / 30_000.0).clamp(0.1, 10.0);
-        if is_night(ts_ms) {
+        // A sensor reporting this rarely would show any night exit as lasting a whole interval.
+        let short_exits_visible = 2 * self.interval_ms <= MAX_NIGHT_EXIT_MS;
+        if !is_night(ts_ms) && is_night(ts_ms + self.interval_ms) {
+            // In bed before the night window opens (R5 counts from its start).
+            self.bed_occupied = true;
+        } else if is_night(ts_ms) {
             if self.bed_occupied {
-                if self.rng.chance(0.01 * scale) {
+                if short_exits_visible && self.rng.chance(0.01 * scale) {
                     self.bed_occupied = false;
                     self.left_bed_at = ts_ms;
                 }

@@ -20,6 +20,9 @@
 //! - [`load`]: open-loop load at a fixed offered rate ([`run_load`], `nh-sim load`).
 //! - [`facility`]: `gen-registry`, the registry of a demo facility;
 //!   [`facility::demo_registry_toml`] is `config/demo/devices.toml`, generated in process.
+//! - [`scenario`]: scenario files (`config/scenarios/`: scripted device behaviour over the
+//!   baseline fleet, and the alerts that must follow), the runner behind `nh-sim scenario`, and
+//!   the matching of received alerts against expectations.
 //! - [`clock`]: the system clock or the shared test clock (`--test-clock-*`, `--time-scale`).
 //! - [`rng`]: SplitMix64 and stable per-device seeds.
 //!
@@ -54,6 +57,7 @@ pub mod metrics;
 pub mod record;
 pub mod registry;
 pub mod rng;
+pub mod scenario;
 pub mod schedule;
 pub mod wire;
 

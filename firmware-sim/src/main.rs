@@ -1,8 +1,9 @@
 //! `nh-sim`: simulated devices for the nursing-home gateway.
 //!
 //! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `gen-registry` (a demo
-//! facility's registry), `validate` (check registry files). Summaries go to stdout as one JSON
-//! line, logs to stderr. Exit codes: 0 ok, 1 error, 3 not every publish was acknowledged.
+//! facility's registry), `scenario` (run a scenario against a gateway and judge its alerts),
+//! `validate` (check registry and scenario files). Summaries go to stdout as one JSON line, logs
+//! to stderr. Exit codes: 0 ok, 1 error, 2 scenario failed, 3 not every publish was acknowledged.
 
 #![forbid(unsafe_code)]
 
@@ -15,10 +16,14 @@ use clap::{Args, Parser, Subcommand};
 
 use nh_sim::facility::{self, FacilityOptions};
 use nh_sim::link::Credentials;
+use nh_sim::scenario::{self, ScenarioOptions};
 use nh_sim::{registry, run_fleet, run_load, Clock, Fleet, Format, LoadOptions, RunOptions};
 
 /// Exit code when the broker did not acknowledge every publish in time.
 const EXIT_UNACKED: u8 = 3;
+
+/// Exit code when a scenario ran but its expectations failed.
+const EXIT_SCENARIO_FAILED: u8 = 2;
 
 /// Environment variable holding the MQTT password for --username.
 const PASSWORD_ENV: &str = "NH_SIM_PASSWORD";
@@ -42,12 +47,45 @@ enum Command {
     Load(LoadArgs),
     /// Print the device registry of a demo facility (TOML).
     GenRegistry(GenArgs),
-    /// Validate device registry files: exit 0, or non-zero with every error listed.
+    /// Run a scenario (config/scenarios/*.toml) against a gateway's broker: publish the scripted
+    /// fleet, collect the alerts on nh/{site}/alerts, print a JSON report; exit 0 on pass, 2 on fail.
+    Scenario(ScenarioArgs),
+    /// Validate device registry and scenario files (a scenario has a [scenario] table): exit 0, or
+    /// non-zero with every error listed.
     Validate {
-        /// Registry files.
+        /// Registry or scenario files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct ScenarioArgs {
+    /// Scenario file (TOML).
+    file: PathBuf,
+    /// Broker address (the gateway's embedded broker).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present_any = ["dry_run", "info"])]
+    broker: Option<String>,
+    /// Print the message timeline (one JSON line each, after an info line) without a broker.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: only the messages of devices the timeline names.
+    #[arg(long, requires = "dry_run")]
+    scripted_only: bool,
+    /// Print how to run the scenario (site, start, time scale, registry, rules) as JSON.
+    #[arg(long, conflicts_with = "dry_run")]
+    info: bool,
+    /// Real seconds to wait for alerts in flight after the last instant that matters (default:
+    /// the file's grace_s, else 3).
+    #[arg(long)]
+    grace_s: Option<f64>,
+    /// MQTT client id prefix (default nh-sim-scenario-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    login: LoginArgs,
+    #[command(flatten)]
+    clock: ClockArgs,
 }
 
 /// The shared test clock (DESIGN.md): virtual = START + SCALE x (now - ORIGIN).
@@ -247,6 +285,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                if scenario::is_scenario(&text) {
+                    match scenario::load(file) {
+                        Ok(s) => println!(
+                            "ok: {} (scenario `{}`, site {}, {} steps, {} expectations)",
+                            file.display(),
+                            s.name,
+                            s.registry.site,
+                            s.timeline.len(),
+                            s.expect.len()
+                        ),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed = true;
+                        }
+                    }
+                    continue;
+                }
                 match registry::load(file) {
                     Ok(r) => println!("ok: {} (site {}, {} devices)", file.display(), r.site, r.devices.len()),
                     Err(e) => {
@@ -256,6 +312,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Scenario(a) => {
+            let sc = scenario::load(&a.file)?;
+            if a.info {
+                println!("{}", scenario::run::info(&sc));
+                return Ok(ExitCode::SUCCESS);
+            }
+            if a.dry_run {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                scenario::dry_run(&sc, a.scripted_only, &mut out)?;
+                std::io::Write::flush(&mut out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let c = a.clock;
+            let clock = if c.test_clock_origin.is_some() || c.test_clock_start.is_some() || c.time_scale.is_some() {
+                Some(c.clock()?)
+            } else {
+                None
+            };
+            let opts = ScenarioOptions {
+                clock,
+                client_id: a.client_id,
+                credentials: a.login.credentials()?,
+                grace_s: a.grace_s,
+                ..ScenarioOptions::new(a.broker.unwrap_or_default())
+            };
+            let report = runtime()?.block_on(scenario::run_scenario(&sc, opts, shutdown_signal()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_SCENARIO_FAILED)
+            })
         }
         Command::GenRegistry(a) => {
             let opts = FacilityOptions {

@@ -61,6 +61,7 @@ pub const KNOWN: &[(&str, Kind)] = &[
     ("co_alarm", Kind::Bool),
     ("co_ppm", Kind::Num(0.0, 10_000.0)),
     ("contact_open", Kind::Bool),
+    ("dwell_s", Kind::Num(0.0, 31_536_000.0)),
     (
         "fall_state",
         Kind::Enum(&["none", "suspected", "fall", "confirmed", "exit"]),
@@ -72,6 +73,7 @@ pub const KNOWN: &[(&str, Kind)] = &[
     ("heartbeat", Kind::Bool),
     ("lqi", Kind::Num(0.0, 255.0)),
     ("motion_state", Kind::Enum(&["none", "stationary", "moving"])),
+    ("motionless_s", Kind::Num(0.0, 31_536_000.0)),
     ("out_of_bed_s", Kind::Num(0.0, 31_536_000.0)),
     ("preheat", Kind::Bool),
     ("presence", Kind::Bool),

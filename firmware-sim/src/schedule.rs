@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::behaviour::Behaviour;
+use crate::behaviour::{Behaviour, Report};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::rng::Rng;
@@ -78,11 +78,20 @@ impl Slot {
     }
 }
 
+/// Scripted changes laid over the baseline (scenarios): sees every report before it is encoded.
+pub trait Overlay: Send {
+    /// Edits the report of device `device_index` at `ts`; returns false to drop it (a silent device).
+    fn apply(&mut self, device_index: usize, ts: i64, report: &mut Report) -> bool;
+}
+
 /// The merged, time-ordered message stream of a fleet.
 pub struct Stream {
     slots: Vec<Slot>,
     /// (next ts, device index): ties go to the device listed first in the registry.
     heap: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Extra reports out of the regular schedule (a device reporting a change at once).
+    extra: BinaryHeap<Reverse<(i64, usize)>>,
+    overlay: Option<Box<dyn Overlay>>,
     start_ms: i64,
     end_ms: Option<i64>,
 }
@@ -119,18 +128,45 @@ impl Stream {
         Stream {
             slots,
             heap,
+            extra: BinaryHeap::new(),
+            overlay: None,
             start_ms,
             end_ms,
         }
     }
 
+    /// Scripts the stream (scenarios): `overlay` edits or drops every report, `extra` adds reports
+    /// out of schedule as (device time, device index), and only devices with `regular[i]` true
+    /// report on their regular schedule.
+    pub fn scripted(mut self, overlay: Box<dyn Overlay>, extra: Vec<(i64, usize)>, regular: &[bool]) -> Stream {
+        self.heap
+            .retain(|Reverse((_, i))| regular.get(*i).copied().unwrap_or(true));
+        self.extra = extra
+            .into_iter()
+            .filter(|(ts, i)| *i < self.slots.len() && *ts >= self.start_ms)
+            .map(Reverse)
+            .collect();
+        self.overlay = Some(overlay);
+        self
+    }
+
+    /// (device time, device index, extra?) of the next report, if any.
+    fn peek_next(&self) -> Option<(i64, usize, bool)> {
+        let regular = self.heap.peek().map(|Reverse((ts, i))| (*ts, *i, false));
+        let extra = self.extra.peek().map(|Reverse((ts, i))| (*ts, *i, true));
+        let next = match (regular, extra) {
+            (Some(r), Some(e)) => Some(if e.0 < r.0 { e } else { r }),
+            (r, e) => r.or(e),
+        }?;
+        match self.end_ms {
+            Some(end) if next.0 >= end => None,
+            _ => Some(next),
+        }
+    }
+
     /// Device time of the next message, if any.
     pub fn peek_ts(&self) -> Option<i64> {
-        let Reverse((ts, _)) = self.heap.peek()?;
-        match self.end_ms {
-            Some(end) if *ts >= end => None,
-            _ => Some(*ts),
-        }
+        self.peek_next().map(|(ts, _, _)| ts)
     }
 }
 
@@ -138,16 +174,40 @@ impl Iterator for Stream {
     type Item = Message;
 
     fn next(&mut self) -> Option<Message> {
-        let ts = self.peek_ts()?;
-        let Reverse((_, index)) = self.heap.pop()?;
-        let start_ms = self.start_ms;
-        let slot = &mut self.slots[index];
-        slot.last_ts = Some(ts);
-        slot.k += 1;
-        slot.next_ts = slot.time_of_next(start_ms);
-        self.heap.push(Reverse((slot.next_ts, index)));
+        loop {
+            let (ts, index, extra) = self.peek_next()?;
+            let start_ms = self.start_ms;
+            let slot = &mut self.slots[index];
+            // An extra report may have taken this millisecond: device times stay strictly increasing.
+            let ts = match slot.last_ts {
+                Some(last) => ts.max(last + 1),
+                None => ts,
+            };
+            if extra {
+                self.extra.pop();
+            } else {
+                self.heap.pop();
+                slot.k += 1;
+            }
+            slot.last_ts = Some(ts);
+            if !extra {
+                slot.next_ts = slot.time_of_next(start_ms);
+                self.heap.push(Reverse((slot.next_ts, index)));
+            }
+            let mut report = slot.behaviour.report(ts);
+            if let Some(overlay) = self.overlay.as_mut() {
+                if !overlay.apply(index, ts, &mut report) {
+                    continue;
+                }
+            }
+            return Some(self.emit(index, ts, report));
+        }
+    }
+}
 
-        let report = slot.behaviour.report(ts);
+impl Stream {
+    fn emit(&mut self, index: usize, ts: i64, report: Report) -> Message {
+        let slot = &mut self.slots[index];
         let (seq, payload) = match slot.format {
             Format::Canonical => {
                 slot.seq += 1;
@@ -163,7 +223,7 @@ impl Iterator for Stream {
                 }),
             ),
         };
-        Some(Message {
+        Message {
             device_index: index,
             device_id: slot.id.clone(),
             topic: slot.topic.clone(),
@@ -173,7 +233,7 @@ impl Iterator for Stream {
             metrics: report.metrics,
             extras: report.extras,
             payload,
-        })
+        }
     }
 }
 

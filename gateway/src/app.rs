@@ -10,6 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::alerts::delivery::{
+    DeliveryStats, MqttAlertPublisher, MqttAlertsConfig, NewEvents, SharedLog, StreamState, WebhookTask,
+};
+use crate::alerts::lifecycle::Lifecycle;
+use crate::alerts::store::AlertStore;
+use crate::alerts::task::{command_channel, policy_from_rules, AlertsTask};
+use crate::api::alerts::AlertsApiState;
 use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::{DecoderKind, Loaded, MqttMode};
@@ -19,6 +26,7 @@ use crate::influx::{self, Forwarder};
 use crate::journal::writer::WriterConfig;
 use crate::journal::{spawn_writer, Store, WriterHandle};
 use crate::normalize::Normalizer;
+use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
 use crate::sources::mqtt::{MqttSource, MqttSourceConfig, Route};
 use crate::telemetry::Telemetry;
@@ -41,6 +49,10 @@ pub enum StartError {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Influx(#[from] influx::client::BuildError),
+    #[error(transparent)]
+    AlertStore(#[from] crate::alerts::store::AlertStoreError),
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::lifecycle::AlertError),
     #[error("HTTP API cannot listen on {addr}: {source}")]
     HttpBind { addr: SocketAddr, source: std::io::Error },
 }
@@ -63,6 +75,9 @@ pub struct Running {
     writer: std::thread::JoinHandle<()>,
     broker: Option<EmbeddedBroker>,
 }
+
+/// Committed batches waiting for the rules engine; full = the journal writer waits.
+const OBSERVER_CAPACITY: usize = 1024;
 
 /// How long start waits for the broker to confirm the subscriptions.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
@@ -110,6 +125,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         journal_path,
         influx_token,
         mqtt_password,
+        rules,
     } = loaded;
     let clock = opts.clock.unwrap_or_else(Clock::system);
     let telemetry = Arc::new(Telemetry::default());
@@ -120,16 +136,32 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
 
     // The journal first: nothing is accepted before it can be committed.
     let store = Store::open(&journal_path, config.journal.sync)?;
+    // Committed readings go on to the rules engine, with back-pressure.
+    let (observer_tx, observer_rx) = tokio::sync::mpsc::channel(OBSERVER_CAPACITY);
     let writer_cfg = WriterConfig {
         commit_max_messages: config.journal.commit_max_messages,
         retention_ms: i64::from(config.journal.retention_days) * 24 * 3600 * 1000,
         disk_budget_bytes: config.journal.disk_budget_mb * 1024 * 1024,
         guard_cursor: config.influx.as_ref().map(|_| influx::CURSOR),
         clock,
-        observer: None,
+        observer: Some(observer_tx),
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
     info!(path = %journal_path.display(), last_id = *writer.committed.borrow(), "journal open");
+
+    // The rules engine and the alert lifecycle: one task, its state restored from the journal.
+    let alert_store = AlertStore::open(&journal_path)?;
+    let lifecycle = Lifecycle::open(alert_store, policy_from_rules(&rules), config.site.id.clone())?;
+    let engine = Engine::new(rules.clone(), registry.clone(), clock.now_ms());
+    let alerts_task = AlertsTask::new(engine, lifecycle);
+    let alert_seq = alerts_task.events();
+    let (alerts_handle, alert_commands) = command_channel();
+    info!(rules = rules.len(), "rules engine on");
+    others.spawn(alerts_task.run(observer_rx, alert_commands, clock, shutdown.clone()));
+    let delivery_stats = Arc::new(DeliveryStats::default());
+    for hook in WebhookTask::for_config(&config.alerts, &journal_path, &alert_seq, &delivery_stats) {
+        others.spawn(hook.run(shutdown.clone()));
+    }
 
     if let Some(icfg) = &config.influx {
         let client = InfluxClient::new(icfg, influx_token.as_ref())?;
@@ -206,11 +238,13 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         clock,
         telemetry.clone(),
     ));
+    let source_password = mqtt_password.clone();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let source_host = host.clone();
     let source = MqttSource {
         subscribed: Some(subscribed_tx),
         cfg: MqttSourceConfig {
-            host,
+            host: source_host,
             port,
             client_id: config
                 .mqtt
@@ -218,7 +252,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
                 .clone()
                 .unwrap_or_else(|| format!("nh-gateway-{}", config.site.id)),
             username: config.mqtt.username.clone(),
-            password: mqtt_password,
+            password: mqtt_password.clone(),
             clean_session: config.mqtt.clean_session,
             keep_alive: Duration::from_secs(config.mqtt.keep_alive_s),
             max_packet_bytes: config.mqtt.max_packet_bytes,
@@ -230,6 +264,19 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         telemetry: telemetry.clone(),
     };
     sources.spawn(source.run(shutdown.clone()));
+    // Alerts are published on the same broker, through their own connection and outbox.
+    let mut alerts_mqtt = MqttAlertsConfig::new(config.site.id.clone(), host.clone(), port);
+    if config.mqtt.mode == MqttMode::External {
+        alerts_mqtt.username = config.mqtt.username.clone();
+        alerts_mqtt.password = source_password.clone();
+    }
+    let publisher = MqttAlertPublisher::new(
+        alerts_mqtt,
+        SharedLog::new(&journal_path),
+        NewEvents::new(alert_seq.clone()),
+        delivery_stats.clone(),
+    );
+    others.spawn(publisher.run(shutdown.clone()));
     // `ready` promises that published readings are taken in: wait for the subscriptions. An
     // external broker that is down does not keep the rest of the gateway from starting.
     match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed_rx).await {
@@ -258,8 +305,33 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         addr: http_listen,
         source,
     })?;
-    let state = ApiState::new(config.site.id.clone(), registry, telemetry.clone(), journal_path);
-    let app = api::router(state);
+    let state = ApiState::new(
+        config.site.id.clone(),
+        registry,
+        telemetry.clone(),
+        journal_path.clone(),
+    );
+    let status_telemetry = telemetry.clone();
+    let stream = StreamState::new(
+        journal_path.clone(),
+        alert_seq,
+        move || {
+            if status_telemetry
+                .mqtt_connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+            {
+                "ok"
+            } else {
+                "degraded"
+            }
+        },
+        delivery_stats,
+        shutdown.clone(),
+    );
+    let app = api::router(state)
+        .merge(api::alerts::routes(AlertsApiState::new(alerts_handle, journal_path)))
+        .merge(api::stream::routes(stream));
     let http_shutdown = shutdown.clone();
     others.spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });

@@ -12,7 +12,10 @@
 //! - [`sources`]: the MQTT subscriber and the embedded broker.
 //! - [`journal`]: the durable local store (SQLite), group commit, history queries.
 //! - [`influx`]: the InfluxDB v2 forwarder (cursor, batches, retries, quarantine).
-//! - [`api`]: HTTP: health, Prometheus metrics, devices and readings.
+//! - [`rules`]: the rule catalog and the stateful rules engine (on the gateway clock).
+//! - [`alerts`]: the alert lifecycle (dedup, correlation, escalation, audit) and its delivery
+//!   (MQTT outbox, webhooks, server-sent events).
+//! - [`api`]: HTTP: health, Prometheus metrics, devices, readings, alerts and the alert stream.
 //! - [`telemetry`]: the gateway's own counters.
 //! - [`clock`]: the system clock or the shared test clock.
 //! - [`app`]: wiring the stages together, start and shutdown.
@@ -20,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod clock;
@@ -31,6 +35,7 @@ pub mod journal;
 pub mod normalize;
 pub mod reading;
 pub mod registry;
+pub mod rules;
 pub mod sources;
 pub mod telemetry;
 pub mod vocabulary;

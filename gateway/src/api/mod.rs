@@ -1,6 +1,9 @@
 //! The HTTP API (axum): `/healthz`, `/metrics` and the `/api/v1/` read endpoints, answered from
 //! the journal and the registry.
 
+pub mod alerts;
+pub mod stream;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

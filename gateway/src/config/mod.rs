@@ -49,7 +49,23 @@ pub struct Config {
     /// Generic JSON mappings per device model, used by `json_map` subscriptions.
     #[serde(default)]
     pub profiles: Vec<Profile>,
+    /// The rule catalog; absent = the shipped default catalog (`config/rules.toml`, compiled in).
+    #[serde(default)]
+    pub rules: Option<RulesConfig>,
+    /// Alert delivery beyond MQTT and the API: webhooks.
+    #[serde(default)]
+    pub alerts: crate::alerts::delivery::AlertsConfig,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Rules file, relative to this configuration file.
+    pub file: PathBuf,
+}
+
+/// The shipped default rule catalog R1-R18 (domain.md section 4).
+pub const DEFAULT_RULES: &str = include_str!("../../../config/rules.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,6 +434,8 @@ pub struct Loaded {
     pub influx_token: Option<Secret>,
     /// The MQTT password, resolved.
     pub mqtt_password: Option<Secret>,
+    /// The validated rule catalog.
+    pub rules: std::sync::Arc<crate::rules::RuleSet>,
 }
 
 /// Environment a configuration is loaded under (the `NH_INFLUX_*` overrides).
@@ -500,13 +518,24 @@ pub fn load_str(
                 let mqtt_password =
                     resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
                 let journal_path = base.join(&config.journal.path);
-                loaded = Some(Loaded {
-                    config,
-                    registry,
-                    journal_path,
-                    influx_token,
-                    mqtt_password,
-                });
+                let rules = match &config.rules {
+                    Some(r) => crate::rules::RuleSet::load(&base.join(&r.file)),
+                    None => crate::rules::RuleSet::parse(Path::new("config/rules.toml (built in)"), DEFAULT_RULES),
+                };
+                match rules {
+                    Ok(rules) => {
+                        let rules = std::sync::Arc::new(rules);
+                        loaded = Some(Loaded {
+                            config,
+                            registry,
+                            journal_path,
+                            influx_token,
+                            mqtt_password,
+                            rules,
+                        });
+                    }
+                    Err(e) => errors.extend(e.0),
+                }
             }
             Err(e) => errors.extend(e.0),
         }
@@ -614,6 +643,9 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
             d.at_key(&format!("profiles.{i}"), problem);
         }
     }
+    for problem in config.alerts.validate() {
+        d.at_key("alerts", problem);
+    }
     if config.decode.max_payload_bytes == 0 {
         d.at_key("decode.max_payload_bytes", "must be positive");
     }
@@ -702,6 +734,10 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
     })?;
     let is_registry = text.lines().any(|l| l.trim_start().starts_with("[[devices]]"))
         && !text.lines().any(|l| l.trim_start().starts_with("[site]"));
+    if text.lines().any(|l| l.trim_start().starts_with("[[rules]]")) {
+        let r = crate::rules::RuleSet::parse(path, &text)?;
+        return Ok(format!("rule catalog, {} rules ({})", r.len(), r.ids().join(" ")));
+    }
     if is_registry {
         let r = Registry::parse(path, &text)?;
         return Ok(format!("registry of site {}, {} devices", r.site(), r.len()));

@@ -404,7 +404,9 @@ mod tests {
         let a = acked.clone();
         w.tx.send(Ingest {
             records: vec![],
-            ack: Some(Ack::new(move || drop(a.fetch_add(1, Ordering::SeqCst)))),
+            ack: Some(Ack::new(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+            })),
         })
         .await
         .expect("send");

@@ -52,5 +52,9 @@ pub enum RuleOutput {
     Raise(Trigger),
     /// The clear condition (with its hysteresis and hold time) is met: a non-latching alert is
     /// resolved as `cleared`; a latching one may now be resolved by a person.
-    Clear { rule: String, subject: String, at: i64 },
+    Clear {
+        rule: String,
+        subject: String,
+        at: i64,
+    },
 }

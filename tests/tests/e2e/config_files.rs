@@ -29,7 +29,8 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let text = std::fs::read_to_string(&f)?;
         let is_registry = text.lines().any(|l| l.trim() == "[[devices]]");
         let mut programs = vec![];
-        if is_registry || text.lines().any(|l| l.trim() == "[site]") {
+        let is_rules = text.lines().any(|l| l.trim() == "[[rules]]");
+        if is_registry || is_rules || text.lines().any(|l| l.trim() == "[site]") {
             programs.push("nh-gateway");
         }
         if is_registry || text.lines().any(|l| l.trim() == "[scenario]") {

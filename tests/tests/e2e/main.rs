@@ -4,9 +4,11 @@
 //!   the local history API without a database.
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
+//! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 
 mod bad_input;
 mod config_files;
 mod influx_faults;
 mod pipeline;
+mod scenarios;

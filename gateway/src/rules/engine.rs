@@ -1,0 +1,664 @@
+//! The evaluator: committed readings and clock ticks in, [`RuleOutput`]s out.
+//!
+//! Per device it keeps the last value of every metric a rule reads, rate samples, and per rule
+//! entry a small state machine:
+//!
+//! ```text
+//! idle --trigger true--> pending(since) --held for_s--> active --clear true--> clearing(since) --held clear_for_s--> idle
+//!   ^------trigger false------'                           ^-------clear false------'
+//! ```
+//!
+//! The trigger includes the entry's time window (night) and suppression (device flags such as
+//! `preheat`, maintenance windows): a suppressed or out-of-window evaluation resets a pending
+//! window, so it restarts from zero. Entries sharing an id form one episode per device: raised
+//! once, raised again only with a higher priority (or by a `reraise` entry), cleared when every
+//! entry that fired has cleared. Time is only ever the `now_ms` passed in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Condition, Rule, RuleSet, Window};
+use super::output::{Priority, RuleOutput, Trigger};
+use crate::journal::Record;
+use crate::reading::Value;
+use crate::registry::Registry;
+
+/// Rate samples kept per device and metric, at most (a 1 Hz device over a 60 s window, twice).
+const MAX_RATE_SAMPLES: usize = 128;
+/// A rate of rise is not computed over less than this span: two samples a second apart with
+/// sensor noise would read as a fire.
+const MIN_RATE_SPAN_MS: i64 = 20_000;
+
+/// The engine's whole state: serializable, so a restarted gateway continues its windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineState {
+    /// The last gateway time the engine saw (observe or tick): on restore, the gap to the new
+    /// `now_ms` is the gateway's own outage, which does not count as device silence.
+    now_ms: i64,
+    devices: BTreeMap<String, DeviceState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct DeviceState {
+    /// Gateway time of the last reading (or of supervision start).
+    last_seen_ms: i64,
+    /// Location from the last record, for devices missing from the registry.
+    class: String,
+    building: String,
+    room: String,
+    zone: String,
+    /// Last value of each metric some rule or suppression flag reads.
+    values: BTreeMap<String, Value>,
+    /// (device ts, value) samples of rate metrics, oldest first.
+    samples: BTreeMap<String, VecDeque<(i64, f64)>>,
+    /// Per rule entry (its key), only while not idle.
+    parts: BTreeMap<String, PartState>,
+    /// Per rule id, only while open.
+    episodes: BTreeMap<String, Episode>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct PartState {
+    /// The trigger condition has been true since (pending window or fired).
+    since_ms: Option<i64>,
+    active: bool,
+    /// The clear condition has been true since (while active).
+    clear_since_ms: Option<i64>,
+    /// The condition still holds (trigger true, or active and not yet at its clear level).
+    holds: bool,
+    /// The trigger condition (with window and suppression) is true now.
+    triggered: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Episode {
+    /// The priority last raised.
+    priority: Option<Priority>,
+    raised_at_ms: i64,
+    /// `reraise` entries already announced in this episode.
+    reraised: Vec<String>,
+    /// This episode was upgraded into that rule's (the alert now carries the other rule).
+    upgraded_into: Option<String>,
+    /// Rules whose open episodes were upgraded into this one; it clears only once they have.
+    absorbed: Vec<String>,
+}
+
+/// What the engine knows about one device while evaluating it.
+struct Context<'a> {
+    device: &'a str,
+    class: String,
+    zone: String,
+    room: String,
+    resident: Option<String>,
+    own_flags: Vec<String>,
+    room_flags: Vec<String>,
+    interval_ms: Option<i64>,
+}
+
+/// The rules engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    registry: Arc<Registry>,
+    /// (id, entry indexes), in file order.
+    groups: Vec<(String, Vec<usize>)>,
+    /// Care flags of every resident of a (building, room).
+    room_flags: HashMap<(String, String), Vec<String>>,
+    /// Metrics worth remembering: read by a rule or a suppression flag.
+    used_metrics: Vec<String>,
+    /// Longest rate window per rate metric.
+    rate_windows: BTreeMap<String, i64>,
+    state: EngineState,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>, registry: Arc<Registry>, now_ms: i64) -> Engine {
+        Engine::restore(rules, registry, EngineState::default(), now_ms)
+    }
+
+    /// Continues from a snapshot: running windows keep their start times (a condition true for
+    /// 8 of its 10 minutes raises 2 minutes after the restart); device silence excludes the
+    /// gateway's own outage; devices new in the registry start supervision now.
+    pub fn restore(rules: Arc<RuleSet>, registry: Arc<Registry>, mut state: EngineState, now_ms: i64) -> Engine {
+        let mut order: Vec<String> = Vec::new();
+        let mut by_id: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut used_metrics: Vec<String> = rules.suppress_flags().to_vec();
+        let mut rate_windows: BTreeMap<String, i64> = BTreeMap::new();
+        for (i, r) in rules.rules().iter().enumerate() {
+            if !by_id.contains_key(&r.id) {
+                order.push(r.id.clone());
+            }
+            by_id.entry(r.id.clone()).or_default().push(i);
+            match &r.condition {
+                Condition::LowBattery { .. } => {
+                    used_metrics.push("battery_pct".to_owned());
+                    used_metrics.push("battery_low".to_owned());
+                }
+                Condition::Rate { metric, window_ms, .. } => {
+                    used_metrics.push(metric.clone());
+                    let w = rate_windows.entry(metric.clone()).or_insert(0);
+                    *w = (*w).max(*window_ms);
+                }
+                c => used_metrics.extend(c.metric().map(str::to_owned)),
+            }
+        }
+        used_metrics.sort();
+        used_metrics.dedup();
+        let groups = order
+            .into_iter()
+            .map(|id| {
+                let idx = by_id.remove(&id).unwrap_or_default();
+                (id, idx)
+            })
+            .collect();
+        let mut room_flags: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for d in registry.devices() {
+            if d.room.is_empty() {
+                continue;
+            }
+            let flags = room_flags.entry((d.building.clone(), d.room.clone())).or_default();
+            for f in &d.care_flags {
+                if !flags.contains(f) {
+                    flags.push(f.clone());
+                }
+            }
+        }
+
+        let outage = if state.devices.is_empty() {
+            0
+        } else {
+            (now_ms - state.now_ms).max(0)
+        };
+        let keys: Vec<&str> = rules.rules().iter().map(|r| r.key.as_str()).collect();
+        let ids = rules.ids();
+        for ds in state.devices.values_mut() {
+            ds.last_seen_ms += outage;
+            // Entries the rules file no longer has cannot be evaluated.
+            ds.parts.retain(|k, _| keys.contains(&k.as_str()));
+            ds.episodes.retain(|k, _| ids.contains(&k.as_str()));
+        }
+        for d in registry.devices() {
+            state.devices.entry(d.id.clone()).or_insert_with(|| DeviceState {
+                last_seen_ms: now_ms,
+                class: d.class.clone(),
+                building: d.building.clone(),
+                room: d.room.clone(),
+                zone: d.zone.clone(),
+                ..DeviceState::default()
+            });
+        }
+        state.now_ms = state.now_ms.max(now_ms);
+        Engine {
+            rules,
+            registry,
+            groups,
+            room_flags,
+            used_metrics,
+            rate_windows,
+            state,
+        }
+    }
+
+    /// [`Engine::restore`] in place, at the time this engine was created (or last saw): for a
+    /// gateway that builds its engine first and loads the saved state afterwards.
+    pub fn load_state(&mut self, state: EngineState) {
+        let now_ms = self.state.now_ms;
+        *self = Engine::restore(self.rules.clone(), self.registry.clone(), state, now_ms);
+    }
+
+    /// A committed reading, at gateway-clock time `now_ms` (virtual under the test clock).
+    pub fn observe(&mut self, record: &Record, now_ms: i64) -> Vec<RuleOutput> {
+        self.state.now_ms = self.state.now_ms.max(now_ms);
+        let ds = self.state.devices.entry(record.device.clone()).or_default();
+        ds.last_seen_ms = now_ms;
+        ds.class.clone_from(&record.class);
+        ds.building.clone_from(&record.building);
+        ds.room.clone_from(&record.room);
+        ds.zone.clone_from(&record.zone);
+        for (name, value) in &record.metrics {
+            if self.used_metrics.binary_search(name).is_ok() {
+                ds.values.insert(name.clone(), value.clone());
+            }
+            if let (Some(window), Some(v)) = (self.rate_windows.get(name), value.as_f64()) {
+                let samples = ds.samples.entry(name.clone()).or_default();
+                // Out-of-order samples would make a rise out of a replay; keep time increasing.
+                if samples.back().map_or(true, |(ts, _)| record.ts > *ts) {
+                    samples.push_back((record.ts, v));
+                }
+                // Keep the newest sample at least a window old as the reference point.
+                while samples.len() > 2 && samples.get(1).is_some_and(|(ts, _)| *ts <= record.ts - window) {
+                    samples.pop_front();
+                }
+                while samples.len() > MAX_RATE_SAMPLES {
+                    samples.pop_front();
+                }
+            }
+        }
+        let mut out = Vec::new();
+        self.step(&record.device, now_ms, &mut out);
+        out
+    }
+
+    /// The clock: `for` windows completing without a new reading, absence, night windows,
+    /// upgrades (R2 -> R1 at 60 s).
+    pub fn tick(&mut self, now_ms: i64) -> Vec<RuleOutput> {
+        self.state.now_ms = self.state.now_ms.max(now_ms);
+        let devices: Vec<String> = self.state.devices.keys().cloned().collect();
+        let mut out = Vec::new();
+        for d in devices {
+            self.step(&d, now_ms, &mut out);
+        }
+        out
+    }
+
+    /// Whether the trigger condition of (rule, subject) still holds: the trigger is true, or
+    /// the rule fired and the value has not reached its clear level (or the device is still
+    /// silent, for absence).
+    pub fn holds(&self, rule: &str, subject: &str) -> bool {
+        let Some(ds) = self.state.devices.get(subject) else {
+            return false;
+        };
+        let parts = |id: &str, f: fn(&PartState) -> bool| {
+            self.rules
+                .rules()
+                .iter()
+                .filter(|r| r.id == id)
+                .any(|r| ds.parts.get(&r.key).is_some_and(f))
+        };
+        parts(rule, |p| p.holds)
+            || ds
+                .episodes
+                .get(rule)
+                .is_some_and(|e| e.absorbed.iter().any(|a| parts(a, |p| p.triggered)))
+    }
+
+    pub fn snapshot(&self) -> EngineState {
+        self.state.clone()
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    fn context<'a>(&self, device: &'a str, ds: &DeviceState) -> Context<'a> {
+        match self.registry.get(device) {
+            Some(d) => Context {
+                device,
+                class: d.class.clone(),
+                zone: d.zone.clone(),
+                room: d.room.clone(),
+                resident: d.resident.clone(),
+                own_flags: d.care_flags.clone(),
+                room_flags: self
+                    .room_flags
+                    .get(&(d.building.clone(), d.room.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+                interval_ms: Some(d.interval_s as i64 * 1000),
+            },
+            None => Context {
+                device,
+                class: ds.class.clone(),
+                zone: ds.zone.clone(),
+                room: ds.room.clone(),
+                resident: None,
+                own_flags: Vec::new(),
+                room_flags: Vec::new(),
+                interval_ms: None,
+            },
+        }
+    }
+
+    /// Evaluates every entry for one device at `now`, then its episodes.
+    fn step(&mut self, device: &str, now: i64, out: &mut Vec<RuleOutput>) {
+        let Some(mut ds) = self.state.devices.remove(device) else {
+            return;
+        };
+        let ctx = self.context(device, &ds);
+        let flagged = self
+            .rules
+            .suppress_flags()
+            .iter()
+            .any(|f| ds.values.get(f) == Some(&Value::Bool(true)));
+        let maintenance = self.rules.in_maintenance(device, &ctx.room, now);
+        let night = self.rules.is_night(now);
+        let mut fired: Vec<usize> = Vec::new();
+
+        for (i, rule) in self.rules.rules().iter().enumerate() {
+            let selected = rule
+                .select
+                .matches(&ctx.class, &ctx.zone, &ctx.own_flags, &ctx.room_flags)
+                && !(matches!(rule.condition, Condition::Absence { .. }) && ctx.interval_ms.is_none());
+            if !selected {
+                ds.parts.remove(&rule.key);
+                continue;
+            }
+            let (trigger, clear) = evaluate(&rule.condition, &ds, &ctx, now);
+            let suppressed = match rule.condition {
+                Condition::Absence { .. } => maintenance,
+                ref c if c.suppressible() => flagged || maintenance,
+                _ => false,
+            };
+            let in_window = rule.window == Window::Always || night;
+            let trigger_now = trigger && !suppressed && in_window;
+            let part = ds.parts.entry(rule.key.clone()).or_default();
+            if !part.active {
+                if trigger_now {
+                    let since = *part.since_ms.get_or_insert(now);
+                    if now - since >= rule.for_ms {
+                        part.active = true;
+                        part.clear_since_ms = None;
+                        fired.push(i);
+                    }
+                } else {
+                    part.since_ms = None;
+                }
+            }
+            // Checked right after firing too: a state rule whose clear is "any other value" never
+            // clears on the reading that fired it, but a zero hold clears on the next one.
+            if part.active && !fired.contains(&i) {
+                if clear {
+                    let since = *part.clear_since_ms.get_or_insert(now);
+                    if now - since >= rule.clear_for_ms {
+                        *part = PartState::default();
+                    }
+                } else {
+                    part.clear_since_ms = None;
+                }
+            }
+            part.holds = trigger_now || (part.active && !clear);
+            part.triggered = trigger_now;
+            if *part == PartState::default() {
+                ds.parts.remove(&rule.key);
+            }
+        }
+        self.episodes(&mut ds, &ctx, &fired, now, out);
+        self.state.devices.insert(device.to_owned(), ds);
+    }
+
+    fn active(&self, ds: &DeviceState, idx: &[usize]) -> Vec<usize> {
+        idx.iter()
+            .copied()
+            .filter(|i| ds.parts.get(&self.rules.rules()[*i].key).is_some_and(|p| p.active))
+            .collect()
+    }
+
+    /// Whether an entry of rule `id` has its trigger condition true for the device.
+    fn triggered(&self, ds: &DeviceState, id: &str) -> bool {
+        self.rules
+            .rules()
+            .iter()
+            .filter(|r| r.id == id)
+            .any(|r| ds.parts.get(&r.key).is_some_and(|p| p.triggered))
+    }
+
+    /// Whether the rule `r` upgrades into is open for the device already.
+    fn superseded(&self, ds: &DeviceState, r: &Rule) -> bool {
+        r.upgrade_to
+            .as_ref()
+            .and_then(|to| ds.episodes.get(to))
+            .is_some_and(|e| e.priority.is_some() && e.upgraded_into.is_none())
+    }
+
+    fn episodes(&self, ds: &mut DeviceState, ctx: &Context<'_>, fired: &[usize], now: i64, out: &mut Vec<RuleOutput>) {
+        let rules = self.rules.rules();
+        // Upgraded episodes end silently once their own condition is gone: the alert carries
+        // the other rule now, whose episode then no longer waits for them.
+        for (id, idx) in &self.groups {
+            let Some(into) = ds.episodes.get(id).and_then(|e| e.upgraded_into.clone()) else {
+                continue;
+            };
+            if self.active(ds, idx).is_empty() {
+                ds.episodes.remove(id);
+                if let Some(target) = ds.episodes.get_mut(&into) {
+                    target.absorbed.retain(|a| a != id);
+                }
+            }
+        }
+        for (id, idx) in &self.groups {
+            let mut ep = ds.episodes.remove(id).unwrap_or_default();
+            if ep.upgraded_into.is_some() {
+                ds.episodes.insert(id.clone(), ep);
+                continue;
+            }
+            let active = self.active(ds, idx);
+            ep.reraised.retain(|k| active.iter().any(|i| rules[*i].key == *k));
+            // The most urgent active entry; among equals, one that just fired (its message is news).
+            let best = active
+                .iter()
+                .copied()
+                .min_by_key(|i| (rules[*i].priority, !fired.contains(i)));
+            match (best, ep.priority) {
+                (Some(b), None) if self.superseded(ds, &rules[b]) => {
+                    // The rule it upgrades into is already open (R13 pre-alarm while R14 is on):
+                    // no second alert; the open one waits for this condition to clear too.
+                    let to = rules[b].upgrade_to.clone().unwrap_or_default();
+                    if let Some(target) = ds.episodes.get_mut(&to) {
+                        target.absorbed.push(id.clone());
+                    }
+                    ep.priority = Some(rules[b].priority);
+                    ep.raised_at_ms = now;
+                    ep.upgraded_into = Some(to);
+                    ds.episodes.insert(id.clone(), ep);
+                    continue;
+                }
+                (Some(b), None) => {
+                    let mut t = trigger(&rules[b], ds, ctx, now);
+                    // A rule that upgrades into this one and is open for the device: same alert.
+                    for (other, _) in &self.groups {
+                        let upgrades_here = rules
+                            .iter()
+                            .any(|r| r.id == *other && r.upgrade_to.as_ref() == Some(id));
+                        if !upgrades_here {
+                            continue;
+                        }
+                        if let Some(src) = ds.episodes.get_mut(other) {
+                            if src.priority.is_some() && src.upgraded_into.is_none() {
+                                src.upgraded_into = Some(id.clone());
+                                ep.absorbed.push(other.clone());
+                                t.upgrades.get_or_insert_with(|| other.clone());
+                            }
+                        }
+                    }
+                    ep.priority = Some(t.priority);
+                    ep.raised_at_ms = now;
+                    ep.reraised = active
+                        .iter()
+                        .filter(|i| rules[**i].reraise)
+                        .map(|i| rules[*i].key.clone())
+                        .collect();
+                    out.push(RuleOutput::Raise(t));
+                }
+                (Some(b), Some(p)) if rules[b].priority < p => {
+                    ep.priority = Some(rules[b].priority);
+                    out.push(RuleOutput::Raise(trigger(&rules[b], ds, ctx, now)));
+                }
+                (Some(_), Some(p)) => {
+                    for &i in fired {
+                        let r = &rules[i];
+                        if r.id == *id && r.reraise && r.priority <= p && !ep.reraised.contains(&r.key) {
+                            ep.reraised.push(r.key.clone());
+                            let mut t = trigger(r, ds, ctx, now);
+                            t.priority = p;
+                            out.push(RuleOutput::Raise(t));
+                        }
+                    }
+                }
+                // Absorbed rules (R2 upgraded to R1, R13 under R14) keep the alert while their
+                // trigger holds; once it ends they end with it and start afresh.
+                (None, Some(_)) if !ep.absorbed.iter().any(|a| self.triggered(ds, a)) => {
+                    for a in &ep.absorbed {
+                        ds.episodes.remove(a);
+                        for r in rules.iter().filter(|r| r.id == *a) {
+                            ds.parts.remove(&r.key);
+                        }
+                    }
+                    out.push(RuleOutput::Clear {
+                        rule: id.clone(),
+                        subject: ctx.device.to_owned(),
+                        at: now,
+                    });
+                    continue;
+                }
+                _ => {}
+            }
+            // Not cleared within `upgrade_after_s`: the alert becomes the other rule's (R2 -> R1).
+            if ep.priority.is_some() {
+                let due = active.iter().find_map(|i| {
+                    let r = &rules[*i];
+                    match (&r.upgrade_to, r.upgrade_after_ms) {
+                        (Some(to), Some(after)) if now - ep.raised_at_ms >= after => Some((r, to.clone())),
+                        _ => None,
+                    }
+                });
+                if let Some((from, to)) = due {
+                    if let Some(target) = rules.iter().find(|r| r.id == to) {
+                        let mut t = trigger(target, ds, ctx, now);
+                        t.upgrades = Some(id.clone());
+                        t.metric = from.condition.metric().map(str::to_owned);
+                        t.value = t.metric.as_ref().and_then(|m| ds.values.get(m).cloned());
+                        let tep = ds.episodes.entry(to.clone()).or_default();
+                        if tep.priority.is_none() {
+                            tep.priority = Some(t.priority);
+                            tep.raised_at_ms = now;
+                        }
+                        tep.absorbed.push(id.clone());
+                        ep.upgraded_into = Some(to);
+                        out.push(RuleOutput::Raise(t));
+                    }
+                }
+            }
+            if ep != Episode::default() {
+                ds.episodes.insert(id.clone(), ep);
+            }
+        }
+    }
+}
+
+/// (trigger, clear) of one condition for one device at `now`, before windows and suppression.
+fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> (bool, bool) {
+    let num = |m: &str| ds.values.get(m).and_then(Value::as_f64);
+    match c {
+        Condition::Threshold {
+            metric,
+            above,
+            below,
+            clear_below,
+            clear_above,
+        } => {
+            let Some(v) = num(metric) else {
+                return (false, false);
+            };
+            let trigger = above.is_some_and(|a| v >= a) || below.is_some_and(|b| v <= b);
+            let clear = if clear_below.is_none() && clear_above.is_none() {
+                !trigger
+            } else {
+                clear_below.map_or(true, |c| v < c) && clear_above.map_or(true, |c| v > c)
+            };
+            (trigger, clear)
+        }
+        Condition::State {
+            metric,
+            values,
+            clear_values,
+        } => {
+            let Some(v) = ds.values.get(metric) else {
+                return (false, false);
+            };
+            let trigger = values.contains(v);
+            let clear = match clear_values {
+                Some(cv) => cv.contains(v),
+                None => !trigger,
+            };
+            (trigger, clear)
+        }
+        Condition::Rate {
+            metric,
+            rise_per_min,
+            floor,
+            window_ms: _,
+            clear_below,
+        } => {
+            let Some(v) = num(metric) else {
+                return (false, false);
+            };
+            let rate = ds.samples.get(metric).and_then(|s| {
+                let (t0, v0) = *s.front()?;
+                let (t1, v1) = *s.back()?;
+                (t1 - t0 >= MIN_RATE_SPAN_MS).then(|| (v1 - v0) * 60_000.0 / (t1 - t0) as f64)
+            });
+            let trigger = rate.is_some_and(|r| r >= *rise_per_min) && floor.map_or(true, |f| v >= f);
+            let clear = match clear_below {
+                Some(c) => v < *c,
+                None => !trigger,
+            };
+            (trigger, clear)
+        }
+        Condition::Absence { multiple } => {
+            let offline = ctx
+                .interval_ms
+                .is_some_and(|i| now - ds.last_seen_ms > i * *multiple as i64);
+            (offline, !offline)
+        }
+        Condition::LowBattery {
+            below_pct,
+            clear_above_pct,
+        } => {
+            let low_flag = ds.values.get("battery_low") == Some(&Value::Bool(true));
+            let pct = num("battery_pct");
+            let trigger = low_flag || pct.is_some_and(|p| p <= *below_pct);
+            let clear = !low_flag && pct.map_or(true, |p| p > *clear_above_pct);
+            (trigger, clear)
+        }
+    }
+}
+
+fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigger {
+    let metric = rule.condition.metric().map(str::to_owned);
+    let value = match &rule.condition {
+        Condition::Absence { .. } => Some(Value::Num(((now - ds.last_seen_ms) / 1000) as f64)),
+        Condition::LowBattery { .. } => ds
+            .values
+            .get("battery_pct")
+            .or_else(|| ds.values.get("battery_low"))
+            .cloned(),
+        _ => metric.as_ref().and_then(|m| ds.values.get(m).cloned()),
+    };
+    let shown = value.as_ref().map(display).unwrap_or_default();
+    let fill = |template: &str| {
+        template
+            .replace("{room}", &ctx.room)
+            .replace("{device}", ctx.device)
+            .replace("{value}", &shown)
+            .replace("{resident}", ctx.resident.as_deref().unwrap_or(""))
+            .replace("{metric}", metric.as_deref().unwrap_or(""))
+    };
+    Trigger {
+        rule: rule.id.clone(),
+        subject: ctx.device.to_owned(),
+        priority: rule.priority,
+        upgrades: None,
+        device: ctx.device.to_owned(),
+        room: ctx.room.clone(),
+        resident: ctx.resident.clone(),
+        hazard: rule.hazard.clone(),
+        metric: metric.clone(),
+        value,
+        latching: rule.latching,
+        person_centred: rule.person_centred,
+        message: fill(&rule.message),
+        message_en: fill(&rule.message_en),
+        at: now,
+    }
+}
+
+fn display(v: &Value) -> String {
+    match v {
+        Value::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", *n as i64),
+        Value::Num(n) => format!("{n:.1}"),
+        Value::Bool(b) => b.to_string(),
+        Value::Text(s) => s.clone(),
+    }
+}

@@ -1,0 +1,906 @@
+//! Behaviour of the shipped catalog on virtual time: every `now_ms` is passed in, nothing sleeps.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::journal::Record;
+use crate::reading::Value;
+use crate::registry::Registry;
+
+const SHIPPED: &str = include_str!("../../../config/rules.toml");
+
+/// 2024-01-01 00:00 UTC = 08:00 site local time (UTC+8).
+const T0: i64 = 1_704_067_200_000;
+
+const REGISTRY: &str = r#"
+site = "nh-t"
+[[devices]]
+id = "gas-1"
+class = "gas_detector"
+room = "K-1"
+zone = "kitchen"
+interval_s = 3600
+[[devices]]
+id = "co-1"
+class = "co_detector"
+room = "B-1"
+zone = "boiler_room"
+interval_s = 3600
+[[devices]]
+id = "heat-1"
+class = "heat_detector"
+room = "K-1"
+zone = "kitchen"
+interval_s = 3600
+[[devices]]
+id = "smoke-1"
+class = "smoke_alarm"
+room = "A-101"
+zone = "bedroom"
+interval_s = 3600
+[[devices]]
+id = "radar-1"
+class = "fall_radar"
+room = "A-101"
+zone = "bedroom"
+interval_s = 3600
+[[devices]]
+id = "radar-fast"
+class = "fall_radar"
+room = "A-102"
+zone = "bathroom"
+interval_s = 10
+[[devices]]
+id = "door-fast"
+class = "door_contact"
+room = "A-102"
+zone = "entrance"
+interval_s = 10
+[[devices]]
+id = "bed-1"
+class = "bed_sensor"
+room = "A-101"
+zone = "bedroom"
+resident = "r-1"
+care_flags = ["high_fall_risk"]
+interval_s = 3600
+[[devices]]
+id = "bed-2"
+class = "bed_sensor"
+room = "A-102"
+zone = "bedroom"
+resident = "r-2"
+interval_s = 3600
+[[devices]]
+id = "watch-1"
+class = "wearable"
+room = "A-101"
+zone = "bedroom"
+resident = "r-1"
+care_flags = ["high_fall_risk", "wander_risk"]
+interval_s = 3600
+[[devices]]
+id = "watch-copd"
+class = "wearable"
+room = "A-103"
+zone = "bedroom"
+resident = "r-3"
+care_flags = ["copd"]
+interval_s = 3600
+[[devices]]
+id = "door-1"
+class = "door_contact"
+room = "A-101"
+zone = "entrance"
+interval_s = 3600
+[[devices]]
+id = "door-2"
+class = "door_contact"
+room = "A-102"
+zone = "entrance"
+interval_s = 3600
+[[devices]]
+id = "exit-1"
+class = "door_contact"
+room = "Lobby"
+zone = "exit"
+interval_s = 3600
+"#;
+
+fn catalog() -> Arc<RuleSet> {
+    match RuleSet::parse(Path::new("config/rules.toml"), SHIPPED) {
+        Ok(r) => Arc::new(r),
+        Err(e) => panic!("shipped catalog invalid:\n{e}"),
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    Arc::new(Registry::parse(Path::new("devices.toml"), REGISTRY).expect("test registry"))
+}
+
+/// Gateway time `s` seconds after T0.
+fn at(s: i64) -> i64 {
+    T0 + s * 1000
+}
+
+/// Gateway time of local wall-clock `h:m` on the first local day (08:00 = T0; earlier hours
+/// are the next morning).
+fn local(h: i64, m: i64) -> i64 {
+    let minutes = (h * 60 + m - 8 * 60).rem_euclid(24 * 60);
+    T0 + minutes * 60_000
+}
+
+fn n(v: f64) -> Value {
+    Value::Num(v)
+}
+fn flag(v: bool) -> Value {
+    Value::Bool(v)
+}
+fn t(v: &str) -> Value {
+    Value::Text(v.to_owned())
+}
+
+struct Bench {
+    engine: Engine,
+    registry: Arc<Registry>,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        Bench::starting(T0)
+    }
+    fn starting(now: i64) -> Bench {
+        let registry = registry();
+        Bench {
+            engine: Engine::new(catalog(), registry.clone(), now),
+            registry,
+        }
+    }
+    fn see(&mut self, device: &str, now: i64, metrics: &[(&str, Value)]) -> Vec<RuleOutput> {
+        let d = self.registry.get(device).expect("registered test device");
+        let record = Record {
+            device: device.to_owned(),
+            class: d.class.clone(),
+            building: d.building.clone(),
+            floor: d.floor.clone(),
+            room: d.room.clone(),
+            zone: d.zone.clone(),
+            ts: now,
+            ts_recv: now,
+            ts_replaced: false,
+            seq: None,
+            metrics: metrics
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        self.engine.observe(&record, now)
+    }
+    fn tick(&mut self, now: i64) -> Vec<RuleOutput> {
+        self.engine.tick(now)
+    }
+    /// Ticks every second over `[from, to]`, returning what was raised or cleared and when.
+    fn run(&mut self, from: i64, to: i64) -> Vec<RuleOutput> {
+        let mut out = Vec::new();
+        let mut now = from;
+        while now <= to {
+            out.extend(self.tick(now));
+            now += 1000;
+        }
+        out
+    }
+}
+
+/// (rule, priority, at) of every raise of `rule` (when empty: of every rule but R17, which the
+/// two fast-reporting devices of the test registry raise whenever a test runs past 30 s).
+fn raised(out: &[RuleOutput], rule: &str) -> Vec<(String, Priority, i64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            RuleOutput::Raise(t) if (rule.is_empty() && t.rule != "R17") || t.rule == rule => {
+                Some((t.rule.clone(), t.priority, t.at))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every raise but R17's (see [`raised`]).
+fn triggers(out: &[RuleOutput]) -> Vec<&Trigger> {
+    out.iter()
+        .filter_map(|o| match o {
+            RuleOutput::Raise(t) if t.rule != "R17" => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (rule, at) of every clear of `rule` (every rule when empty).
+fn cleared(out: &[RuleOutput], rule: &str) -> Vec<(String, i64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            RuleOutput::Clear { rule: r, at, .. } if rule.is_empty() || r == rule => Some((r.clone(), *at)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn r(rule: &str, p: Priority, at: i64) -> (String, Priority, i64) {
+    (rule.to_owned(), p, at)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catalog file
+
+#[test]
+fn shipped_catalog_parses_and_contains_r1_to_r18() {
+    let set = catalog();
+    let ids = set.ids();
+    for i in 1..=18 {
+        let id = format!("R{i}");
+        assert!(ids.contains(&id.as_str()), "missing {id}: {ids:?}");
+    }
+    assert_eq!(set.len(), 18);
+    assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
+    assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
+    assert_eq!(set.escalation_s(Priority::P3), &[1800]);
+    assert!(set.escalation_s(Priority::P4).is_empty());
+    assert_eq!(set.correlation_window_ms(), 120_000);
+    assert_eq!(set.renotify_suppress_ms(), 60_000);
+}
+
+#[test]
+fn defaults_apply_when_the_file_omits_them() {
+    let set = RuleSet::parse(Path::new("r.toml"), "").expect("empty file is valid");
+    assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
+    assert_eq!(set.correlation_window_ms(), 120_000);
+    assert_eq!(set.offline_multiple(), 3);
+    assert!(set.is_night(local(23, 0)) && set.is_night(local(5, 59)) && !set.is_night(local(6, 0)));
+}
+
+#[test]
+fn reports_every_rule_error_with_its_line_and_key() {
+    let bad = r#"[defaults]
+colour = 1
+[[rules]]
+id = "X1"
+name = "A"
+kind = "threshold"
+priority = "P1"
+hazard = "gas"
+message = "m"
+message_en = "m"
+metric = "gas_lell"
+above = 1
+[[rules]]
+id = "X2"
+name = "B"
+kind = "state"
+priority = "P2"
+hazard = "gas"
+message = "m {colour}"
+message_en = "m"
+classes = ["toaster"]
+care_flags = ["grumpy"]
+metric = "gas_lel"
+values = [true]
+[[rules]]
+id = "X3"
+name = "C"
+kind = "state"
+priority = "P9"
+hazard = "gas"
+message = "m"
+message_en = "m"
+metric = "sos"
+values = [true]
+[[rules]]
+id = "X1"
+name = "OTHER"
+kind = "absence"
+priority = "P3"
+hazard = "device"
+message = "m"
+message_en = "m"
+for_s = 3
+"#;
+    // Structural errors (unknown key, bad priority) come first and stop semantic checks.
+    let errs = RuleSet::parse(Path::new("r.toml"), bad).expect_err("invalid").0;
+    let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert!(got.contains(&(2, "defaults.colour")), "{got:?}");
+    assert!(got.contains(&(29, "rules.priority")), "{got:?}");
+
+    let semantic = bad.replace("colour = 1\n", "").replace("\"P9\"", "\"P1\"");
+    let errs = RuleSet::parse(Path::new("r.toml"), &semantic).expect_err("invalid").0;
+    let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+    for want in [
+        (10, "rules.0.metric"),     // unknown metric
+        (18, "rules.1.message"),    // unknown placeholder
+        (20, "rules.1.classes"),    // unknown class
+        (21, "rules.1.care_flags"), // unknown care flag
+        (22, "rules.1.metric"),     // a number in a state rule
+        (35, "rules.3.id"),         // same id, another name
+        (42, "rules.3.for_s"),      // field of another kind
+    ] {
+        assert!(got.contains(&want), "missing {want:?} in {got:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threshold: gas (R13, R14)
+
+#[test]
+fn gas_above_10_lel_for_10s_raises_p1() {
+    let mut b = Bench::new();
+    assert!(raised(&b.see("gas-1", at(0), &[("gas_lel", n(12.0))]), "R14").is_empty());
+    assert!(raised(&b.run(at(1), at(9)), "R14").is_empty());
+    let out = b.tick(at(10));
+    assert_eq!(raised(&out, "R14"), vec![r("R14", Priority::P1, at(10))]);
+    let trig = triggers(&out)[0];
+    assert_eq!(trig.subject, "gas-1");
+    assert_eq!(trig.room, "K-1");
+    assert_eq!(trig.hazard, "gas");
+    assert!(trig.latching);
+    assert_eq!(trig.value, Some(n(12.0)));
+    assert!(
+        trig.message.contains("K-1") && trig.message.contains("12"),
+        "{}",
+        trig.message
+    );
+    assert!(trig.message_en.contains("12 %LEL"), "{}", trig.message_en);
+    // Raised once: no repeat while it holds.
+    assert!(raised(&b.run(at(11), at(120)), "R14").is_empty());
+}
+
+#[test]
+fn gas_window_interrupted_restarts_from_zero() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.run(at(1), at(8));
+    b.see("gas-1", at(8), &[("gas_lel", n(9.9))]);
+    b.see("gas-1", at(9), &[("gas_lel", n(12.0))]);
+    assert!(raised(&b.run(at(10), at(18)), "R14").is_empty());
+    assert_eq!(raised(&b.tick(at(19)), "R14"), vec![r("R14", Priority::P1, at(19))]);
+}
+
+#[test]
+fn gas_just_at_the_level_raises_just_below_does_not() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(10.0))]);
+    assert_eq!(raised(&b.run(at(1), at(10)), "R14").len(), 1);
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(9.99))]);
+    assert!(raised(&b.run(at(1), at(60)), "R14").is_empty());
+}
+
+#[test]
+fn gas_clears_only_below_5_lel_held_5_min() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.run(at(1), at(10));
+    // Exactly at the clear level is not below it: no clear, however long.
+    b.see("gas-1", at(20), &[("gas_lel", n(5.0))]);
+    assert!(cleared(&b.run(at(21), at(700)), "R14").is_empty());
+    assert!(b.engine.holds("R14", "gas-1"), "5 %LEL is not below the clear level");
+    // Just below: the hold starts.
+    b.see("gas-1", at(1000), &[("gas_lel", n(4.9))]);
+    assert!(!b.engine.holds("R14", "gas-1"));
+    assert!(cleared(&b.run(at(1001), at(1299)), "R14").is_empty());
+    assert_eq!(cleared(&b.tick(at(1300)), "R14"), vec![("R14".to_owned(), at(1300))]);
+}
+
+#[test]
+fn gas_clear_hold_interrupted_restarts() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.run(at(1), at(10));
+    b.see("gas-1", at(100), &[("gas_lel", n(4.0))]);
+    b.run(at(101), at(300));
+    // Back up between the clear and the trigger levels: the clear hold is lost.
+    b.see("gas-1", at(300), &[("gas_lel", n(6.0))]);
+    b.see("gas-1", at(310), &[("gas_lel", n(4.0))]);
+    let out = b.run(at(311), at(700));
+    assert_eq!(cleared(&out, "R14"), vec![("R14".to_owned(), at(610))]);
+    assert!(raised(&out, "").is_empty(), "no new raise while it re-cleared: {out:?}");
+}
+
+#[test]
+fn gas_at_25_lel_raises_again_with_the_evacuate_message() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.run(at(1), at(10));
+    let out = b.see("gas-1", at(20), &[("gas_lel", n(26.0))]);
+    let t = triggers(&out);
+    assert_eq!(t.len(), 1, "{out:?}");
+    assert_eq!((t[0].rule.as_str(), t[0].priority), ("R14", Priority::P1));
+    assert!(t[0].message_en.contains("evacuate"), "{}", t[0].message_en);
+    // Once per episode.
+    assert!(raised(&b.see("gas-1", at(30), &[("gas_lel", n(30.0))]), "").is_empty());
+}
+
+#[test]
+fn gas_device_alarm_flag_raises_p1_at_once() {
+    let mut b = Bench::new();
+    let out = b.see("gas-1", at(0), &[("gas_alarm", flag(true)), ("gas_lel", n(0.0))]);
+    assert_eq!(raised(&out, "R14"), vec![r("R14", Priority::P1, at(0))]);
+    assert!(b.engine.holds("R14", "gas-1"));
+}
+
+#[test]
+fn gas_prealarm_is_upgraded_into_the_gas_alarm() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(6.0))]);
+    assert_eq!(raised(&b.run(at(1), at(30)), ""), vec![r("R13", Priority::P3, at(30))]);
+    b.see("gas-1", at(40), &[("gas_lel", n(12.0))]);
+    let out = b.run(at(41), at(50));
+    let t = triggers(&out);
+    assert_eq!(t.len(), 1, "{out:?}");
+    assert_eq!((t[0].rule.as_str(), t[0].upgrades.as_deref()), ("R14", Some("R13")));
+    b.see("gas-1", at(60), &[("gas_lel", n(2.0))]);
+    let out = b.run(at(61), at(400));
+    assert_eq!(
+        cleared(&out, ""),
+        vec![("R14".to_owned(), at(360))],
+        "one clear, for the upgraded alert"
+    );
+}
+
+#[test]
+fn gas_prealarm_does_not_open_a_second_alert_under_the_gas_alarm() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(15.0))]);
+    let out = b.run(at(1), at(120));
+    assert_eq!(raised(&out, ""), vec![r("R14", Priority::P1, at(10))]);
+}
+
+#[test]
+fn gas_suppressed_during_preheat() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(15.0)), ("preheat", flag(true))]);
+    // The flag stays in force for readings that do not repeat it.
+    b.see("gas-1", at(30), &[("gas_lel", n(15.0))]);
+    assert!(raised(&b.run(at(1), at(120)), "").is_empty());
+    // The preheat reading did not start the window: it starts when preheat ends.
+    b.see("gas-1", at(120), &[("gas_lel", n(15.0)), ("preheat", flag(false))]);
+    assert!(raised(&b.run(at(121), at(129)), "R14").is_empty());
+    assert_eq!(raised(&b.tick(at(130)), "R14").len(), 1);
+}
+
+#[test]
+fn gas_suppression_in_the_middle_of_a_window_resets_it() {
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.see("gas-1", at(5), &[("gas_lel", n(12.0)), ("test", flag(true))]);
+    b.see("gas-1", at(6), &[("gas_lel", n(12.0)), ("test", flag(false))]);
+    assert!(raised(&b.run(at(7), at(15)), "R14").is_empty());
+    assert_eq!(raised(&b.tick(at(16)), "R14").len(), 1);
+}
+
+#[test]
+fn maintenance_window_suppresses_thresholds_of_the_device() {
+    let text = format!(
+        "{SHIPPED}\n[[maintenance]]\ndevices = [\"gas-1\"]\nstart_ms = {}\nend_ms = {}\n",
+        at(0),
+        at(600)
+    );
+    let rules = Arc::new(RuleSet::parse(Path::new("r.toml"), &text).expect("valid"));
+    let mut b = Bench::new();
+    b.engine = Engine::new(rules, b.registry.clone(), T0);
+    b.see("gas-1", at(0), &[("gas_lel", n(15.0))]);
+    assert!(raised(&b.run(at(1), at(599)), "").is_empty());
+    assert_eq!(
+        raised(&b.run(at(600), at(610)), "R14"),
+        vec![r("R14", Priority::P1, at(610))]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Absence (R17)
+
+#[test]
+fn absence_raises_after_3_intervals_and_clears_on_the_next_reading() {
+    let mut b = Bench::new();
+    b.see("radar-fast", at(0), &[("presence", flag(true))]);
+    b.see("door-fast", at(0), &[("contact_open", flag(false))]);
+    assert!(
+        raised(&b.run(at(1), at(30)), "R17").is_empty(),
+        "30 s is not longer than 3 x 10 s"
+    );
+    let out = b.tick(at(31));
+    assert_eq!(
+        raised(&out, "R17"),
+        vec![r("R17", Priority::P3, at(31)), r("R17", Priority::P2, at(31))],
+        "door (P3) and radar (P2)"
+    );
+    assert!(b.engine.holds("R17", "radar-fast"));
+    assert!(raised(&b.run(at(32), at(100)), "R17").is_empty(), "raised once");
+    let out = b.see("radar-fast", at(101), &[("presence", flag(true))]);
+    assert_eq!(cleared(&out, "R17"), vec![("R17".to_owned(), at(101))]);
+    assert!(!b.engine.holds("R17", "radar-fast"));
+}
+
+#[test]
+fn absence_of_a_non_life_safety_device_is_p3_and_never_heard_devices_count_from_start() {
+    let mut b = Bench::new();
+    let out = b.run(at(1), at(31));
+    let door: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            RuleOutput::Raise(t) if t.device == "door-fast" => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(door.len(), 1);
+    assert_eq!((door[0].rule.as_str(), door[0].priority), ("R17", Priority::P3));
+    assert!(door[0].message_en.contains("silent 31 s"), "{}", door[0].message_en);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heat: rate of rise and levels (R12)
+
+#[test]
+fn rate_of_rise_4_per_min_above_46_raises_p1() {
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for (s, v) in [(0, 38.0), (15, 40.0), (30, 42.0), (45, 44.5), (60, 46.5)] {
+        out.extend(b.see("heat-1", at(s), &[("temperature", n(v))]));
+    }
+    assert_eq!(raised(&out, "R12"), vec![r("R12", Priority::P1, at(60))]);
+    assert!(triggers(&out)[0].message_en.contains("rising fast"));
+}
+
+#[test]
+fn slow_rise_below_the_static_level_raises_nothing_then_50_is_a_p2_prealarm() {
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for i in 0..=22 {
+        // +0.5 degC per minute, 38 -> 49.
+        out.extend(b.see("heat-1", at(i * 60), &[("temperature", n(38.0 + 0.5 * i as f64))]));
+    }
+    assert!(raised(&out, "R12").is_empty(), "{out:?}");
+    let out = b.see("heat-1", at(23 * 60), &[("temperature", n(50.0))]);
+    assert_eq!(raised(&out, "R12"), vec![r("R12", Priority::P2, at(23 * 60))]);
+    let out = b.see("heat-1", at(24 * 60), &[("temperature", n(58.0))]);
+    assert_eq!(raised(&out, "R12"), vec![r("R12", Priority::P1, at(24 * 60))]);
+}
+
+#[test]
+fn fast_rise_below_the_floor_raises_nothing() {
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for (s, v) in [(0, 20.0), (30, 30.0), (60, 40.0), (90, 45.0)] {
+        out.extend(b.see("heat-1", at(s), &[("temperature", n(v))]));
+    }
+    assert!(raised(&out, "R12").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// CO curve (R15)
+
+#[test]
+fn co_300_ppm_raises_p1_at_once() {
+    let mut b = Bench::new();
+    let out = b.see("co-1", at(0), &[("co_ppm", n(300.0))]);
+    assert_eq!(raised(&out, "R15"), vec![r("R15", Priority::P1, at(0))]);
+}
+
+#[test]
+fn co_100_ppm_sustained_10_min_raises_p1() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
+    assert!(raised(&b.run(at(1), at(599)), "R15").is_empty());
+    assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
+}
+
+#[test]
+fn co_50_ppm_sustained_60_min_raises_p1_and_99_ppm_does_not_take_the_10_min_branch() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(99.0))]);
+    assert!(raised(&b.run(at(1), at(3599)), "R15").is_empty());
+    assert_eq!(raised(&b.tick(at(3600)), "R15"), vec![r("R15", Priority::P1, at(3600))]);
+}
+
+#[test]
+fn co_30_ppm_sustained_120_min_is_a_p3_advisory_then_p1_at_50_for_60_min() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(35.0))]);
+    let out = b.run(at(60), at(7200));
+    assert_eq!(raised(&out, "R15"), vec![r("R15", Priority::P3, at(7200))]);
+    b.see("co-1", at(7300), &[("co_ppm", n(55.0))]);
+    let out = b.run(at(7301), at(7300 + 3600));
+    assert_eq!(raised(&out, "R15"), vec![r("R15", Priority::P1, at(7300 + 3600))]);
+}
+
+#[test]
+fn co_clears_below_20_ppm_after_10_min() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(400.0))]);
+    b.see("co-1", at(60), &[("co_ppm", n(20.0))]);
+    assert!(cleared(&b.run(at(61), at(1000)), "R15").is_empty());
+    b.see("co-1", at(1000), &[("co_ppm", n(19.0))]);
+    assert!(cleared(&b.run(at(1001), at(1599)), "R15").is_empty());
+    assert_eq!(cleared(&b.tick(at(1600)), "R15"), vec![("R15".to_owned(), at(1600))]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Falls (R1, R2)
+
+#[test]
+fn confirmed_fall_raises_p1_person_centred() {
+    let mut b = Bench::new();
+    let out = b.see("radar-1", at(0), &[("fall_state", t("confirmed"))]);
+    let tr = triggers(&out);
+    assert_eq!((tr[0].rule.as_str(), tr[0].priority), ("R1", Priority::P1));
+    assert!(tr[0].latching && tr[0].person_centred);
+    assert_eq!(tr[0].hazard, "fall");
+}
+
+#[test]
+fn suspected_fall_not_cleared_within_60s_upgrades_to_r1() {
+    let mut b = Bench::new();
+    let out = b.see("radar-1", at(0), &[("fall_state", t("suspected"))]);
+    assert_eq!(raised(&out, ""), vec![r("R2", Priority::P2, at(0))]);
+    assert!(raised(&b.run(at(1), at(59)), "").is_empty());
+    let out = b.tick(at(60));
+    let tr = triggers(&out);
+    assert_eq!(tr.len(), 1, "{out:?}");
+    assert_eq!(
+        (tr[0].rule.as_str(), tr[0].priority, tr[0].upgrades.as_deref()),
+        ("R1", Priority::P1, Some("R2"))
+    );
+    assert_eq!(tr[0].value, Some(t("suspected")));
+    assert!(b.engine.holds("R1", "radar-1"));
+    assert!(raised(&b.run(at(61), at(200)), "").is_empty());
+    // The device reports no fall: the (upgraded) alert's condition is gone.
+    let out = b.see("radar-1", at(200), &[("fall_state", t("none"))]);
+    assert_eq!(cleared(&out, ""), vec![("R1".to_owned(), at(200))]);
+}
+
+#[test]
+fn suspected_fall_cleared_within_60s_does_not_upgrade() {
+    let mut b = Bench::new();
+    b.see("radar-1", at(0), &[("fall_state", t("suspected"))]);
+    let out = b.see("radar-1", at(30), &[("fall_state", t("none"))]);
+    assert_eq!(cleared(&out, ""), vec![("R2".to_owned(), at(30))]);
+    assert!(raised(&b.run(at(31), at(120)), "").is_empty());
+}
+
+#[test]
+fn suspected_then_real_fall_upgrades_the_same_alert() {
+    let mut b = Bench::new();
+    b.see("radar-1", at(0), &[("fall_state", t("suspected"))]);
+    let out = b.see("radar-1", at(20), &[("fall_state", t("fall"))]);
+    let tr = triggers(&out);
+    assert_eq!(tr.len(), 1, "{out:?}");
+    assert_eq!((tr[0].rule.as_str(), tr[0].upgrades.as_deref()), ("R1", Some("R2")));
+    assert!(cleared(&out, "").is_empty(), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// State rules with a window (R7), vitals bands (R8, R9)
+
+#[test]
+fn wearable_not_worn_for_10_min_raises_p3_and_a_wear_restarts_the_window() {
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("worn", flag(false))]);
+    b.see("watch-1", at(300), &[("worn", flag(true))]);
+    b.see("watch-1", at(310), &[("worn", flag(false))]);
+    assert!(raised(&b.run(at(311), at(909)), "R7").is_empty());
+    assert_eq!(raised(&b.tick(at(910)), "R7"), vec![r("R7", Priority::P3, at(910))]);
+    assert_eq!(
+        cleared(&b.see("watch-1", at(1000), &[("worn", flag(true))]), "R7").len(),
+        1
+    );
+}
+
+#[test]
+fn very_low_heart_rate_raises_p2_at_5_min_and_the_p3_band_does_not_repeat_it() {
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("heart_rate", n(38.0))]);
+    let out = b.run(at(1), at(900));
+    assert_eq!(raised(&out, "R8"), vec![r("R8", Priority::P2, at(300))]);
+    // 52 is inside 51..110 but not yet past the 5 bpm hysteresis: no clear.
+    b.see("watch-1", at(900), &[("heart_rate", n(52.0))]);
+    assert!(cleared(&b.run(at(901), at(1500)), "R8").is_empty());
+    b.see("watch-1", at(1500), &[("heart_rate", n(70.0))]);
+    assert_eq!(
+        cleared(&b.run(at(1501), at(1800)), "R8"),
+        vec![("R8".to_owned(), at(1800))]
+    );
+}
+
+#[test]
+fn spo2_scale_1_raises_p2_then_p1_while_copd_residents_use_scale_2() {
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("spo2", n(90.0))]);
+    b.see("watch-copd", at(0), &[("spo2", n(86.0))]);
+    let out = b.run(at(1), at(120));
+    assert_eq!(raised(&out, "R9"), vec![r("R9", Priority::P2, at(120))]);
+    assert_eq!(triggers(&out)[0].device, "watch-1");
+    b.see("watch-1", at(130), &[("spo2", n(87.0))]);
+    let out = b.run(at(131), at(250));
+    assert_eq!(raised(&out, "R9"), vec![r("R9", Priority::P1, at(250))]);
+    b.see("watch-copd", at(300), &[("spo2", n(83.0))]);
+    let out = b.run(at(301), at(420));
+    assert_eq!(raised(&out, "R9"), vec![r("R9", Priority::P2, at(420))]);
+    assert_eq!(triggers(&out)[0].device, "watch-copd");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Night windows and care flags (R5, R6)
+
+#[test]
+fn bed_exit_at_night_for_high_fall_risk_raises_after_15_min_inside_the_night_window() {
+    let mut b = Bench::starting(local(21, 0));
+    b.see("bed-1", local(21, 50), &[("bed_occupied", flag(false))]);
+    b.see("bed-2", local(21, 50), &[("bed_occupied", flag(false))]);
+    // The window starts at 22:00, not at the 21:50 reading.
+    let out = b.run(local(21, 51), local(22, 14) + 59_000);
+    assert!(raised(&out, "R5").is_empty(), "{out:?}");
+    let out = b.tick(local(22, 15));
+    assert_eq!(raised(&out, "R5"), vec![r("R5", Priority::P2, local(22, 15))]);
+    assert_eq!(triggers(&out)[0].resident.as_deref(), Some("r-1"));
+    assert!(
+        raised(&b.run(local(22, 16), local(23, 0)), "R5").is_empty(),
+        "bed-2 has no risk flag"
+    );
+    // Back in bed for 60 s clears it.
+    b.see("bed-1", local(23, 0), &[("bed_occupied", flag(true))]);
+    assert!(cleared(&b.tick(local(23, 0) + 59_000), "R5").is_empty());
+    assert_eq!(cleared(&b.tick(local(23, 1)), "R5").len(), 1);
+}
+
+#[test]
+fn bed_exit_in_the_daytime_raises_nothing() {
+    let mut b = Bench::starting(local(10, 0));
+    b.see("bed-1", local(10, 0), &[("bed_occupied", flag(false))]);
+    assert!(raised(&b.run(local(10, 1), local(12, 0)), "R5").is_empty());
+}
+
+#[test]
+fn night_window_ends_a_pending_bed_exit() {
+    let mut b = Bench::starting(local(5, 0));
+    b.see("bed-1", local(5, 50), &[("bed_occupied", flag(false))]);
+    assert!(raised(&b.run(local(5, 51), local(7, 0)), "R5").is_empty());
+}
+
+#[test]
+fn doors_at_night_exit_door_p2_wander_risk_room_p1_others_nothing() {
+    let mut b = Bench::starting(local(22, 30));
+    let exit = b.see("exit-1", local(23, 0), &[("contact_open", flag(true))]);
+    assert_eq!(raised(&exit, "R6"), vec![r("R6", Priority::P2, local(23, 0))]);
+    let wander = b.see("door-1", local(23, 0), &[("contact_open", flag(true))]);
+    assert_eq!(raised(&wander, "R6"), vec![r("R6", Priority::P1, local(23, 0))]);
+    let other = b.see("door-2", local(23, 0), &[("contact_open", flag(true))]);
+    assert!(raised(&other, "R6").is_empty());
+    assert_eq!(
+        cleared(&b.see("door-1", local(23, 1), &[("contact_open", flag(false))]), "R6").len(),
+        1
+    );
+    let mut day = Bench::starting(local(12, 0));
+    assert!(raised(&day.see("exit-1", local(12, 0), &[("contact_open", flag(true))]), "R6").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Smoke, SOS, faults, battery
+
+#[test]
+fn smoke_and_sos_raise_p1_at_once() {
+    let mut b = Bench::new();
+    assert_eq!(
+        raised(&b.see("smoke-1", at(0), &[("smoke", flag(true))]), ""),
+        vec![r("R11", Priority::P1, at(0))]
+    );
+    assert!(b.engine.holds("R11", "smoke-1"));
+    assert_eq!(
+        cleared(&b.see("smoke-1", at(10), &[("smoke", flag(false))]), "R11").len(),
+        1
+    );
+    assert!(!b.engine.holds("R11", "smoke-1"));
+    assert_eq!(
+        raised(&b.see("watch-1", at(0), &[("sos", flag(true))]), ""),
+        vec![r("R4", Priority::P1, at(0))]
+    );
+}
+
+#[test]
+fn device_fault_raises_p2_and_clears_when_normal() {
+    let mut b = Bench::new();
+    assert_eq!(
+        raised(&b.see("smoke-1", at(0), &[("fault", flag(true))]), ""),
+        vec![r("R16", Priority::P2, at(0))]
+    );
+    assert_eq!(
+        cleared(&b.see("smoke-1", at(5), &[("fault", flag(false))]), "R16").len(),
+        1
+    );
+}
+
+#[test]
+fn low_battery_is_p4_generally_p3_for_smoke_and_clears_above_30() {
+    let mut b = Bench::new();
+    assert_eq!(
+        raised(&b.see("watch-1", at(0), &[("battery_pct", n(15.0))]), ""),
+        vec![r("R18", Priority::P4, at(0))]
+    );
+    assert_eq!(
+        raised(&b.see("smoke-1", at(0), &[("battery_pct", n(9.0))]), ""),
+        vec![r("R18", Priority::P3, at(0))]
+    );
+    assert!(cleared(&b.see("watch-1", at(10), &[("battery_pct", n(30.0))]), "").is_empty());
+    assert_eq!(
+        cleared(&b.see("watch-1", at(20), &[("battery_pct", n(31.0))]), "R18").len(),
+        1
+    );
+    assert_eq!(
+        raised(&b.see("door-1", at(0), &[("battery_low", flag(true))]), ""),
+        vec![r("R18", Priority::P4, at(0))]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart
+
+#[test]
+fn snapshot_restore_mid_window_raises_at_the_original_deadline() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
+    b.run(at(1), at(480));
+    let json = serde_json::to_string(&b.engine.snapshot()).expect("serializable");
+    drop(b);
+    // The gateway is down for a minute, then restarts with the saved state.
+    let state: EngineState = serde_json::from_str(&json).expect("deserializable");
+    let registry = registry();
+    let mut b = Bench {
+        engine: Engine::restore(catalog(), registry.clone(), state, at(540)),
+        registry,
+    };
+    assert!(raised(&b.run(at(540), at(599)), "R15").is_empty());
+    assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
+}
+
+#[test]
+fn restore_does_not_count_the_gateway_outage_as_device_silence() {
+    let mut b = Bench::new();
+    b.see("radar-fast", at(0), &[("presence", flag(true))]);
+    b.see("door-fast", at(0), &[("contact_open", flag(false))]);
+    b.tick(at(20));
+    let state = b.engine.snapshot();
+    let registry = registry();
+    // Down for 5 minutes: the devices were talking, we were not listening.
+    let mut b = Bench {
+        engine: Engine::restore(catalog(), registry.clone(), state, at(320)),
+        registry,
+    };
+    assert!(raised(&b.tick(at(330)), "R17").is_empty());
+    assert_eq!(raised(&b.run(at(331), at(360)), "R17").len(), 2);
+}
+
+#[test]
+fn restored_open_episode_does_not_raise_again() {
+    let mut b = Bench::new();
+    b.see("smoke-1", at(0), &[("smoke", flag(true))]);
+    let state = b.engine.snapshot();
+    let registry = registry();
+    let mut b = Bench {
+        engine: Engine::restore(catalog(), registry.clone(), state, at(10)),
+        registry,
+    };
+    assert!(raised(&b.see("smoke-1", at(11), &[("smoke", flag(true))]), "R11").is_empty());
+    assert!(b.engine.holds("R11", "smoke-1"));
+}
+
+#[test]
+fn load_state_into_a_fresh_engine_continues_the_window() {
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
+    b.run(at(1), at(480));
+    let state = b.engine.snapshot();
+    let registry = registry();
+    let mut engine = Engine::new(catalog(), registry.clone(), at(540));
+    engine.load_state(state);
+    let mut b = Bench { engine, registry };
+    assert!(raised(&b.run(at(540), at(599)), "R15").is_empty());
+    assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
+}
