@@ -452,7 +452,9 @@ impl Behaviour {
     }
 
     fn walk_door(&mut self, ts_ms: i64) {
-        if is_night(ts_ms) {
+        // Doors are shut an hour before the night window: a door of a wander-risk resident
+        // still open when the night starts is a real alert (R6), not baseline behaviour.
+        if is_night(ts_ms) || is_night(ts_ms + 3_600_000) {
             // Doors are shut for the night; one left open is closed on the next round.
             self.contact_open = false;
         } else if self.rng.chance(0.2) {

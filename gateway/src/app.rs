@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::alerts::delivery::{
-    DeliveryStats, MqttAlertPublisher, MqttAlertsConfig, NewEvents, SharedLog, StreamState, WebhookTask,
-};
+use crate::alerts::delivery::{MqttAlertPublisher, MqttAlertsConfig, NewEvents, SharedLog, StreamState, WebhookTask};
 use crate::alerts::lifecycle::Lifecycle;
 use crate::alerts::store::AlertStore;
 use crate::alerts::task::{command_channel, policy_from_rules, AlertsTask};
@@ -158,7 +156,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let (alerts_handle, alert_commands) = command_channel();
     info!(rules = rules.len(), "rules engine on");
     others.spawn(alerts_task.run(observer_rx, alert_commands, clock, shutdown.clone()));
-    let delivery_stats = Arc::new(DeliveryStats::default());
+    let delivery_stats = telemetry.delivery.clone();
     for hook in WebhookTask::for_config(&config.alerts, &journal_path, &alert_seq, &delivery_stats) {
         others.spawn(hook.run(shutdown.clone()));
     }

@@ -51,6 +51,8 @@ pub struct Telemetry {
     pub influx_quarantined: AtomicU64,
     pub mqtt_connected: AtomicU64,
     pub mqtt_connects: AtomicU64,
+    /// Alert delivery counters (MQTT outbox, webhooks, SSE), shared with the delivery tasks.
+    pub delivery: std::sync::Arc<crate::alerts::delivery::DeliveryStats>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     influx_failures: Mutex<BTreeMap<&'static str, u64>>,
 }

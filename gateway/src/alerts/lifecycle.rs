@@ -65,12 +65,14 @@ fn priority_index(p: Priority) -> usize {
 }
 
 /// Hazard families that form one incident: smoke, heat and CO in one room are one fire
-/// (domain.md 3.4, R20); a fall and an SOS of one resident are one fall.
-fn correlation_group(hazard: &str) -> &str {
+/// (domain.md 3.4, R20); a fall and an SOS of one resident are one fall. Device maintenance
+/// (offline, fault, low battery) never merges: each device is its own work order.
+fn correlation_group(hazard: &str) -> Option<&str> {
     match hazard {
-        "fire" | "smoke" | "heat" | "co" => "fire",
-        "fall" | "sos" => "fall",
-        other => other,
+        "device" => None,
+        "fire" | "smoke" | "heat" | "co" => Some("fire"),
+        "fall" | "sos" => Some("fall"),
+        other => Some(other),
     }
 }
 
@@ -337,10 +339,10 @@ impl Lifecycle {
 
     /// The open alert a new condition joins as one incident (R20), if any.
     fn incident_for(&self, batch: &Batch, t: &Trigger) -> Option<Alert> {
-        let group = correlation_group(&t.hazard);
+        let group = correlation_group(&t.hazard)?;
         let window = self.policy.correlation_window_ms;
         self.current(batch)
-            .filter(|a| correlation_group(&a.hazard) == group && (t.at - a.raised_at).abs() <= window)
+            .filter(|a| correlation_group(&a.hazard) == Some(group) && (t.at - a.raised_at).abs() <= window)
             .filter(|a| match (&a.resident, &t.resident) {
                 (Some(x), Some(y)) if person_group(group) => x == y,
                 _ => !t.room.is_empty() && a.room == t.room,
@@ -689,6 +691,21 @@ mod tests {
         // Acknowledged alerts are not re-notified.
         l.ack("a-1", "nurse-li", None, T0 + 70_000).expect("ack");
         assert!(raise(&mut l, gas(T0 + 200_000)).is_empty());
+    }
+
+    #[test]
+    fn device_maintenance_alerts_of_one_room_stay_separate() {
+        let db = temp_db("maintenance");
+        let mut l = open(&db);
+        let a = raise(&mut l, trig("R18", "sos-1", "3-12", "device", Priority::P3, T0)).remove(0);
+        let b = raise(
+            &mut l,
+            trig("R18", "door-1", "3-12", "device", Priority::P4, T0 + 5_000),
+        )
+        .remove(0);
+        assert_ne!(a.id, b.id);
+        assert_eq!((a.incident_id, b.incident_id), (None, None));
+        assert_eq!(b.devices, vec!["door-1".to_owned()]);
     }
 
     #[test]

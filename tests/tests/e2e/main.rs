@@ -2,11 +2,13 @@
 //!
 //! - `pipeline`: simulator -> broker (embedded, or Mosquitto) -> journal -> VictoriaMetrics, and
 //!   the local history API without a database.
+//! - `alert_lifecycle`: escalation and acknowledgement; restart mid-window on the same timeline.
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 
+mod alert_lifecycle;
 mod bad_input;
 mod config_files;
 mod influx_faults;
