@@ -73,6 +73,10 @@ impl MqttSource {
             options.set_credentials(user.clone(), pass);
         }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        // Small packets (acks, alerts) must not wait for Nagle's algorithm and delayed ACKs (40 ms).
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
 
         // Acknowledgements travel from the journal writer to this task, in commit order.
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();

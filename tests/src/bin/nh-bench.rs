@@ -191,6 +191,9 @@ impl SmokeStream {
         let mut opts = MqttOptions::new("bench-smoke", broker.ip().to_string(), broker.port());
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
@@ -207,6 +210,10 @@ impl SmokeStream {
                         let now = Instant::now();
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
                             if v["rule"] == "R11" {
+                                if std::env::var_os("NH_BENCH_TRACE").is_some() {
+                                    let wall = nh_gateway::clock::system_now_ms();
+                                    eprintln!("alert {} raised_at {} arrived {} (+{} ms)", v["device"], v["raised_at"], wall, wall - v["raised_at"].as_i64().unwrap_or(0));
+                                }
                                 if let (Some(d), Ok(mut m)) = (v["device"].as_str(), seen.lock()) {
                                     m.entry(d.to_owned()).or_insert(now);
                                 }

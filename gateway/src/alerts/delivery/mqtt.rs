@@ -183,6 +183,10 @@ impl MqttAlertPublisher {
         info!(topic = %topic, cursor, "MQTT alert publisher starting");
         while !shutdown.is_cancelled() {
             let (client, mut eventloop) = AsyncClient::new(self.cfg.options(), usize::from(self.cfg.window.max(1)) * 2);
+            // An alert is one small packet: never hold it back for Nagle's algorithm.
+            let mut net = eventloop.network_options();
+            net.set_tcp_nodelay(true);
+            eventloop.set_network_options(net);
             let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
             // Unbounded, but bounded in practice: one message per packet of a window-limited link.
             let poller = tokio::spawn(async move {
