@@ -5,9 +5,11 @@
 //! - [`canonical`]: our own format on `nh/{site}/{device_id}/telemetry` (DESIGN.md).
 //! - [`zigbee2mqtt`]: Zigbee2MQTT state messages on `zigbee2mqtt/{friendly_name}`.
 //! - [`json_map`]: a generic JSON mapping per device model (JSON pointer -> metric).
+//! - [`mr60fda1`]: the Seeed MR60FDA1 radar's UART frames (a byte-stream reader with resync).
 
 pub mod canonical;
 pub mod json_map;
+pub mod mr60fda1;
 pub mod zigbee2mqtt;
 
 use std::sync::Arc;

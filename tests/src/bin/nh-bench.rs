@@ -212,7 +212,13 @@ impl SmokeStream {
                             if v["rule"] == "R11" {
                                 if std::env::var_os("NH_BENCH_TRACE").is_some() {
                                     let wall = nh_gateway::clock::system_now_ms();
-                                    eprintln!("alert {} raised_at {} arrived {} (+{} ms)", v["device"], v["raised_at"], wall, wall - v["raised_at"].as_i64().unwrap_or(0));
+                                    eprintln!(
+                                        "alert {} raised_at {} arrived {} (+{} ms)",
+                                        v["device"],
+                                        v["raised_at"],
+                                        wall,
+                                        wall - v["raised_at"].as_i64().unwrap_or(0)
+                                    );
                                 }
                                 if let (Some(d), Ok(mut m)) = (v["device"].as_str(), seen.lock()) {
                                     m.entry(d.to_owned()).or_insert(now);
