@@ -27,6 +27,7 @@ use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
 use crate::sources::mqtt::{MqttSource, MqttSourceConfig, Route};
+use crate::sources::serial::SerialSource;
 use crate::telemetry::Telemetry;
 
 /// Overrides from the command line.
@@ -124,6 +125,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         influx_token,
         mqtt_password,
         rules,
+        modbus_maps,
     } = loaded;
     let clock = opts.clock.unwrap_or_else(Clock::system);
     let telemetry = Arc::new(Telemetry::default());
@@ -257,11 +259,24 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             inflight: config.mqtt.inflight,
             routes,
         },
-        normalizer,
+        normalizer: normalizer.clone(),
         journal: writer.tx.clone(),
         telemetry: telemetry.clone(),
     };
     sources.spawn(source.run(shutdown.clone()));
+    for port in &config.serial {
+        let protocol = SerialSource::protocol_label(port.protocol);
+        let serial = SerialSource {
+            stats: telemetry.serial.bus(&port.bus, protocol),
+            port: port.clone(),
+            maps: modbus_maps.clone(),
+            normalizer: normalizer.clone(),
+            journal: writer.tx.clone(),
+            clock,
+        };
+        info!(bus = %port.bus, path = %port.path.display(), protocol, "serial source on");
+        sources.spawn(serial.run(shutdown.clone()));
+    }
     // Alerts are published on the same broker, through their own connection and outbox.
     let mut alerts_mqtt = MqttAlertsConfig::new(config.site.id.clone(), host.clone(), port);
     if config.mqtt.mode == MqttMode::External {
@@ -313,17 +328,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let stream = StreamState::new(
         journal_path.clone(),
         alert_seq,
-        move || {
-            if status_telemetry
-                .mqtt_connected
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 1
-            {
-                "ok"
-            } else {
-                "degraded"
-            }
-        },
+        move || status_telemetry.status(),
         delivery_stats,
         shutdown.clone(),
     );

@@ -63,6 +63,14 @@ impl Normalizer {
                 return Vec::new();
             }
         };
+        self.attach(readings, topic, recv_ms)
+    }
+
+    /// Turns decoded readings into records: registry attached, unknown-device policy applied,
+    /// device time checked. `source` names where they came from in rejection logs (a topic, a
+    /// serial bus).
+    pub fn attach(&self, readings: Vec<crate::reading::Reading>, source: &str, recv_ms: i64) -> Vec<Record> {
+        let topic = source;
         let mut out = Vec::with_capacity(readings.len());
         for reading in readings {
             let device = self.registry.resolve(&reading.device);

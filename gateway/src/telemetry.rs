@@ -53,6 +53,8 @@ pub struct Telemetry {
     pub mqtt_connects: AtomicU64,
     /// Alert delivery counters (MQTT outbox, webhooks, SSE), shared with the delivery tasks.
     pub delivery: std::sync::Arc<crate::alerts::delivery::DeliveryStats>,
+    /// Serial links and Modbus units, shared with the serial sources.
+    pub serial: std::sync::Arc<crate::sources::serial::SerialStats>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     influx_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -72,6 +74,15 @@ impl Telemetry {
     /// Counts one failed InfluxDB write by kind (timeout, connect, http_5xx, http_4xx...).
     pub fn influx_failure(&self, kind: &'static str) {
         bump(&self.influx_failures, kind);
+    }
+
+    /// `ok` while the MQTT subscriber is connected and every serial link is up, else `degraded`.
+    pub fn status(&self) -> &'static str {
+        if self.mqtt_connected.load(Ordering::Relaxed) == 1 && self.serial.all_up() {
+            "ok"
+        } else {
+            "degraded"
+        }
     }
 
     /// Rejected messages, all reasons.
@@ -231,6 +242,11 @@ impl Telemetry {
             "MQTT connections made by the subscriber.",
             load(&self.mqtt_connects),
         );
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.serial.render(&mut out, now_ms);
         out
     }
 }

@@ -82,6 +82,7 @@ pub const METRICS: &[MetricSpec] = &[
     flag("heartbeat"),
     text("indoor_zone"),
     num("lat", "lat", -90.0, 90.0),
+    flag("link_up"),
     num("lon", "lon", -180.0, 180.0),
     num("lqi", "count", 0.0, 255.0),
     choice("motion_state", MOTION_STATES),

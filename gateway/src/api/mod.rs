@@ -6,7 +6,6 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
@@ -69,11 +68,7 @@ impl ApiState {
     }
 
     fn status(&self) -> &'static str {
-        if self.telemetry.mqtt_connected.load(Ordering::Relaxed) == 1 {
-            "ok"
-        } else {
-            "degraded"
-        }
+        self.telemetry.status()
     }
 }
 

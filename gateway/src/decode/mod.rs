@@ -6,10 +6,14 @@
 //! - [`zigbee2mqtt`]: Zigbee2MQTT state messages on `zigbee2mqtt/{friendly_name}`.
 //! - [`json_map`]: a generic JSON mapping per device model (JSON pointer -> metric).
 //! - [`mr60fda1`]: the Seeed MR60FDA1 radar's UART frames (a byte-stream reader with resync).
+//! - [`modbus`]: Modbus RTU read requests, CRC and a response scanner (master side).
+//! - [`register_map`]: register maps as data (per device model), registers to metrics.
 
 pub mod canonical;
 pub mod json_map;
+pub mod modbus;
 pub mod mr60fda1;
+pub mod register_map;
 pub mod zigbee2mqtt;
 
 use std::sync::Arc;

@@ -234,14 +234,15 @@ fn r(rule: &str, p: Priority, at: i64) -> (String, Priority, i64) {
 // The catalog file
 
 #[test]
-fn shipped_catalog_parses_and_contains_r1_to_r18() {
+fn shipped_catalog_parses_and_contains_r1_to_r18_and_s1() {
     let set = catalog();
     let ids = set.ids();
     for i in 1..=18 {
         let id = format!("R{i}");
         assert!(ids.contains(&id.as_str()), "missing {id}: {ids:?}");
     }
-    assert_eq!(set.len(), 18);
+    assert!(ids.contains(&"S1"), "missing S1 (serial link down): {ids:?}");
+    assert_eq!(set.len(), 19);
     assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
     assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
     assert_eq!(set.escalation_s(Priority::P3), &[1800]);

@@ -2,6 +2,8 @@
 //!
 //! - [`mqtt`]: the MQTT subscriber (embedded or external broker), with manual acknowledgements.
 //! - [`broker`]: the embedded rumqttd broker.
+//! - [`serial`]: serial ports: Modbus RTU buses and radar UARTs, reopened when they fail.
 
 pub mod broker;
 pub mod mqtt;
+pub mod serial;
