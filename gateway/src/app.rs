@@ -116,6 +116,24 @@ impl Running {
     }
 }
 
+/// Device id -> id of the serial link it hangs on.
+fn serial_links(ports: &[crate::config::SerialPortConfig]) -> std::collections::HashMap<String, String> {
+    let mut links = std::collections::HashMap::new();
+    for p in ports {
+        match p.protocol {
+            crate::config::SerialProtocol::ModbusRtu => {
+                for u in &p.units {
+                    links.insert(u.device_id(&p.bus), p.link_id());
+                }
+            }
+            crate::config::SerialProtocol::Mr60fda1 => {
+                links.insert(p.radar_id(), p.link_id());
+            }
+        }
+    }
+    links
+}
+
 /// Starts every stage of a loaded configuration.
 pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartError> {
     let Loaded {
@@ -152,7 +170,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     // The rules engine and the alert lifecycle: one task, its state restored from the journal.
     let alert_store = AlertStore::open(&journal_path)?;
     let lifecycle = Lifecycle::open(alert_store, policy_from_rules(&rules), config.site.id.clone())?;
-    let engine = Engine::new(rules.clone(), registry.clone(), clock.now_ms());
+    let engine = Engine::new(rules.clone(), registry.clone(), clock.now_ms()).with_links(serial_links(&config.serial));
     let alerts_task = AlertsTask::new(engine, lifecycle);
     let alert_seq = alerts_task.events();
     let (alerts_handle, alert_commands) = command_channel();

@@ -95,6 +95,10 @@ struct Context<'a> {
     own_flags: Vec<String>,
     room_flags: Vec<String>,
     interval_ms: Option<i64>,
+    /// Where the device's silence counts from: its last reading, or the return of the serial
+    /// link it hangs on if that came later; `None` while that link is down (the link-down alert
+    /// speaks for every device on it).
+    silence_from: Option<i64>,
 }
 
 /// The rules engine. See the module docs.
@@ -110,6 +114,8 @@ pub struct Engine {
     used_metrics: Vec<String>,
     /// Longest rate window per rate metric.
     rate_windows: BTreeMap<String, i64>,
+    /// Device id to the id of the serial link it hangs on (`serial:<bus>`).
+    links: Arc<HashMap<String, String>>,
     state: EngineState,
 }
 
@@ -125,6 +131,8 @@ impl Engine {
         let mut order: Vec<String> = Vec::new();
         let mut by_id: HashMap<String, Vec<usize>> = HashMap::new();
         let mut used_metrics: Vec<String> = rules.suppress_flags().to_vec();
+        // Serial links' state, for the absence of the devices on them.
+        used_metrics.push("link_up".to_owned());
         let mut rate_windows: BTreeMap<String, i64> = BTreeMap::new();
         for (i, r) in rules.rules().iter().enumerate() {
             if !by_id.contains_key(&r.id) {
@@ -197,6 +205,7 @@ impl Engine {
             room_flags,
             used_metrics,
             rate_windows,
+            links: Arc::default(),
             state,
         }
     }
@@ -205,7 +214,17 @@ impl Engine {
     /// gateway that builds its engine first and loads the saved state afterwards.
     pub fn load_state(&mut self, state: EngineState) {
         let now_ms = self.state.now_ms;
+        let links = self.links.clone();
         *self = Engine::restore(self.rules.clone(), self.registry.clone(), state, now_ms);
+        self.links = links;
+    }
+
+    /// Tells which devices hang on which serial link (`serial:<bus>`): while a link is down its
+    /// devices' silence is not their own, so the absence rule leaves them to the link-down
+    /// alert, and once it is back their silence counts from its return.
+    pub fn with_links(mut self, links: HashMap<String, String>) -> Self {
+        self.links = Arc::new(links);
+        self
     }
 
     /// A committed reading, at gateway-clock time `now_ms` (virtual under the test clock).
@@ -283,6 +302,13 @@ impl Engine {
     }
 
     fn context<'a>(&self, device: &'a str, ds: &DeviceState) -> Context<'a> {
+        let silence_from = match self.links.get(device).and_then(|l| self.state.devices.get(l)) {
+            Some(link) => match link.values.get("link_up") {
+                Some(Value::Bool(false)) => None,
+                _ => Some(ds.last_seen_ms.max(link.last_seen_ms)),
+            },
+            None => Some(ds.last_seen_ms),
+        };
         match self.registry.get(device) {
             Some(d) => Context {
                 device,
@@ -297,6 +323,7 @@ impl Engine {
                     .cloned()
                     .unwrap_or_default(),
                 interval_ms: Some(d.interval_s as i64 * 1000),
+                silence_from,
             },
             None => Context {
                 device,
@@ -307,6 +334,7 @@ impl Engine {
                 own_flags: Vec::new(),
                 room_flags: Vec::new(),
                 interval_ms: None,
+                silence_from,
             },
         }
     }
@@ -597,9 +625,10 @@ fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> (bo
             (trigger, clear)
         }
         Condition::Absence { multiple } => {
-            let offline = ctx
-                .interval_ms
-                .is_some_and(|i| now - ds.last_seen_ms > i * *multiple as i64);
+            let offline = match (ctx.interval_ms, ctx.silence_from) {
+                (Some(i), Some(from)) => now - from > i * *multiple as i64,
+                _ => false,
+            };
             (offline, !offline)
         }
         Condition::LowBattery {

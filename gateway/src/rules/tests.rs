@@ -1,6 +1,6 @@
 //! Behaviour of the shipped catalog on virtual time: every `now_ms` is passed in, nothing sleeps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -519,6 +519,64 @@ fn absence_raises_after_3_intervals_and_clears_on_the_next_reading() {
     let out = b.see("radar-fast", at(101), &[("presence", flag(true))]);
     assert_eq!(cleared(&out, "R17"), vec![("R17".to_owned(), at(101))]);
     assert!(!b.engine.holds("R17", "radar-fast"));
+}
+
+/// The journal record of a serial link's state, as the serial source writes it.
+fn link(b: &mut Bench, up: bool, now: i64) -> Vec<RuleOutput> {
+    let record = Record {
+        device: "serial:kitchen".into(),
+        class: "gateway".into(),
+        building: String::new(),
+        floor: String::new(),
+        room: "K-1".into(),
+        zone: String::new(),
+        ts: now,
+        ts_recv: now,
+        ts_replaced: false,
+        seq: None,
+        metrics: BTreeMap::from([("link_up".to_owned(), flag(up))]),
+    };
+    b.engine.observe(&record, now)
+}
+
+#[test]
+fn a_serial_link_down_speaks_for_its_devices_and_raises_s1_after_its_hold() {
+    let mut b = Bench::new();
+    b.engine = Engine::new(catalog(), b.registry.clone(), T0)
+        .with_links(HashMap::from([("radar-fast".to_owned(), "serial:kitchen".to_owned())]));
+    link(&mut b, true, at(0));
+    b.see("radar-fast", at(0), &[("presence", flag(true))]);
+    b.see("door-fast", at(0), &[("contact_open", flag(false))]);
+    // The link goes down at 5 s: the radar on it goes silent, the door (MQTT) too.
+    assert!(link(&mut b, false, at(5)).is_empty(), "S1 holds 10 s before it raises");
+    let out = b.run(at(6), at(60));
+    assert_eq!(
+        raised(&out, "S1"),
+        vec![r("S1", Priority::P2, at(15))],
+        "one link-down alert"
+    );
+    let r17: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            RuleOutput::Raise(t) if t.rule == "R17" => Some(t.subject.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        r17,
+        vec!["door-fast".to_owned()],
+        "the radar's silence is the link's, not its own"
+    );
+    // The link returns at 61 s: the radar's silence counts from then, 3 x 10 s.
+    let out = link(&mut b, true, at(61));
+    assert_eq!(cleared(&out, "S1"), vec![("S1".to_owned(), at(61))]);
+    assert!(raised(&b.run(at(62), at(91)), "R17").is_empty());
+    let out = b.tick(at(92));
+    assert_eq!(
+        raised(&out, "R17"),
+        vec![r("R17", Priority::P2, at(92))],
+        "still silent after the link returned"
+    );
 }
 
 #[test]
