@@ -977,6 +977,44 @@ mod tests {
     }
 
     #[test]
+    fn serial_ports_are_checked_against_maps_and_registry() {
+        let registry = "site = \"nh-s\"\n[[devices]]\nid = \"modbus:k:1\"\nclass = \"gas_detector\"\ninterval_s = 1\n";
+        let good = "[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[[serial]]\nbus = \"k\"\npath = \"/dev/ttyUSB0\"\nprotocol = \"modbus_rtu\"\n[[serial.units]]\nunit = 1\nmap = \"generic_gas_lel\"\n";
+        let l = load_str(
+            Path::new("s.toml"),
+            good,
+            Path::new("."),
+            &Env::default(),
+            Some(registry),
+        )
+        .expect("valid");
+        assert!(l.modbus_maps.contains_key("honeywell_midas_lel"));
+        assert_eq!(l.config.serial[0].units[0].timeout_ms, 250);
+
+        let bad = "[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[[serial]]\nbus = \"k:x\"\npath = \"/dev/ttyUSB0\"\nprotocol = \"modbus_rtu\"\nstop_bits = 3\n[[serial.units]]\nunit = 0\nmap = \"nope\"\npoll_ms = 500\ntimeout_ms = 400\n[[serial]]\nbus = \"r\"\npath = \"/dev/ttyUSB0\"\nprotocol = \"mr60fda1\"\n";
+        let e = load_str(
+            Path::new("s.toml"),
+            bad,
+            Path::new("."),
+            &Env::default(),
+            Some(registry),
+        )
+        .expect_err("invalid")
+        .to_string();
+        for expected in [
+            "serial.0.bus",
+            "serial.0.stop_bits",
+            "serial.0.units.0.unit",
+            "no register map `nope`",
+            "exceeds poll_ms",
+            "opens the same port",
+            "device `uart:r` is not in the registry",
+        ] {
+            assert!(e.contains(expected), "missing {expected} in:\n{e}");
+        }
+    }
+
+    #[test]
     fn default_config_parses_and_matches_the_code_defaults() {
         let (config, diags) = diagnostics::parse_all::<Config>(Path::new("default.toml"), DEFAULT_CONFIG);
         assert!(diags.errors.is_empty(), "{:?}", diags.errors);

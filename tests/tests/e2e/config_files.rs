@@ -19,7 +19,8 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Which program reads a config file: registries are read by both (`nh-sim` builds its fleet
-/// from them), site configurations by the gateway, simulator scenarios by `nh-sim`.
+/// from them), site configurations, rule catalogs and register maps by the gateway, simulator
+/// scenarios and serial benches by `nh-sim`.
 #[test]
 fn every_file_in_config_is_valid() -> Result<()> {
     let mut files = Vec::new();
@@ -30,10 +31,13 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let is_registry = text.lines().any(|l| l.trim() == "[[devices]]");
         let mut programs = vec![];
         let is_rules = text.lines().any(|l| l.trim() == "[[rules]]");
-        if is_registry || is_rules || text.lines().any(|l| l.trim() == "[site]") {
+        let is_maps = text.lines().any(|l| l.trim() == "[[modbus_maps]]");
+        if is_registry || is_rules || is_maps || text.lines().any(|l| l.trim() == "[site]") {
             programs.push("nh-gateway");
         }
-        if is_registry || text.lines().any(|l| l.trim() == "[scenario]") {
+        // Serial benches (`nh-sim serial`) list their buses.
+        let is_bench = text.lines().any(|l| l.trim() == "[[buses]]");
+        if is_registry || is_bench || text.lines().any(|l| l.trim() == "[scenario]") {
             programs.push("nh-sim");
         }
         assert!(!programs.is_empty(), "{}: no program reads this file", f.display());

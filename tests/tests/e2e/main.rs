@@ -6,6 +6,7 @@
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
+//! - `serial`: Modbus RTU gas detectors and an MR60FDA1 radar on pseudo-terminals from `nh-sim serial`.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 
 mod alert_lifecycle;
@@ -14,3 +15,4 @@ mod config_files;
 mod influx_faults;
 mod pipeline;
 mod scenarios;
+mod serial;
