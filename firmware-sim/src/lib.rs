@@ -23,6 +23,9 @@
 //! - [`scenario`]: scenario files (`config/scenarios/`: scripted device behaviour over the
 //!   baseline fleet, and the alerts that must follow), the runner behind `nh-sim scenario`, and
 //!   the matching of received alerts against expectations.
+//! - [`serial`]: serial devices on ptys (`nh-sim serial`): Modbus RTU gas detectors and MR60FDA1
+//!   radars on the master side, a stable link per bus for the gateway, scripted faults, outages
+//!   and garbage.
 //! - [`clock`]: the system clock or the shared test clock (`--test-clock-*`, `--time-scale`).
 //! - [`rng`]: SplitMix64 and stable per-device seeds.
 //!
@@ -59,6 +62,7 @@ pub mod registry;
 pub mod rng;
 pub mod scenario;
 pub mod schedule;
+pub mod serial;
 pub mod wire;
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //!
 //! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `gen-registry` (a demo
 //! facility's registry), `scenario` (run a scenario against a gateway and judge its alerts),
-//! `validate` (check registry and scenario files). Summaries go to stdout as one JSON line, logs
-//! to stderr. Exit codes: 0 ok, 1 error, 2 scenario failed, 3 not every publish was acknowledged.
+//! `serial` (serial devices on ptys), `validate` (check registry, scenario and serial bench
+//! files). Summaries go to stdout as one JSON line (`serial`: one line per pty, event and bus),
+//! logs to stderr. Exit codes: 0 ok, 1 error, 2 scenario failed, 3 not every publish was
+//! acknowledged.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use nh_sim::facility::{self, FacilityOptions};
 use nh_sim::link::Credentials;
 use nh_sim::scenario::{self, ScenarioOptions};
+use nh_sim::serial::{self, BenchOptions};
 use nh_sim::{registry, run_fleet, run_load, Clock, Fleet, Format, LoadOptions, RunOptions};
 
 /// Exit code when the broker did not acknowledge every publish in time.
@@ -50,13 +53,34 @@ enum Command {
     /// Run a scenario (config/scenarios/*.toml) against a gateway's broker: publish the scripted
     /// fleet, collect the alerts on nh/{site}/alerts, print a JSON report; exit 0 on pass, 2 on fail.
     Scenario(ScenarioArgs),
-    /// Validate device registry and scenario files (a scenario has a [scenario] table): exit 0, or
-    /// non-zero with every error listed.
+    /// Play serial devices (Modbus RTU gas detectors, MR60FDA1 radars) on ptys, one stable link
+    /// per bus in --dir. Prints `pty`, `ready`, `started`, `event` and `done` lines.
+    Serial(SerialArgs),
+    /// Validate device registry, scenario and serial bench files (a scenario has a [scenario]
+    /// table, a bench [[buses]]): exit 0, or non-zero with every error listed.
     Validate {
-        /// Registry or scenario files.
+        /// Registry, scenario or serial bench files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct SerialArgs {
+    /// Serial bench file (TOML, config/serial/*.toml).
+    file: PathBuf,
+    /// Directory of the links, one per bus (created if missing).
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    dir: Option<PathBuf>,
+    /// Start the scripts on a `start` line on stdin; until then the devices stay as at t=0.
+    #[arg(long)]
+    wait_start: bool,
+    /// Stop this many seconds after the start (default: on SIGTERM/SIGINT or when stdin closes).
+    #[arg(long, value_name = "S")]
+    duration_s: Option<f64>,
+    /// Only validate the file and print a one-line summary.
+    #[arg(long, conflicts_with_all = ["wait_start", "duration_s"])]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -286,6 +310,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut failed = false;
             for file in &files {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
+                if serial::is_bench(&text) {
+                    match serial::load(file) {
+                        Ok(b) => println!("ok: {} ({})", file.display(), serial::summary(&b)),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed = true;
+                        }
+                    }
+                    continue;
+                }
                 if scenario::is_scenario(&text) {
                     match scenario::load(file) {
                         Ok(s) => println!(
@@ -347,6 +381,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_SCENARIO_FAILED)
             })
         }
+        Command::Serial(a) => run_serial(a),
         Command::GenRegistry(a) => {
             let opts = FacilityOptions {
                 site: a.site,
@@ -405,4 +440,86 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// What stdin said, read on a thread of its own (a blocked read must not hold up the runtime's
+/// shutdown).
+struct StdinControl {
+    start: tokio::sync::oneshot::Receiver<()>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+}
+
+fn watch_stdin() -> StdinControl {
+    let (start_tx, start) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut start_tx = Some(start_tx);
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            match line.trim() {
+                "start" => {
+                    if let Some(tx) = start_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                "" => {}
+                other => tracing::warn!(line = other, "unknown stdin command (only `start` is known)"),
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    StdinControl { start, closed }
+}
+
+fn run_serial(a: SerialArgs) -> anyhow::Result<ExitCode> {
+    let bench = match serial::load(&a.file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if a.check {
+        println!("ok: {} ({})", a.file.display(), serial::summary(&bench));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let duration = match a.duration_s {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--duration-s must be > 0, got {s}"),
+        None => None,
+    };
+    let opts = BenchOptions {
+        dir: a.dir.context("--dir is required")?,
+        duration,
+    };
+    let wait_start = a.wait_start;
+    runtime()?.block_on(async move {
+        let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(serial::LINES_CAPACITY);
+        let printer = tokio::spawn(async move {
+            use std::io::Write;
+            while let Some(line) = lines_rx.recv().await {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout is no reason to stop the devices.
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            }
+        });
+        let stdin = watch_stdin();
+        let start = async move {
+            // stdin closed before `start`: never start, the shutdown branch ends the bench.
+            if wait_start && stdin.start.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let closed = stdin.closed;
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = closed => {}
+            }
+        };
+        let result = serial::run_bench(&bench, &opts, start, shutdown, lines_tx).await;
+        let _ = printer.await;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
