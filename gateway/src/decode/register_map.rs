@@ -183,6 +183,14 @@ impl MapError {
     }
 }
 
+/// A status field with its code table resolved to values.
+#[derive(Debug, Clone, PartialEq)]
+struct CompiledStatus {
+    field: StatusField,
+    codes: BTreeMap<u16, Vec<(String, Value)>>,
+    otherwise: Option<Vec<(String, Value)>>,
+}
+
 /// A map checked once: metrics known and typed, addresses inside the block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledMap {
@@ -191,11 +199,7 @@ pub struct CompiledMap {
     pub start: u16,
     pub count: u16,
     values: Vec<ValueField>,
-    status: Vec<(
-        StatusField,
-        BTreeMap<u16, Vec<(String, Value)>>,
-        Option<Vec<(String, Value)>>,
-    )>,
+    status: Vec<CompiledStatus>,
     checks: Vec<Check>,
 }
 
@@ -311,7 +315,11 @@ impl RegisterMap {
                 .otherwise
                 .as_ref()
                 .map(|t| metric_list(t, &format!("{at} otherwise"), &mut p));
-            status.push((s.clone(), codes, otherwise));
+            status.push(CompiledStatus {
+                field: s.clone(),
+                codes,
+                otherwise,
+            });
         }
         for c in &self.checks {
             if !inside(c.address, 1) {
@@ -398,7 +406,12 @@ impl CompiledMap {
             })?;
             out.insert(v.metric.clone(), value);
         }
-        for (s, codes, otherwise) in &self.status {
+        for CompiledStatus {
+            field: s,
+            codes,
+            otherwise,
+        } in &self.status
+        {
             let code = (reg(s.address) >> s.shift) & s.mask;
             let set = match (codes.get(&code), otherwise) {
                 (Some(set), _) => set,

@@ -192,6 +192,10 @@ floor = "1"
 room = "A-laundry"
 zone = "laundry"
 interval_s = 1
+"#;
+
+const RADAR_REGISTRY: &str = r#"
+site = "nh-serial"
 [[devices]]
 id = "uart:radar-a101"
 class = "fall_radar"
@@ -467,7 +471,19 @@ async fn modbus_bus_of_five_detectors_leaks_dead_unit_cadence_and_reconnect() ->
         }
     }
 
-    // The readings reached VictoriaMetrics with their tags, the same as the journal.
+    // The readings reached VictoriaMetrics with their tags, the same as the journal (the
+    // simulator stopped first, so the journal no longer grows).
+    sim.stop().await?;
+    wait_for(
+        "link down after the simulator left",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let m = gw.metrics().await.ok()?;
+            (m.get("nh_serial_link_up{bus=\"kitchen\",protocol=\"modbus_rtu\"}") == Some(&0.0)).then_some(())
+        },
+    )
+    .await?;
     gw.wait_forwarded(0, true, Duration::from_secs(30)).await?;
     let journal3: Vec<(i64, f64)> = readings(&gw, "modbus:kitchen:3")
         .await?
@@ -508,8 +524,6 @@ async fn modbus_bus_of_five_detectors_leaks_dead_unit_cadence_and_reconnect() ->
             .any(|v| (*v - 2.0).abs() < 1e-6),
         "the Midas word-swapped float read as 2.0 %LEL"
     );
-
-    sim.stop().await?;
     Ok(())
 }
 
@@ -529,7 +543,7 @@ script = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn radar_fall_raises_r1_and_a_megabyte_of_garbage_raises_nothing() -> Result<()> {
     let dir = TempDir::new("serial-radar")?;
-    std::fs::write(dir.path().join("devices.toml"), REGISTRY)?;
+    std::fs::write(dir.path().join("devices.toml"), RADAR_REGISTRY)?;
     let bench = dir.path().join("radar.toml");
     std::fs::write(&bench, RADAR)?;
     let links = dir.path().join("by-id");

@@ -165,14 +165,18 @@ fn answered(unit: &mut Unit, bus: &str) {
     unit.stats.online.store(1, Ordering::Relaxed);
 }
 
-/// The next poll: one interval after this one was due, never in the past (a late bus does not
-/// burst to catch up); an offline unit waits `DEAD_POLL`.
+/// The next poll: one interval after this one was due; when that is already past (the bus was
+/// late, or the port was away), one interval from now: a late bus does not burst to catch up.
+/// An offline unit waits `DEAD_POLL`.
 fn schedule(unit: &mut Unit, interval: Duration) {
     let now = Instant::now();
+    let next = unit.next_due + interval;
     unit.next_due = if unit.failures >= OFFLINE_AFTER {
         now + DEAD_POLL.max(interval)
+    } else if next < now {
+        now + interval
     } else {
-        (unit.next_due + interval).max(now)
+        next
     };
 }
 
