@@ -7,13 +7,27 @@
 //! Devices `load-0000`.. take messages in turn; each canonical reading carries `seq` and, as `ts`,
 //! its send time (so the gateway side can measure latency), kept strictly increasing per device so
 //! no two readings of a device share a timestamp.
+//!
+//! The link reconnects on its own (see [`crate::link`]): while the broker is away, publishes queue
+//! up to the link's limits, then the sender waits and the schedule's lag shows as `late` and
+//! `max_lag_ms`; the offered rate never changes. With `record_acked`, every message the broker
+//! acknowledged gets a line `<device> <seq> <ts>` in that file (see [`AckRecord`]).
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::future::Future;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use anyhow::Context;
 use rumqttc::QoS;
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -23,6 +37,10 @@ use crate::wire::{canonical, zigbee2mqtt, Format};
 
 /// A send later than this after its slot counts as late: below it is timer and scheduler noise.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);
+
+/// The acknowledged-messages file is flushed at least this often, so a test can follow it while
+/// the load runs (and loses at most this much of it if the process is killed).
+pub const ACK_RECORD_FLUSH: Duration = Duration::from_secs(1);
 
 /// Options of a load run.
 #[derive(Debug, Clone)]
@@ -43,6 +61,10 @@ pub struct LoadOptions {
     pub connect_timeout: Duration,
     /// MQTT login, if the broker wants one.
     pub credentials: Option<Credentials>,
+    /// MQTT clean session; `false` keeps the session on the broker (give a fixed `client_id`).
+    pub clean_session: bool,
+    /// Write one line `<device> <seq> <ts>` per acknowledged message to this file (QoS 1 only).
+    pub record_acked: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -60,6 +82,8 @@ impl LoadOptions {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             connect_timeout: FIRST_CONNECT_TIMEOUT,
             credentials: None,
+            clean_session: true,
+            record_acked: None,
         }
     }
 }
@@ -75,6 +99,8 @@ pub struct LoadSummary {
     pub achieved_rate: f64,
     /// Sends later than `LATE_AFTER` after their slot.
     pub late: u64,
+    /// Largest delay between a message's slot and its hand-over to the link (or giving up on it,
+    /// when the link took nothing until the schedule's end plus the ack timeout).
     pub max_lag_ms: f64,
     /// Length of the send phase (first slot to last send, plus one slot).
     pub duration_s: f64,
@@ -85,8 +111,17 @@ pub struct LoadSummary {
     pub qos: u8,
     pub format: &'static str,
     pub complete: bool,
+    /// CONNACKs received: 1 plus the reconnects.
     pub connects: u64,
+    pub connection_errors: u64,
+    /// Messages handed back by a lost connection and published again.
     pub republished: u64,
+    /// Lines written to the `record_acked` file (equal to `acked`), if one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<u64>,
+    /// Link events that did not line up with the messages sent (0 unless something is wrong; the
+    /// record file is not to be trusted otherwise).
+    pub ack_mapping_errors: u64,
 }
 
 /// Messages a schedule offers.
@@ -121,6 +156,69 @@ fn payload(format: Format, ts: i64, seq: u64) -> Vec<u8> {
     }
 }
 
+/// The acknowledged-messages file: `<device> <seq> <ts>` per line, in PubAck order, written by a
+/// task of its own as the acknowledgements come. A message acknowledged again after being
+/// re-published would get a second line; a message never acknowledged gets none.
+pub struct AckRecord {
+    /// `ts` of each message sent and not acknowledged yet, by message index.
+    sent: Arc<Mutex<HashMap<u64, i64>>>,
+    task: JoinHandle<anyhow::Result<u64>>,
+}
+
+/// One line of the acknowledged-messages file (without the newline).
+pub fn ack_line(device: usize, seq: u64, ts: i64) -> String {
+    format!("{} {seq} {ts}", device_id(device))
+}
+
+impl AckRecord {
+    /// Creates (truncates) the file at `path`.
+    pub fn create(path: &Path) -> anyhow::Result<File> {
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))
+    }
+
+    /// Starts writing the tags coming out of `acked` to `file` (made by [`AckRecord::create`]).
+    pub fn start(file: File, path: &Path, devices: usize, mut acked: mpsc::UnboundedReceiver<u64>) -> AckRecord {
+        let sent: Arc<Mutex<HashMap<u64, i64>>> = Arc::default();
+        let pending = sent.clone();
+        let path = path.to_owned();
+        let task = tokio::spawn(async move {
+            let mut out = BufWriter::new(file);
+            let mut lines = 0u64;
+            let mut flush = tokio::time::interval(ACK_RECORD_FLUSH);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let context = || format!("writing {}", path.display());
+            loop {
+                tokio::select! {
+                    tag = acked.recv() => {
+                        let Some(i) = tag else { break };
+                        let ts = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&i);
+                        let Some(ts) = ts else {
+                            anyhow::bail!("acknowledgement for message {i}, which was not sent");
+                        };
+                        let (device, seq) = assignment(i, devices);
+                        writeln!(out, "{}", ack_line(device, seq, ts)).with_context(context)?;
+                        lines += 1;
+                    }
+                    _ = flush.tick() => out.flush().with_context(context)?,
+                }
+            }
+            out.flush().with_context(context)?;
+            Ok(lines)
+        });
+        AckRecord { sent, task }
+    }
+
+    /// Notes the `ts` of message `i` before it is published.
+    pub fn sending(&self, i: u64, ts: i64) {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).insert(i, ts);
+    }
+
+    /// Waits for the acknowledgement stream to end (the link closed) and returns the lines written.
+    pub async fn finish(self) -> anyhow::Result<u64> {
+        self.task.await.context("the acknowledgement writer failed")?
+    }
+}
+
 /// Runs the load; `shutdown` ends the send phase early.
 pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<LoadSummary> {
     let qos = qos_of(opts.qos)?;
@@ -136,6 +234,12 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     if !crate::registry::is_valid_id(&opts.site) {
         anyhow::bail!("site `{}` is not a valid id: use [A-Za-z0-9._:-]+", opts.site);
     }
+    if opts.record_acked.is_some() && qos != QoS::AtLeastOnce {
+        anyhow::bail!("--record-acked needs --qos 1 (QoS 0 has no acknowledgements)");
+    }
+    // Created before connecting: a bad path fails at once, and the file exists (empty) even if
+    // nothing is ever acknowledged.
+    let record_file = opts.record_acked.as_deref().map(AckRecord::create).transpose()?;
     let client_id = opts
         .client_id
         .clone()
@@ -143,9 +247,17 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     let mut link = Link::connect(&LinkOptions {
         connect_timeout: opts.connect_timeout,
         credentials: opts.credentials.clone(),
+        clean_session: opts.clean_session,
         ..LinkOptions::new(opts.broker.clone(), client_id)
     })
     .await?;
+    let record = match (record_file, &opts.record_acked) {
+        (Some(file), Some(path)) => {
+            let acked = link.take_acked_tags().context("acknowledgement stream already taken")?;
+            Some(AckRecord::start(file, path, opts.devices, acked))
+        }
+        _ => None,
+    };
     let topics: Vec<String> = (0..opts.devices)
         .map(|n| match opts.format {
             Format::Canonical => canonical::topic(&opts.site, &device_id(n)),
@@ -158,6 +270,9 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
 
     let mut shutdown = std::pin::pin!(shutdown);
     let start = Instant::now();
+    // The sender may run late, but not for ever: with the broker gone for good the link's queues
+    // fill and it takes nothing more, and the run must still end and report.
+    let give_up = start + Duration::from_secs_f64(opts.seconds) + opts.ack_timeout;
     let (mut sent, mut late, mut max_lag) = (0u64, 0u64, Duration::ZERO);
     let mut last_send = start;
     for i in 0..total {
@@ -179,10 +294,22 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
         let (device, seq) = assignment(i, opts.devices);
         let ts = opts.clock.now().max(last_ts[device].saturating_add(1));
         last_ts[device] = ts;
+        let body = payload(opts.format, ts, seq);
+        if let Some(r) = &record {
+            r.sending(i, ts);
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = link.publish(&topics[device], qos, payload(opts.format, ts, seq)) => r?,
+            r = link.publish_tagged(&topics[device], qos, body, i) => r?,
+            _ = tokio::time::sleep_until(give_up) => {
+                max_lag = max_lag.max(give_up - due);
+                tracing::warn!(
+                    unsent = total - sent,
+                    "the link took nothing more up to the schedule's end plus the ack timeout: send phase over"
+                );
+                break;
+            }
         }
         sent += 1;
         last_send = Instant::now();
@@ -193,14 +320,22 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
         (last_send - start) + slot(1, opts.rate)
     };
     let ack_started = Instant::now();
-    let acked = match qos {
-        QoS::AtMostOnce => 0,
-        _ => link.wait_acked(sent, opts.ack_timeout).await,
-    };
+    if qos != QoS::AtMostOnce {
+        link.wait_acked(sent, opts.ack_timeout).await;
+    }
     let ack_wait = ack_started.elapsed();
-    let connects = link.stats().connects.load(std::sync::atomic::Ordering::Relaxed);
-    let republished = link.stats().republished.load(std::sync::atomic::Ordering::Relaxed);
-    link.close().await;
+    let stats = link.stats_handle();
+    // Closing ends the acknowledgement stream; acks that came after the wait count too, so the
+    // count and the record file agree.
+    let acked = link.close().await;
+    let connects = stats.connects.load(Ordering::Relaxed);
+    let connection_errors = stats.connection_errors.load(Ordering::Relaxed);
+    let republished = stats.republished.load(Ordering::Relaxed);
+    let ack_mapping_errors = stats.mapping_errors.load(Ordering::Relaxed);
+    let recorded = match record {
+        Some(r) => Some(r.finish().await?),
+        None => None,
+    };
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let summary = LoadSummary {
         offered: total,
@@ -221,7 +356,10 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
         format: opts.format.as_str(),
         complete: qos == QoS::AtMostOnce || acked >= sent,
         connects,
+        connection_errors,
         republished,
+        recorded,
+        ack_mapping_errors,
     };
     tracing::info!(sent, acked, late, achieved_rate = summary.achieved_rate, "load done");
     Ok(summary)
@@ -229,8 +367,69 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::link::test_support::{Outage, Script, ScriptedBroker};
     use crate::test_broker::TestBroker;
+
+    /// A file name of its own under the temp dir, removed on drop.
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn new(name: &str) -> TempPath {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            TempPath(std::env::temp_dir().join(format!("nh-sim-{name}-{}-{nanos}", std::process::id())))
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The record line a received canonical message stands for.
+    fn line_of(topic: &str, payload: &[u8]) -> String {
+        let device = topic.split('/').nth(2).expect("canonical topic");
+        let v: serde_json::Value = serde_json::from_slice(payload).expect("json");
+        format!(
+            "{device} {} {}",
+            v["seq"].as_u64().expect("seq"),
+            v["ts"].as_i64().expect("ts")
+        )
+    }
+
+    fn record_lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("record file")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every record line is well formed, names a message of the schedule (device and seq as
+    /// assigned) and appears once.
+    fn assert_well_formed(lines: &[String], devices: usize, sent: u64) {
+        let mut seen = BTreeSet::new();
+        for line in lines {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 3, "{line}");
+            let device: usize = f[0].strip_prefix("load-").expect("device").parse().expect("n");
+            let seq: u64 = f[1].parse().expect("seq");
+            let _ts: i64 = f[2].parse().expect("ts");
+            assert!(device < devices && seq >= 1, "{line}");
+            assert!(
+                (seq - 1) * devices as u64 + (device as u64) < sent,
+                "{line} was never sent"
+            );
+            assert!(seen.insert((device, seq)), "{line} twice");
+        }
+    }
 
     #[test]
     fn schedule_math() {
@@ -286,5 +485,304 @@ mod tests {
             last.insert(topic.clone(), (seq, ts));
         }
         assert_eq!(last.len(), 7);
+    }
+
+    #[tokio::test]
+    async fn record_lists_each_acknowledged_reading() {
+        let broker = TestBroker::start().await;
+        let file = TempPath::new("acked");
+        let mut opts = LoadOptions::new(broker.addr(), 2_000.0, 1.0);
+        opts.devices = 13;
+        opts.record_acked = Some(file.0.clone());
+        let s = run_load(opts, std::future::pending()).await.expect("load");
+        assert!(s.complete, "{s:?}");
+        assert_eq!((s.sent, s.acked, s.recorded), (2_000, 2_000, Some(2_000)));
+        assert_eq!(s.ack_mapping_errors, 0);
+        let lines = record_lines(&file.0);
+        assert_well_formed(&lines, 13, s.sent);
+        // The test broker keeps exactly what it acknowledged, in order: same lines, same order.
+        let received: Vec<String> = broker.received().iter().map(|(t, p)| line_of(t, p)).collect();
+        assert_eq!(lines, received);
+    }
+
+    #[tokio::test]
+    async fn record_lists_only_what_was_acknowledged() {
+        // Acks out of order, and none after the 700th: the run ends incomplete, and says so.
+        let broker = ScriptedBroker::start(Script {
+            reverse_batch: 5,
+            ack_limit: 700,
+            ..Script::PROMPT
+        })
+        .await;
+        let file = TempPath::new("acked-partial");
+        let mut opts = LoadOptions::new(broker.addr(), 5_000.0, 0.2);
+        opts.devices = 7;
+        opts.ack_timeout = Duration::from_millis(1_000);
+        opts.record_acked = Some(file.0.clone());
+        let s = run_load(opts, std::future::pending()).await.expect("load");
+        assert_eq!(
+            (s.sent, s.acked, s.recorded, s.complete),
+            (1_000, 700, Some(700), false)
+        );
+        let lines = record_lines(&file.0);
+        assert_well_formed(&lines, 7, s.sent);
+        let acked: Vec<String> = broker.acked().iter().map(|(t, p)| line_of(t, p)).collect();
+        assert_eq!(lines, acked, "exactly the acknowledged ones, in PubAck order");
+    }
+
+    #[tokio::test]
+    async fn record_needs_qos_1() {
+        let mut opts = LoadOptions::new("127.0.0.1:1", 10.0, 1.0);
+        opts.qos = 0;
+        opts.record_acked = Some(PathBuf::from("never-written"));
+        let err = run_load(opts, std::future::pending()).await.expect_err("refused");
+        assert!(err.to_string().contains("--qos 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_broker_outage_keeps_the_schedule_and_the_record_exact() {
+        // The broker goes away for a second mid-run and comes back on the same port, without the
+        // session: what was in flight or queued is published again.
+        let broker = TestBroker::start().await;
+        let mut outage = Outage::start(broker.addr()).await;
+        let file = TempPath::new("acked-outage");
+        let mut opts = LoadOptions::new(outage.addr(), 2_000.0, 3.0);
+        opts.devices = 50;
+        opts.client_id = Some("outage-load".into());
+        opts.record_acked = Some(file.0.clone());
+        let run = tokio::spawn(run_load(opts, std::future::pending()));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        outage.down();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        outage.up().await;
+        let s = run.await.expect("join").expect("load");
+        assert!(s.complete, "{s:?}");
+        assert_eq!(
+            (s.offered, s.sent, s.acked, s.recorded),
+            (6_000, 6_000, 6_000, Some(6_000))
+        );
+        assert!(s.connects >= 2 && s.connection_errors >= 1, "{s:?}");
+        assert!(s.late > 0 && s.max_lag_ms >= 500.0, "the outage shows as lag: {s:?}");
+        assert_eq!(s.ack_mapping_errors, 0);
+        let lines = record_lines(&file.0);
+        assert_well_formed(&lines, 50, s.sent);
+        // The broker may hold a message twice (re-published after a lost ack); the record names
+        // each acknowledged message once, and nothing the broker does not hold.
+        let received: BTreeSet<String> = broker.received().iter().map(|(t, p)| line_of(t, p)).collect();
+        let recorded: BTreeSet<String> = lines.iter().cloned().collect();
+        assert_eq!(recorded, received);
+    }
+
+    #[tokio::test]
+    async fn a_broker_gone_for_good_ends_the_run_with_an_honest_report() {
+        let broker = TestBroker::start().await;
+        let mut outage = Outage::start(broker.addr()).await;
+        let file = TempPath::new("acked-gone");
+        let mut opts = LoadOptions::new(outage.addr(), 2_000.0, 2.0);
+        opts.devices = 9;
+        opts.ack_timeout = Duration::from_millis(500);
+        opts.record_acked = Some(file.0.clone());
+        let started = Instant::now();
+        let run = tokio::spawn(run_load(opts, std::future::pending()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        outage.down();
+        let s = run.await.expect("join").expect("load");
+        // Schedule end, plus the ack timeout twice (send phase, ack wait), plus the close grace.
+        assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+        assert!(!s.complete, "{s:?}");
+        assert!(s.sent < s.offered && s.acked < s.sent, "{s:?}");
+        assert_eq!(s.recorded, Some(s.acked));
+        assert!(s.max_lag_ms >= 900.0, "the stall shows as lag: {s:?}");
+        let lines = record_lines(&file.0);
+        assert_well_formed(&lines, 9, s.sent);
+        assert_eq!(lines.len() as u64, s.acked);
+        let received: BTreeSet<String> = broker.received().iter().map(|(t, p)| line_of(t, p)).collect();
+        assert!(lines.iter().all(|l| received.contains(l)), "only what the broker took");
+    }
+
+    const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+    /// A Mosquitto with persistence on a port of its own, restartable on that port.
+    struct Mosquitto {
+        dir: TempPath,
+        port: u16,
+        child: Option<std::process::Child>,
+    }
+
+    impl Mosquitto {
+        async fn start(name: &str) -> Mosquitto {
+            let dir = TempPath::new(name);
+            std::fs::create_dir_all(&dir.0).expect("dir");
+            // Mosquitto started as root drops to its own user, which must be able to write its
+            // persistence file here.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let conf = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 autosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n",
+                dir.0.display()
+            );
+            std::fs::write(dir.0.join("mosquitto.conf"), conf).expect("conf");
+            let mut m = Mosquitto { dir, port, child: None };
+            m.restart().await;
+            m
+        }
+
+        fn addr(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        async fn restart(&mut self) {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.0.join("mosquitto.log"))
+                .expect("log");
+            let child = std::process::Command::new(MOSQUITTO)
+                .arg("-c")
+                .arg(self.dir.0.join("mosquitto.conf"))
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start mosquitto");
+            self.child = Some(child);
+            for _ in 0..250 {
+                if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("mosquitto did not listen: {}", self.log());
+        }
+
+        /// SIGTERM (Mosquitto saves its persistence file) and wait for the exit.
+        async fn stop(&mut self) {
+            let Some(mut child) = self.child.take() else { return };
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..500 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.0.join("mosquitto.log")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Mosquitto {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// (topic, payload) of the messages a subscriber got.
+    type Inbox = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// A persistent-session QoS 1 subscriber to the load's topics.
+    async fn subscriber(broker: &str, site: &str) -> (Inbox, JoinHandle<()>) {
+        let (host, port) = crate::link::parse_broker(broker).expect("addr");
+        let mut o = rumqttc::MqttOptions::new(format!("nh-sim-test-sub-{}", std::process::id()), host, port);
+        o.set_clean_session(false).set_inflight(1_000);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 100);
+        let got: Inbox = Arc::default();
+        let sink = got.clone();
+        let filter = format!("nh/{site}/+/telemetry");
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) if !ack.session_present => {
+                        let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if let Ok(mut g) = sink.lock() {
+                            g.push((p.topic.clone(), p.payload.to_vec()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed)
+            .await
+            .expect("subscribed in time")
+            .expect("subscribed");
+        (got, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mosquitto_restart_mid_run_loses_no_acknowledged_reading() {
+        if !Path::new(MOSQUITTO).exists() {
+            eprintln!("skipped: {MOSQUITTO} is not installed");
+            return;
+        }
+        let mut mosquitto = Mosquitto::start("mosquitto-restart").await;
+        let site = "nh-restart";
+        let (got, sub) = subscriber(&mosquitto.addr(), site).await;
+        let file = TempPath::new("acked-mosquitto");
+        let mut opts = LoadOptions::new(mosquitto.addr(), 2_000.0, 5.0);
+        opts.devices = 40;
+        opts.site = site.into();
+        opts.client_id = Some(format!("nh-sim-test-load-{}", std::process::id()));
+        opts.clean_session = false;
+        opts.record_acked = Some(file.0.clone());
+        let run = tokio::spawn(run_load(opts, std::future::pending()));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        mosquitto.stop().await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        mosquitto.restart().await;
+        let s = run.await.expect("join").expect("load");
+        assert!(s.complete, "{s:?}\n{}", mosquitto.log());
+        assert_eq!((s.sent, s.acked, s.recorded), (10_000, 10_000, Some(10_000)), "{s:?}");
+        assert!(s.connects >= 2, "{s:?}");
+        assert_eq!(s.ack_mapping_errors, 0);
+        let lines = record_lines(&file.0);
+        assert_well_formed(&lines, 40, s.sent);
+        // Every acknowledged reading reaches the persistent subscriber, across the restart, with
+        // the seq and ts recorded.
+        let recorded: BTreeSet<String> = lines.into_iter().collect();
+        let mut missing = recorded.len();
+        for _ in 0..100 {
+            let received: BTreeSet<String> = got
+                .lock()
+                .map(|g| g.iter().map(|(t, p)| line_of(t, p)).collect())
+                .unwrap_or_default();
+            missing = recorded.difference(&received).count();
+            if missing == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sub.abort();
+        assert_eq!(
+            missing,
+            0,
+            "acknowledged readings the subscriber never got\n{}",
+            mosquitto.log()
+        );
     }
 }

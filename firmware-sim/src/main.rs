@@ -215,12 +215,20 @@ struct LoadArgs {
     /// Wire format: canonical or zigbee2mqtt.
     #[arg(long, default_value = "canonical", value_parser = parse_format)]
     format: Format,
-    /// MQTT client id (default nh-sim-load-<pid>).
+    /// MQTT client id (default nh-sim-load-<pid>); give a fixed one with --clean-session false.
     #[arg(long)]
     client_id: Option<String>,
+    /// MQTT clean session: `false` asks the broker to keep the session across reconnects (and
+    /// across its restarts, if it persists sessions).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    clean_session: bool,
     /// Seconds to wait for outstanding PubAcks after the send phase.
-    #[arg(long, default_value_t = 30)]
-    ack_timeout_s: u64,
+    #[arg(long, visible_alias = "ack-timeout", default_value_t = 30.0, value_name = "S")]
+    ack_timeout_s: f64,
+    /// Write `<device> <seq> <ts>` to FILE for every message the broker acknowledged (PUBACK),
+    /// flushed every second and at the end. Needs --qos 1.
+    #[arg(long, value_name = "FILE")]
+    record_acked: Option<PathBuf>,
     #[command(flatten)]
     login: LoginArgs,
     #[command(flatten)]
@@ -420,6 +428,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Load(a) => {
+            if !(a.ack_timeout_s.is_finite() && a.ack_timeout_s >= 0.0) {
+                anyhow::bail!("--ack-timeout-s must be a number of seconds >= 0");
+            }
             let opts = LoadOptions {
                 client_id: a.client_id,
                 qos: a.qos,
@@ -427,8 +438,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 site: a.site,
                 format: a.format,
                 clock: a.clock.clock()?,
-                ack_timeout: Duration::from_secs(a.ack_timeout_s),
+                ack_timeout: Duration::from_secs_f64(a.ack_timeout_s),
                 credentials: a.login.credentials()?,
+                clean_session: a.clean_session,
+                record_acked: a.record_acked,
                 ..LoadOptions::new(a.broker, a.rate, a.seconds)
             };
             let summary = runtime()?.block_on(run_load(opts, shutdown_signal()))?;
