@@ -384,6 +384,15 @@ pub struct DecodeConfig {
     /// A device time older than this is replaced by the receive time (a device with a reset clock).
     #[serde(default = "default_max_past_s")]
     pub max_past_s: u64,
+    /// Flood limit: readings per second one device may sustain over MQTT; readings above it are
+    /// dropped and counted as `flood`, except life-safety ones (alarm states, and gas, CO and
+    /// temperature from fire, gas and CO detectors), which are never dropped. Serial links are not
+    /// limited (their baud or poll rate is). 0 turns the limit off.
+    #[serde(default = "default_max_device_rate_per_s")]
+    pub max_device_rate_per_s: f64,
+    /// Flood limit: readings one device may send at once above `max_device_rate_per_s`.
+    #[serde(default = "default_device_burst")]
+    pub device_burst: u32,
 }
 
 impl Default for DecodeConfig {
@@ -393,7 +402,26 @@ impl Default for DecodeConfig {
             max_json_depth: default_max_json_depth(),
             max_future_s: default_max_future_s(),
             max_past_s: default_max_past_s(),
+            max_device_rate_per_s: default_max_device_rate_per_s(),
+            device_burst: default_device_burst(),
         }
+    }
+}
+
+impl DecodeConfig {
+    /// Problems with the flood limit, as `(key, problem)`.
+    pub fn flood_problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut p = Vec::new();
+        if !(self.max_device_rate_per_s.is_finite() && self.max_device_rate_per_s >= 0.0) {
+            p.push((
+                "decode.max_device_rate_per_s",
+                "must be a non-negative number (0 turns the flood limit off)",
+            ));
+        }
+        if self.device_burst == 0 {
+            p.push(("decode.device_burst", "must be at least 1"));
+        }
+        p
     }
 }
 
@@ -410,6 +438,13 @@ fn default_max_future_s() -> u64 {
 /// 7 days: store-and-forward devices (VS373 history fetch) replay up to days later.
 fn default_max_past_s() -> u64 {
     7 * 24 * 3600
+}
+/// See `normalize::DEFAULT_MAX_DEVICE_RATE_PER_S` for why.
+fn default_max_device_rate_per_s() -> f64 {
+    crate::normalize::DEFAULT_MAX_DEVICE_RATE_PER_S
+}
+fn default_device_burst() -> u32 {
+    crate::normalize::DEFAULT_DEVICE_BURST
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -782,6 +817,9 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     if config.decode.max_json_depth == 0 {
         d.at_key("decode.max_json_depth", "must be positive");
     }
+    for (key, problem) in config.decode.flood_problems() {
+        d.at_key(key, problem);
+    }
     if config.journal.retention_days == 0 {
         d.at_key("journal.retention_days", "must be at least 1");
     }
@@ -1026,6 +1064,23 @@ mod tests {
         assert_eq!(
             config.decode.max_payload_bytes,
             DecodeConfig::default().max_payload_bytes
+        );
+        let decode = DecodeConfig::default();
+        assert_eq!(
+            (
+                config.decode.max_json_depth,
+                config.decode.max_future_s,
+                config.decode.max_past_s,
+                config.decode.max_device_rate_per_s,
+                config.decode.device_burst
+            ),
+            (
+                decode.max_json_depth,
+                decode.max_future_s,
+                decode.max_past_s,
+                decode.max_device_rate_per_s,
+                decode.device_burst
+            )
         );
         assert_eq!(config.journal.path, JournalConfig::default().path);
         assert!(config.influx.is_none());
