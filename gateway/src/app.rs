@@ -22,7 +22,7 @@ use crate::decode::{Decoder, Limits};
 use crate::influx::client::InfluxClient;
 use crate::influx::{self, Forwarder};
 use crate::journal::writer::WriterConfig;
-use crate::journal::{spawn_writer, Store, WriterHandle};
+use crate::journal::{spawn_writer, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
@@ -152,8 +152,15 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let sources = TaskTracker::new();
     let others = TaskTracker::new();
 
-    // The journal first: nothing is accepted before it can be committed.
-    let store = Store::open(&journal_path, config.journal.sync)?;
+    // The journal first: nothing is accepted before it can be committed. A damaged file is
+    // salvaged onto a fresh one here, never a reason not to start.
+    let open_options = crate::journal::recovery::OpenOptions {
+        sync: config.journal.sync,
+        check: config.journal.integrity_check,
+        check_max: Duration::from_secs(config.journal.integrity_check_max_s),
+    };
+    let (store, opened) = crate::journal::recovery::open(&journal_path, open_options, crate::clock::system_now_ms())?;
+    crate::journal::recovery::count(&opened, &telemetry);
     // Committed readings go on to the rules engine, with back-pressure.
     let (observer_tx, observer_rx) = tokio::sync::mpsc::channel(OBSERVER_CAPACITY);
     let writer_cfg = WriterConfig {
@@ -163,9 +170,18 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         guard_cursor: config.influx.as_ref().map(|_| influx::CURSOR),
         clock,
         observer: Some(observer_tx),
+        exit_on_corruption: true,
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
-    info!(path = %journal_path.display(), last_id = *writer.committed.borrow(), "journal open");
+    info!(
+        path = %journal_path.display(),
+        last_id = *writer.committed.borrow(),
+        unclean_shutdown = opened.unclean,
+        check = ?opened.check,
+        check_ms = opened.check_ms,
+        recovered = opened.recovery.is_some(),
+        "journal open"
+    );
 
     // The rules engine and the alert lifecycle: one task, its state restored from the journal.
     let alert_store = AlertStore::open(&journal_path)?;
@@ -320,6 +336,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     // The writer ends when the last sender is gone: only the sources hold one.
     let WriterHandle {
         tx: _,
+        tx_priority: _,
         committed: _,
         thread: writer_thread,
     } = writer;

@@ -20,6 +20,13 @@ pub const JOURNAL_LAST_ID: &str = "nh_journal_last_id";
 pub const JOURNAL_COMMIT_ERRORS: &str = "nh_journal_commit_errors_total";
 pub const JOURNAL_DELETED: &str = "nh_journal_deleted_rows_total";
 pub const JOURNAL_BYTES: &str = "nh_journal_bytes";
+pub const JOURNAL_BUDGET_BYTES: &str = "nh_journal_budget_bytes";
+pub const JOURNAL_DROPPED_UNFORWARDED: &str = "nh_journal_dropped_unforwarded_total";
+pub const JOURNAL_OVER_BUDGET: &str = "nh_journal_over_budget_total";
+pub const JOURNAL_PRIORITY_COMMITS: &str = "nh_journal_priority_commits_total";
+pub const JOURNAL_RECOVERIES: &str = "nh_journal_recoveries_total";
+pub const JOURNAL_SALVAGED_ROWS: &str = "nh_journal_salvaged_rows_total";
+pub const JOURNAL_LOST_ROWS: &str = "nh_journal_lost_rows_total";
 pub const INFLUX_CURSOR: &str = "nh_influx_cursor";
 pub const INFLUX_LAG: &str = "nh_influx_lag_rows";
 pub const INFLUX_BATCHES: &str = "nh_influx_batches_total";
@@ -45,6 +52,17 @@ pub struct Telemetry {
     pub journal_commit_errors: AtomicU64,
     pub journal_deleted: AtomicU64,
     pub journal_bytes: AtomicU64,
+    /// The disk budget in bytes (set by the journal writer).
+    pub journal_budget_bytes: AtomicU64,
+    /// Rows not yet forwarded that the disk budget dropped (non-life-safety only).
+    pub journal_dropped_unforwarded: AtomicU64,
+    /// Housekeeping passes that ended over the budget with only protected rows left.
+    pub journal_over_budget: AtomicU64,
+    pub journal_priority_commits: AtomicU64,
+    /// Damaged journals salvaged at start, with the rows copied and lost.
+    pub journal_recoveries: AtomicU64,
+    pub journal_salvaged_rows: AtomicU64,
+    pub journal_lost_rows: AtomicU64,
     pub influx_cursor: AtomicI64,
     pub influx_batches: AtomicU64,
     pub influx_lines: AtomicU64,
@@ -185,14 +203,57 @@ impl Telemetry {
         counter(
             &mut out,
             JOURNAL_DELETED,
-            "Rows deleted by retention or the disk budget.",
+            "Rows deleted by retention or the disk budget (already forwarded, or no InfluxDB).",
             load(&self.journal_deleted),
         );
         gauge(
             &mut out,
             JOURNAL_BYTES,
-            "Size of the journal files.",
+            "Size of the journal's pages in use.",
             load(&self.journal_bytes) as i64,
+        );
+        gauge(
+            &mut out,
+            JOURNAL_BUDGET_BYTES,
+            "Disk budget of the journal.",
+            load(&self.journal_budget_bytes) as i64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {JOURNAL_DROPPED_UNFORWARDED} Rows not yet in InfluxDB dropped from the journal, by reason.\n\
+             # TYPE {JOURNAL_DROPPED_UNFORWARDED} counter\n\
+             {JOURNAL_DROPPED_UNFORWARDED}{{reason=\"budget\"}} {}",
+            load(&self.journal_dropped_unforwarded)
+        );
+        counter(
+            &mut out,
+            JOURNAL_OVER_BUDGET,
+            "Housekeeping passes that left the journal over budget (only life-safety rows and alerts left).",
+            load(&self.journal_over_budget),
+        );
+        counter(
+            &mut out,
+            JOURNAL_PRIORITY_COMMITS,
+            "Journal transactions of the priority (life-safety) input.",
+            load(&self.journal_priority_commits),
+        );
+        counter(
+            &mut out,
+            JOURNAL_RECOVERIES,
+            "Damaged journal files kept aside and salvaged at start.",
+            load(&self.journal_recoveries),
+        );
+        counter(
+            &mut out,
+            JOURNAL_SALVAGED_ROWS,
+            "Rows copied out of damaged journal files.",
+            load(&self.journal_salvaged_rows),
+        );
+        counter(
+            &mut out,
+            JOURNAL_LOST_ROWS,
+            "Rows of damaged journal files that could not be read (estimate).",
+            load(&self.journal_lost_rows),
         );
         let cursor = self.influx_cursor.load(Ordering::Relaxed);
         gauge(

@@ -6,9 +6,14 @@
 //! owns the write connection and groups whatever arrived during the previous commit into the
 //! next transaction (group commit); readers use their own connections.
 //!
-//! - [`writer`]: the writer thread, group commit, acknowledgements, device state, retention.
+//! - [`writer`]: the writer thread, its priority and bulk inputs, group commit,
+//!   acknowledgements, device state, retention and the disk budget.
 //! - [`store`]: the schema and every query (history, devices, cursors, quarantine).
+//! - [`recovery`]: opening after a crash: the start-up check, salvage of a damaged file.
+//! - [`budget`]: what the disk budget may delete, and what is life-safety and never is.
 
+pub mod budget;
+pub mod recovery;
 pub mod store;
 pub mod writer;
 

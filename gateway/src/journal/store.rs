@@ -17,6 +17,23 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("journal: stored metrics are not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("journal {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl StoreError {
+    /// Whether SQLite found the file damaged (a page that is not what it should be, or not a
+    /// database at all), as opposed to a busy lock, a full disk or a permission.
+    pub fn is_corruption(&self) -> bool {
+        let e = match self {
+            StoreError::Open { source, .. } | StoreError::Sql(source) => source,
+            StoreError::Json(_) | StoreError::Io { .. } => return false,
+        };
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
 }
 
 const SCHEMA: &str = "
@@ -32,7 +49,8 @@ CREATE TABLE IF NOT EXISTS readings (
     ts_recv     INTEGER NOT NULL,
     ts_replaced INTEGER NOT NULL,
     seq         INTEGER,
-    metrics     TEXT    NOT NULL
+    metrics     TEXT    NOT NULL,
+    life_safety INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device, ts);
 CREATE TABLE IF NOT EXISTS devices (
@@ -115,6 +133,7 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store { conn })
     }
 
@@ -132,6 +151,11 @@ impl Store {
 
     pub(crate) fn conn_mut(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+
+    /// The database file (None for an in-memory database).
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        self.conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
     }
 
     /// The highest row id ever committed (0 for an empty journal).
@@ -289,6 +313,17 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Deletes the `count` oldest rows after `after_id` (not yet forwarded) that are not
+    /// life-safety (see [`super::budget`]). Returns the count.
+    pub fn delete_oldest_unprotected(&self, count: usize, after_id: RowId) -> Result<u64, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM readings WHERE id IN
+               (SELECT id FROM readings WHERE id > ?1 AND life_safety = 0 ORDER BY id LIMIT ?2)",
+            params![after_id, count as i64],
+        )?;
+        Ok(n as u64)
+    }
+
     /// Deletes the `count` oldest rows whose id is at most `max_id`. Returns the count.
     pub fn delete_oldest(&self, count: usize, max_id: RowId) -> Result<u64, StoreError> {
         let n = self.conn.execute(
@@ -297,4 +332,16 @@ impl Store {
         )?;
         Ok(n as u64)
     }
+}
+
+/// Brings a journal written by an older version up to the current schema.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_life_safety: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('readings') WHERE name = 'life_safety'")?
+        .exists([])?;
+    if !has_life_safety {
+        // O(1) in SQLite (no rewrite). Older rows count as life-safety: the budget keeps them.
+        conn.execute_batch("ALTER TABLE readings ADD COLUMN life_safety INTEGER NOT NULL DEFAULT 1")?;
+    }
+    Ok(())
 }

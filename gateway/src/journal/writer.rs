@@ -1,7 +1,25 @@
 //! The journal writer: one thread owns the write connection. Whatever arrives while a commit is
 //! running becomes the next transaction (group commit), so throughput grows with load while a
 //! lone reading is still committed at once. Only after the commit are the messages acknowledged
-//! to their source, in arrival order.
+//! to their source, in arrival order per input.
+//!
+//! Two inputs, both bounded, both lossless (a full queue makes its senders wait, which holds
+//! back the broker's acknowledgements and so the devices or the broker's own queue; nothing is
+//! dropped on the way in):
+//!
+//! | queue | capacity | who sends | when full |
+//! |---|---|---|---|
+//! | [`WriterHandle::tx_priority`] | [`PRIORITY_QUEUE_CAPACITY`] messages | life-safety sources, the supervisor | senders wait |
+//! | [`WriterHandle::tx`] (bulk) | [`QUEUE_CAPACITY`] messages | every other source | senders wait |
+//! | observer (to the rules engine) | set by the caller | the writer, after each commit | the writer waits |
+//!
+//! Before every bulk transaction the writer takes everything waiting on the priority input and
+//! commits it in a transaction of its own, and hands it to the rules engine first: a fire
+//! waits at most for the one bulk commit already running (a few ms for 5000 messages), never
+//! behind the bulk backlog. Acknowledgements keep the arrival order of each input.
+//!
+//! Durability: with `sync = "full"` each group commit fsyncs the WAL before the acks go out;
+//! with `normal` only checkpoints are fsynced (see [`super::recovery`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -13,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::store::{Store, StoreError};
-use super::{Record, RowId};
+use super::{budget, recovery, Record, RowId};
 use crate::clock::Clock;
 use crate::telemetry::Telemetry;
 
@@ -46,19 +64,27 @@ pub struct WriterConfig {
     pub commit_max_messages: usize,
     /// Rows received longer ago than this are deleted.
     pub retention_ms: i64,
-    /// Above this size the oldest deletable rows go.
+    /// Above this size rows go as [`super::budget`] says.
     pub disk_budget_bytes: u64,
-    /// When set, only rows at or below this cursor (already forwarded) may be deleted.
+    /// When set, only rows at or below this cursor (already forwarded) may be deleted by
+    /// retention; the budget may also drop non-life-safety rows past it.
     pub guard_cursor: Option<&'static str>,
     pub clock: Clock,
     /// Receives every committed batch of records (the rules engine). Sent with back-pressure:
     /// a slow engine slows the writer, it never loses a reading.
     pub observer: Option<mpsc::Sender<Vec<Record>>>,
+    /// On a damaged file: flag it and end the process (the service manager restarts the gateway
+    /// and the journal is salvaged at open). Off in tests; otherwise the commit is retried.
+    pub exit_on_corruption: bool,
 }
 
-/// Capacity of the queue into the writer, in messages. Full = the sources wait (back-pressure
-/// to the broker), never drop.
+/// Capacity of the bulk queue into the writer, in messages: four full group commits. Full = the
+/// sources wait (back-pressure to the broker), never drop.
 pub const QUEUE_CAPACITY: usize = 20_000;
+
+/// Capacity of the priority queue, in messages: life-safety traffic is a small share of the
+/// whole, and each of its transactions is committed ahead of the bulk. Full = senders wait.
+pub const PRIORITY_QUEUE_CAPACITY: usize = 2_000;
 
 /// How often retention and the disk budget are enforced.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
@@ -66,18 +92,45 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 /// Rows deleted per statement when over budget, so a delete never holds the lock for long.
 const BUDGET_DELETE_CHUNK: usize = 10_000;
 
+/// Unforwarded rows dropped per statement: small, so the budget drops little more than needed.
+const UNFORWARDED_DROP_CHUNK: usize = 1_000;
+
 pub struct WriterHandle {
+    /// Bulk telemetry.
     pub tx: mpsc::Sender<Ingest>,
+    /// Life-safety messages: committed before any bulk transaction.
+    pub tx_priority: mpsc::Sender<Ingest>,
     /// The last committed row id.
     pub committed: watch::Receiver<RowId>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the writer thread. It ends once every sender is dropped and the queue is drained.
+/// Which input a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Priority,
+    Bulk,
+}
+
+impl Lane {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lane::Priority => "priority",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+/// Starts the writer thread. It ends once every sender of both inputs is dropped and both
+/// queues are drained, and then marks the journal as cleanly closed.
 pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (tx_priority, rx_priority) = mpsc::channel(PRIORITY_QUEUE_CAPACITY);
     let last = store.last_id()?;
     telemetry.journal_last_id.store(last, Ordering::Relaxed);
+    telemetry
+        .journal_budget_bytes
+        .store(cfg.disk_budget_bytes, Ordering::Relaxed);
     let (committed_tx, committed) = watch::channel(last);
     let seqs = load_seq_state(&store)?;
     let rt = tokio::runtime::Handle::current();
@@ -91,6 +144,7 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
                 committed: committed_tx,
                 seqs,
                 rx,
+                rx_priority,
                 rt,
             };
             w.run();
@@ -99,7 +153,12 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
             path: "journal-writer thread".into(),
             source: rusqlite::Error::InvalidPath(e.to_string().into()),
         })?;
-    Ok(WriterHandle { tx, committed, thread })
+    Ok(WriterHandle {
+        tx,
+        tx_priority,
+        committed,
+        thread,
+    })
 }
 
 fn load_seq_state(store: &Store) -> Result<HashMap<String, u64>, StoreError> {
@@ -118,6 +177,7 @@ struct Writer {
     /// Last seq per device, to count duplicates, gaps and resets.
     seqs: HashMap<String, u64>,
     rx: mpsc::Receiver<Ingest>,
+    rx_priority: mpsc::Receiver<Ingest>,
     rt: tokio::runtime::Handle,
 }
 
@@ -135,45 +195,113 @@ struct DeviceDelta {
     resets: u64,
 }
 
+/// What waiting for input brought.
+enum Wake {
+    Message(Lane, Ingest),
+    Timeout,
+    /// Every sender of both inputs is gone and both queues are empty.
+    Closed,
+}
+
+/// Moves what is waiting on `rx` into `batch`, up to `max` messages in all.
+fn drain(rx: &mut mpsc::Receiver<Ingest>, batch: &mut Vec<Ingest>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+}
+
 impl Writer {
     fn run(&mut self) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
         self.housekeeping();
+        let max = self.cfg.commit_max_messages.max(1);
+        let mut pending: Option<(Lane, Ingest)> = None;
+        let (mut bulk_open, mut priority_open) = (true, true);
         loop {
-            let wait = next_housekeeping.saturating_duration_since(Instant::now());
-            let rx = &mut self.rx;
-            let first = self.rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
-            match first {
-                Ok(Some(first)) => {
-                    let mut batch = vec![first];
-                    while batch.len() < self.cfg.commit_max_messages {
-                        match self.rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit_until_done(batch);
-                }
-                Ok(None) => {
-                    debug!("journal writer: all sources closed");
-                    return;
-                }
-                Err(_elapsed) => {}
+            let (mut priority, mut bulk) = (Vec::new(), Vec::new());
+            match pending.take() {
+                Some((Lane::Priority, m)) => priority.push(m),
+                Some((Lane::Bulk, m)) => bulk.push(m),
+                None => {}
+            }
+            // Everything waiting on the priority input first, in a transaction of its own.
+            drain(&mut self.rx_priority, &mut priority, max);
+            let idle = priority.is_empty();
+            if !priority.is_empty() {
+                self.commit_until_done(priority, Lane::Priority);
+            }
+            drain(&mut self.rx, &mut bulk, max);
+            let idle = idle && bulk.is_empty();
+            if !bulk.is_empty() {
+                self.commit_until_done(bulk, Lane::Bulk);
             }
             if Instant::now() >= next_housekeeping {
                 self.housekeeping();
                 next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
             }
+            if !idle {
+                continue;
+            }
+            match self.wait(next_housekeeping, &mut bulk_open, &mut priority_open) {
+                Wake::Message(lane, m) => pending = Some((lane, m)),
+                Wake::Timeout => {}
+                Wake::Closed => {
+                    debug!("journal writer: all sources closed");
+                    if let Some(path) = self.store.path() {
+                        recovery::mark_clean(&path);
+                    }
+                    return;
+                }
+            }
         }
+    }
+
+    /// Blocks until a message arrives (priority first), `until` passes, or both inputs close.
+    fn wait(&mut self, until: Instant, bulk_open: &mut bool, priority_open: &mut bool) -> Wake {
+        let (rx, rx_priority) = (&mut self.rx, &mut self.rx_priority);
+        let wait = until.saturating_duration_since(Instant::now());
+        let woke = self.rt.block_on(async {
+            tokio::time::timeout(wait, async {
+                loop {
+                    tokio::select! {
+                        biased;
+                        m = rx_priority.recv(), if *priority_open => match m {
+                            Some(m) => return Wake::Message(Lane::Priority, m),
+                            None => *priority_open = false,
+                        },
+                        m = rx.recv(), if *bulk_open => match m {
+                            Some(m) => return Wake::Message(Lane::Bulk, m),
+                            None => *bulk_open = false,
+                        },
+                        else => return Wake::Closed,
+                    }
+                }
+            })
+            .await
+        });
+        woke.unwrap_or(Wake::Timeout)
     }
 
     /// Commits a batch, retrying with backoff while the disk refuses: readings are never
     /// dropped here; meanwhile the queue fills and the sources stop reading.
-    fn commit_until_done(&mut self, batch: Vec<Ingest>) {
+    fn commit_until_done(&mut self, batch: Vec<Ingest>, lane: Lane) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            let started = Instant::now();
             match self.commit(&batch) {
                 Ok(last) => {
+                    debug!(
+                        lane = lane.as_str(),
+                        messages = batch.len(),
+                        took_us = started.elapsed().as_micros() as u64,
+                        "journal commit"
+                    );
+                    if lane == Lane::Priority {
+                        self.telemetry.journal_priority_commits.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.telemetry.journal_last_id.store(last, Ordering::Relaxed);
                     self.committed.send_replace(last);
                     let mut records = Vec::new();
@@ -192,6 +320,15 @@ impl Writer {
                 }
                 Err(e) => {
                     self.telemetry.journal_commit_errors.fetch_add(1, Ordering::Relaxed);
+                    if e.is_corruption() && self.cfg.exit_on_corruption {
+                        // Retrying cannot mend a damaged page. Unacknowledged messages stay with
+                        // the broker; the restart salvages the file (see `recovery`).
+                        error!(error = %e, "journal damaged at run time; flagging it and exiting for a salvage at restart");
+                        if let Some(path) = self.store.path() {
+                            recovery::flag_damaged(&path, &e.to_string());
+                        }
+                        std::process::exit(recovery::EXIT_JOURNAL_DAMAGED);
+                    }
                     error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "journal commit failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -208,8 +345,8 @@ impl Writer {
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO readings (device, class, building, floor, room, zone, ts, ts_recv, ts_replaced, seq, metrics)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO readings (device, class, building, floor, room, zone, ts, ts_recv, ts_replaced, seq, metrics, life_safety)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for r in batch.iter().flat_map(|i| &i.records) {
                 let metrics = serde_json::to_string(&r.metrics)?;
@@ -224,7 +361,8 @@ impl Writer {
                     r.ts_recv,
                     r.ts_replaced as i64,
                     r.seq.map(|s| s as i64),
-                    metrics
+                    metrics,
+                    budget::is_life_safety(r) as i64
                 ])?;
                 rows += 1;
                 let d = deltas.entry(r.device.as_str()).or_default();
@@ -289,25 +427,21 @@ impl Writer {
         self.store.last_id()
     }
 
-    /// Retention by age and the disk budget. Only rows already forwarded (when a forwarder
-    /// exists) are deleted.
+    /// Retention by age, then the disk budget as [`super::budget`] says. Retention deletes only
+    /// rows already forwarded (when a forwarder exists).
     fn housekeeping(&mut self) {
         let result = (|| -> Result<(), StoreError> {
-            let max_id = match self.cfg.guard_cursor {
+            let forwarded_up_to = match self.cfg.guard_cursor {
                 Some(name) => self.store.cursor(name)?,
                 None => i64::MAX,
             };
             let now = self.cfg.clock.now_ms();
-            let mut deleted = self.store.delete_older(now - self.cfg.retention_ms, max_id)?;
+            let mut deleted = self.store.delete_older(now - self.cfg.retention_ms, forwarded_up_to)?;
+            let budget = self.cfg.disk_budget_bytes;
             let mut size = self.store.size_bytes()?;
-            while size > self.cfg.disk_budget_bytes {
-                let n = self.store.delete_oldest(BUDGET_DELETE_CHUNK, max_id)?;
+            while size > budget {
+                let n = self.store.delete_oldest(BUDGET_DELETE_CHUNK, forwarded_up_to)?;
                 if n == 0 {
-                    warn!(
-                        size_bytes = size,
-                        budget_bytes = self.cfg.disk_budget_bytes,
-                        "journal over its disk budget and nothing forwarded is left to delete"
-                    );
                     break;
                 }
                 deleted += n;
@@ -317,6 +451,38 @@ impl Writer {
             if deleted > 0 {
                 info!(deleted, "journal retention");
                 self.telemetry.journal_deleted.fetch_add(deleted, Ordering::Relaxed);
+            }
+            let mut dropped = 0;
+            if self.cfg.guard_cursor.is_some() {
+                while size > budget {
+                    let n = self
+                        .store
+                        .delete_oldest_unprotected(UNFORWARDED_DROP_CHUNK, forwarded_up_to)?;
+                    if n == 0 {
+                        break;
+                    }
+                    dropped += n;
+                    size = self.store.size_bytes()?;
+                }
+            }
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    forwarded_up_to,
+                    budget_bytes = budget,
+                    "journal over its disk budget while InfluxDB is behind: dropped the oldest non-life-safety readings not yet forwarded"
+                );
+                self.telemetry
+                    .journal_dropped_unforwarded
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+            if size > budget {
+                warn!(
+                    size_bytes = size,
+                    budget_bytes = budget,
+                    "journal over its disk budget with only life-safety readings and alerts left: keeping them"
+                );
+                self.telemetry.journal_over_budget.fetch_add(1, Ordering::Relaxed);
             }
             self.telemetry.journal_bytes.store(size, Ordering::Relaxed);
             Ok(())
@@ -370,6 +536,25 @@ mod tests {
             guard_cursor: Some("influx"),
             clock: Clock::test(0, 10_000_000, 1.0),
             observer,
+            exit_on_corruption: false,
+        }
+    }
+
+    /// A writer driven by hand (no thread): for housekeeping and timing.
+    fn manual(path: &std::path::Path, sync: SyncPolicy, cfg: WriterConfig, telemetry: Arc<Telemetry>) -> Writer {
+        Writer {
+            store: Store::open(path, sync).expect("open"),
+            cfg,
+            telemetry,
+            committed: watch::channel(0).0,
+            seqs: HashMap::new(),
+            rx: mpsc::channel(1).1,
+            rx_priority: mpsc::channel(1).1,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("rt")
+                .handle()
+                .clone(),
         }
     }
 
@@ -416,6 +601,7 @@ mod tests {
         }
         w.committed.wait_for(|id| *id >= 5).await.expect("committed");
         drop(w.tx);
+        drop(w.tx_priority);
         tokio::task::spawn_blocking(move || w.thread.join())
             .await
             .expect("join")
@@ -442,20 +628,7 @@ mod tests {
     #[test]
     fn retention_deletes_only_what_was_forwarded() {
         let path = temp_db("retention");
-        let store = Store::open(&path, SyncPolicy::Normal).expect("open");
-        let mut w = Writer {
-            store,
-            cfg: config(None),
-            telemetry: Arc::new(Telemetry::default()),
-            committed: watch::channel(0).0,
-            seqs: HashMap::new(),
-            rx: mpsc::channel(1).1,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("rt")
-                .handle()
-                .clone(),
-        };
+        let mut w = manual(&path, SyncPolicy::Normal, config(None), Arc::new(Telemetry::default()));
         // Clock reads 10,000,000 ms; retention 1 h: rows received at 1000..1009 are old.
         let batch: Vec<Ingest> = (0..10)
             .map(|i| Ingest {
@@ -475,5 +648,374 @@ mod tests {
         }])
         .expect("commit");
         assert_eq!(w.store.last_id().expect("last"), 11);
+    }
+
+    fn ingest_counted(
+        record: Record,
+        lane: &'static str,
+        log: &Arc<std::sync::Mutex<Vec<(&'static str, u64)>>>,
+    ) -> Ingest {
+        let log = log.clone();
+        let seq = record.seq.unwrap_or(0);
+        Ingest {
+            records: vec![record],
+            ack: Some(Ack::new(move || {
+                if let Ok(mut l) = log.lock() {
+                    l.push((lane, seq));
+                }
+            })),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn priority_messages_are_committed_before_the_bulk_backlog_in_their_own_transaction() {
+        let path = temp_db("priority");
+        let telemetry = Arc::new(Telemetry::default());
+        // An observer nobody reads yet: the writer blocks after its second commit, so a backlog
+        // builds up behind it deterministically.
+        let (obs_tx, mut obs_rx) = mpsc::channel(1);
+        let mut cfg = config(Some(obs_tx));
+        cfg.commit_max_messages = 5000;
+        let store = Store::open(&path, SyncPolicy::Normal).expect("open");
+        let w = spawn_writer(store, cfg, telemetry.clone()).expect("writer");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let bulk = |seq: u64| record("w-1", seq as i64, Some(seq), &[("heart_rate", Value::Num(70.0))]);
+        for seq in [1, 2] {
+            w.tx.send(ingest_counted(bulk(seq), "bulk", &log)).await.expect("send");
+            while log.lock().expect("log").len() < seq as usize {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // The writer is now stuck handing commit 2 to the observer. Queue 12,000 bulk messages,
+        // then one life-safety reading.
+        for seq in 3..12_003 {
+            w.tx.send(ingest_counted(bulk(seq), "bulk", &log)).await.expect("send");
+        }
+        let mut smoke = record("smoke-1", 99, Some(1), &[("smoke", Value::Bool(true))]);
+        smoke.class = "smoke_alarm".into();
+        w.tx_priority
+            .send(ingest_counted(smoke, "priority", &log))
+            .await
+            .expect("send");
+        // Release the writer and watch what the rules engine receives, in order.
+        let mut batches: Vec<Vec<Record>> = Vec::new();
+        while batches.iter().map(Vec::len).sum::<usize>() < 12_003 {
+            batches.push(obs_rx.recv().await.expect("observer"));
+        }
+        assert_eq!(batches[0].len(), 1);
+        assert_eq!(batches[1].len(), 1);
+        assert_eq!(
+            batches[2].len(),
+            1,
+            "the priority reading alone, in its own transaction"
+        );
+        assert_eq!(batches[2][0].device, "smoke-1");
+        assert!(batches[3..]
+            .iter()
+            .all(|b| b.len() <= 5000 && b.iter().all(|r| r.device == "w-1")));
+        let log = log.lock().expect("log").clone();
+        assert_eq!(log[2], ("priority", 1), "acknowledged before any of the bulk backlog");
+        let bulk_acks: Vec<u64> = log.iter().filter(|(l, _)| *l == "bulk").map(|(_, s)| *s).collect();
+        assert_eq!(
+            bulk_acks,
+            (1..12_003).collect::<Vec<u64>>(),
+            "bulk acks in arrival order"
+        );
+        assert_eq!(telemetry.journal_priority_commits.load(Ordering::Relaxed), 1);
+        drop(w.tx);
+        drop(w.tx_priority);
+        drop(obs_rx);
+        tokio::task::spawn_blocking(move || w.thread.join())
+            .await
+            .expect("join")
+            .expect("writer thread");
+    }
+
+    /// What a life-safety reading may wait for: the one bulk commit already running.
+    #[test]
+    fn commit_time_of_a_full_bulk_transaction_and_of_a_priority_one() {
+        let path = temp_db("priority-timing");
+        // Direct commits, sync = full: a 5000-message bulk transaction against a single reading.
+        let mut w = manual(&path, SyncPolicy::Full, config(None), Arc::new(Telemetry::default()));
+        let bulk: Vec<Ingest> = (0..5000)
+            .map(|i| Ingest {
+                records: vec![record("w-1", i, Some(i as u64), &[("heart_rate", Value::Num(70.0))])],
+                ack: None,
+            })
+            .collect();
+        let one = vec![Ingest {
+            records: vec![record("smoke-1", 1, None, &[("smoke", Value::Bool(true))])],
+            ack: None,
+        }];
+        let (mut bulk_us, mut one_us) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let t = Instant::now();
+            w.commit(&bulk).expect("bulk");
+            bulk_us.push(t.elapsed().as_micros());
+            let t = Instant::now();
+            w.commit(&one).expect("one");
+            one_us.push(t.elapsed().as_micros());
+        }
+        eprintln!("commit, sync=full: 5000-message bulk {bulk_us:?} us; 1 priority message {one_us:?} us");
+        assert_eq!(w.store.last_id().expect("last"), 3 * 5001);
+    }
+
+    /// Measures what a life-safety reading waits for: one running bulk commit at most, never
+    /// the backlog.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_priority_reading_waits_at_most_one_bulk_commit_not_the_backlog() {
+        // Through the writer: a priority reading sent every 20 ms while 40,000 bulk messages stream in.
+        let path = temp_db("priority-latency");
+        let mut cfg = config(None);
+        cfg.commit_max_messages = 5000;
+        let store = Store::open(&path, SyncPolicy::Full).expect("open");
+        let handle = spawn_writer(store, cfg, Arc::new(Telemetry::default())).expect("writer");
+        let latencies = Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
+        let bulk_tx = handle.tx.clone();
+        let bulk_lat = latencies.clone();
+        let feeder = tokio::spawn(async move {
+            for i in 0..40_000i64 {
+                let sent = Instant::now();
+                let lat = bulk_lat.clone();
+                let ack = Ack::new(move || {
+                    if let Ok(mut l) = lat.lock() {
+                        l.0.push(sent.elapsed().as_micros());
+                    }
+                });
+                let r = record("w-1", i, Some(i as u64), &[("heart_rate", Value::Num(70.0))]);
+                bulk_tx
+                    .send(Ingest {
+                        records: vec![r],
+                        ack: Some(ack),
+                    })
+                    .await
+                    .expect("send");
+            }
+        });
+        let mut sent_priority = 0;
+        while !feeder.is_finished() || sent_priority < 5 {
+            let sent = Instant::now();
+            let lat = latencies.clone();
+            let ack = Ack::new(move || {
+                if let Ok(mut l) = lat.lock() {
+                    l.1.push(sent.elapsed().as_micros());
+                }
+            });
+            let r = record("smoke-1", sent_priority, None, &[("smoke", Value::Bool(false))]);
+            handle
+                .tx_priority
+                .send(Ingest {
+                    records: vec![r],
+                    ack: Some(ack),
+                })
+                .await
+                .expect("send");
+            sent_priority += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        feeder.await.expect("feeder");
+        drop(handle.tx);
+        drop(handle.tx_priority);
+        tokio::task::spawn_blocking(move || handle.thread.join())
+            .await
+            .expect("join")
+            .expect("writer thread");
+        let (mut bulk, mut priority) = latencies.lock().expect("latencies").clone();
+        bulk.sort_unstable();
+        priority.sort_unstable();
+        let pct = |v: &[u128], p: usize| v[(v.len() - 1) * p / 100];
+        eprintln!(
+            "ack latency under a 40,000-message bulk stream, sync=full: bulk p50 {} us, max {} us; priority ({} readings) p50 {} us, max {} us",
+            pct(&bulk, 50),
+            pct(&bulk, 100),
+            priority.len(),
+            pct(&priority, 50),
+            pct(&priority, 100)
+        );
+        assert_eq!(bulk.len(), 40_000);
+        assert!(
+            pct(&priority, 50) < pct(&bulk, 50),
+            "a priority reading does not wait for the bulk backlog"
+        );
+    }
+
+    /// Commits `n` rows through a manual writer: every third a smoke alarm, the others wearable
+    /// vitals, and every 50th wearable row an SOS press.
+    fn fill_mixed(w: &mut Writer, n: i64) {
+        let batch: Vec<Ingest> = (1..=n)
+            .map(|i| {
+                let mut r = match i % 3 {
+                    0 => record("smoke-1", 10_000_000 + i, None, &[("smoke", Value::Bool(false))]),
+                    _ if i % 50 == 1 => record("w-1", 10_000_000 + i, None, &[("sos", Value::Bool(true))]),
+                    _ => record(
+                        "w-1",
+                        10_000_000 + i,
+                        None,
+                        &[("heart_rate", Value::Num(70.0)), ("spo2", Value::Num(97.0))],
+                    ),
+                };
+                if i % 3 == 0 {
+                    r.class = "smoke_alarm".into();
+                }
+                Ingest {
+                    records: vec![r],
+                    ack: None,
+                }
+            })
+            .collect();
+        w.commit(&batch).expect("commit");
+    }
+
+    /// (id, life_safety) of every row left.
+    fn rows(w: &mut Writer) -> Vec<(i64, bool)> {
+        let conn = w.store.conn_mut();
+        let mut stmt = conn
+            .prepare("SELECT id, life_safety FROM readings ORDER BY id")
+            .expect("prepare");
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)))
+            .expect("query");
+        rows.collect::<Result<_, _>>().expect("rows")
+    }
+
+    fn alert_table_counts(w: &mut Writer) -> Vec<i64> {
+        let conn = w.store.conn_mut();
+        [
+            "alerts",
+            "alert_audit",
+            "alert_events",
+            "engine_state",
+            "delivery_cursors",
+        ]
+        .iter()
+        .map(|t| {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .expect("count")
+        })
+        .collect()
+    }
+
+    #[test]
+    fn over_budget_with_influx_behind_drops_forwarded_then_the_oldest_non_life_safety_rows_only() {
+        let path = temp_db("budget");
+        let telemetry = Arc::new(Telemetry::default());
+        let mut cfg = config(None);
+        cfg.retention_ms = i64::MAX / 4; // the budget alone at work
+        let mut w = manual(&path, SyncPolicy::Normal, cfg, telemetry.clone());
+        // The alert tables live in the same file; the budget must never touch them.
+        drop(crate::alerts::store::AlertStore::open(&path).expect("alert tables"));
+        crate::alerts::delivery::EventLog::open(&path).expect("delivery tables");
+        w.store
+            .conn_mut()
+            .execute_batch(
+                "INSERT INTO alerts VALUES ('a-1', 'active', '{\"seq\":1}', 1);
+                 INSERT INTO alert_audit (alert_id, at, actor, action) VALUES ('a-1', 1, 'system', 'raised');
+                 INSERT INTO alert_events VALUES (1, 'a-1', 1, '{\"seq\":1}');
+                 INSERT INTO engine_state VALUES ('rules', '{}');
+                 INSERT INTO delivery_cursors VALUES ('mqtt', 1);",
+            )
+            .expect("alerts");
+        let alerts_before = alert_table_counts(&mut w);
+        fill_mixed(&mut w, 6000);
+        let all = rows(&mut w);
+        let protected_before: Vec<i64> = all.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(protected_before.len(), 2000 + 80, "smoke alarms and SOS presses");
+        // InfluxDB took the first 1200 rows, then went down.
+        w.store.set_cursor("influx", 1200).expect("cursor");
+        let size = w.store.size_bytes().expect("size");
+        w.cfg.disk_budget_bytes = size * 6 / 10;
+        w.housekeeping();
+
+        let left = rows(&mut w);
+        assert!(left.iter().all(|r| r.0 > 1200), "forwarded rows went first");
+        assert_eq!(telemetry.journal_deleted.load(Ordering::Relaxed), 1200);
+        let protected_after: Vec<i64> = left.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(
+            protected_after,
+            protected_before
+                .iter()
+                .copied()
+                .filter(|id| *id > 1200)
+                .collect::<Vec<_>>(),
+            "no unforwarded life-safety row dropped"
+        );
+        let dropped: Vec<i64> = all
+            .iter()
+            .filter(|r| r.0 > 1200 && !r.1 && !left.contains(r))
+            .map(|r| r.0)
+            .collect();
+        let kept_plain: Vec<i64> = left.iter().filter(|r| !r.1).map(|r| r.0).collect();
+        assert!(!dropped.is_empty() && !kept_plain.is_empty());
+        assert!(dropped.iter().max() < kept_plain.iter().min(), "oldest first");
+        assert_eq!(
+            telemetry.journal_dropped_unforwarded.load(Ordering::Relaxed),
+            dropped.len() as u64
+        );
+        assert!(w.store.size_bytes().expect("size") <= w.cfg.disk_budget_bytes);
+        assert_eq!(telemetry.journal_over_budget.load(Ordering::Relaxed), 0);
+        assert_eq!(alert_table_counts(&mut w), alerts_before);
+        assert!(telemetry
+            .render()
+            .contains("nh_journal_dropped_unforwarded_total{reason=\"budget\"}"));
+
+        // A budget nothing can meet: every plain row goes, every life-safety row stays.
+        w.cfg.disk_budget_bytes = 1;
+        w.housekeeping();
+        let left = rows(&mut w);
+        assert!(left.iter().all(|r| r.1));
+        assert_eq!(left.len(), protected_after.len());
+        assert_eq!(telemetry.journal_over_budget.load(Ordering::Relaxed), 1, "counted");
+        assert_eq!(alert_table_counts(&mut w), alerts_before);
+        // The forwarder reads past the gaps: rows after its cursor, in id order.
+        let next: Vec<i64> = w
+            .store
+            .rows_after(1200, 5)
+            .expect("rows")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(next, left.iter().take(5).map(|r| r.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn without_influx_the_budget_rotates_the_oldest_rows_of_any_kind() {
+        let path = temp_db("budget-no-influx");
+        let telemetry = Arc::new(Telemetry::default());
+        let mut cfg = config(None);
+        cfg.guard_cursor = None;
+        cfg.retention_ms = i64::MAX / 4;
+        let mut w = manual(&path, SyncPolicy::Normal, cfg, telemetry.clone());
+        fill_mixed(&mut w, 30_000);
+        w.cfg.disk_budget_bytes = w.store.size_bytes().expect("size") / 2;
+        w.housekeeping();
+        let left = rows(&mut w);
+        assert!(left.first().map(|r| r.0) > Some(1), "oldest rows went");
+        assert_eq!(left.last().map(|r| r.0), Some(30_000));
+        assert!(left.iter().any(|r| !r.1) && left.iter().any(|r| r.1));
+        assert_eq!(telemetry.journal_dropped_unforwarded.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_end_of_the_writer_removes_the_running_marker() {
+        let path = temp_db("marker");
+        let opts = recovery::OpenOptions {
+            sync: SyncPolicy::Full,
+            check: crate::config::IntegrityCheck::AfterCrash,
+            check_max: Duration::from_secs(5),
+        };
+        let (store, report) = recovery::open(&path, opts, 1).expect("open");
+        assert!(!report.unclean);
+        assert!(recovery::marker_path(&path).exists(), "marked while running");
+        let w = spawn_writer(store, config(None), Arc::new(Telemetry::default())).expect("writer");
+        drop(w.tx);
+        drop(w.tx_priority);
+        tokio::task::spawn_blocking(move || w.thread.join())
+            .await
+            .expect("join")
+            .expect("writer thread");
+        assert!(!recovery::marker_path(&path).exists(), "clean end");
+        let (_store, report) = recovery::open(&path, opts, 2).expect("reopen");
+        assert!(!report.unclean);
+        assert_eq!(report.check, recovery::CheckOutcome::Skipped);
     }
 }
