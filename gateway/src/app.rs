@@ -311,6 +311,20 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         info!(bus = %port.bus, path = %port.path.display(), protocol, "serial source on");
         sources.spawn(serial.run(shutdown.clone()));
     }
+    // Self-supervision (rules S2-S7) journals through the priority input: it stops with the
+    // sources so that the writer can drain and end.
+    let links = serial_links(&config.serial);
+    let supervisor = crate::supervise::Supervisor {
+        telemetry: telemetry.clone(),
+        clock,
+        journal: writer.tx_priority.clone(),
+        journal_path: journal_path.clone(),
+        influx: config.influx.is_some(),
+        expect_mqtt: registry.devices().iter().any(|d| {
+            !links.contains_key(&d.id) && d.interval_s.saturating_mul(1000) < crate::supervise::MQTT_SILENCE_MS as u64
+        }),
+    };
+    sources.spawn(supervisor.run(shutdown.clone()));
     // Alerts are published on the same broker, through their own connection and outbox.
     let mut alerts_mqtt = MqttAlertsConfig::new(config.site.id.clone(), host.clone(), port);
     if config.mqtt.mode == MqttMode::External {

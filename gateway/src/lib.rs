@@ -16,6 +16,8 @@
 //! - [`alerts`]: the alert lifecycle (dedup, correlation, escalation, audit) and its delivery
 //!   (MQTT outbox, webhooks, server-sent events).
 //! - [`api`]: HTTP: health, Prometheus metrics, devices, readings, alerts and the alert stream.
+//! - [`supervise`]: self-supervision: MQTT silence, InfluxDB stalls, the journal's budget and
+//!   recovery, clock jumps, journaled as readings of `gateway:*` devices for rules S2-S7.
 //! - [`telemetry`]: the gateway's own counters.
 //! - [`clock`]: the system clock or the shared test clock.
 //! - [`app`]: wiring the stages together, start and shutdown.
@@ -37,5 +39,6 @@ pub mod reading;
 pub mod registry;
 pub mod rules;
 pub mod sources;
+pub mod supervise;
 pub mod telemetry;
 pub mod vocabulary;

@@ -27,6 +27,7 @@ pub const JOURNAL_PRIORITY_COMMITS: &str = "nh_journal_priority_commits_total";
 pub const JOURNAL_RECOVERIES: &str = "nh_journal_recoveries_total";
 pub const JOURNAL_SALVAGED_ROWS: &str = "nh_journal_salvaged_rows_total";
 pub const JOURNAL_LOST_ROWS: &str = "nh_journal_lost_rows_total";
+pub const CLOCK_JUMPS: &str = "nh_clock_jumps_total";
 pub const INFLUX_CURSOR: &str = "nh_influx_cursor";
 pub const INFLUX_LAG: &str = "nh_influx_lag_rows";
 pub const INFLUX_BATCHES: &str = "nh_influx_batches_total";
@@ -63,6 +64,8 @@ pub struct Telemetry {
     pub journal_recoveries: AtomicU64,
     pub journal_salvaged_rows: AtomicU64,
     pub journal_lost_rows: AtomicU64,
+    /// Steps of the system clock against the monotonic clock (see `supervise`).
+    pub clock_jumps: AtomicU64,
     pub influx_cursor: AtomicI64,
     pub influx_batches: AtomicU64,
     pub influx_lines: AtomicU64,
@@ -101,6 +104,11 @@ impl Telemetry {
         } else {
             "degraded"
         }
+    }
+
+    /// Failed InfluxDB writes, all kinds.
+    pub fn influx_failures_total(&self) -> u64 {
+        self.influx_failures.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 
     /// Rejected messages, all reasons.
@@ -254,6 +262,12 @@ impl Telemetry {
             JOURNAL_LOST_ROWS,
             "Rows of damaged journal files that could not be read (estimate).",
             load(&self.journal_lost_rows),
+        );
+        counter(
+            &mut out,
+            CLOCK_JUMPS,
+            "Steps of the system clock against the monotonic clock.",
+            load(&self.clock_jumps),
         );
         let cursor = self.influx_cursor.load(Ordering::Relaxed);
         gauge(

@@ -242,7 +242,10 @@ fn shipped_catalog_parses_and_contains_r1_to_r18_and_s1() {
         assert!(ids.contains(&id.as_str()), "missing {id}: {ids:?}");
     }
     assert!(ids.contains(&"S1"), "missing S1 (serial link down): {ids:?}");
-    assert_eq!(set.len(), 19);
+    for id in ["S2", "S3", "S4", "S5", "S6", "S7"] {
+        assert!(ids.contains(&id), "missing {id} (self-supervision): {ids:?}");
+    }
+    assert_eq!(set.len(), 25);
     assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
     assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
     assert_eq!(set.escalation_s(Priority::P3), &[1800]);
@@ -577,6 +580,73 @@ fn a_serial_link_down_speaks_for_its_devices_and_raises_s1_after_its_hold() {
         vec![r("R17", Priority::P2, at(92))],
         "still silent after the link returned"
     );
+}
+
+/// A self-supervision flag as `supervise.rs` journals it.
+fn gateway_flag(b: &mut Bench, device: &str, metric: &str, value: bool, now: i64) -> Vec<RuleOutput> {
+    let record = Record {
+        device: device.into(),
+        class: "gateway".into(),
+        building: String::new(),
+        floor: String::new(),
+        room: String::new(),
+        zone: String::new(),
+        ts: now,
+        ts_recv: now,
+        ts_replaced: false,
+        seq: None,
+        metrics: BTreeMap::from([(metric.to_owned(), flag(value))]),
+    };
+    b.engine.observe(&record, now)
+}
+
+#[test]
+fn self_supervision_flags_raise_s2_to_s7_at_once_and_event_flags_latch() {
+    // (device, metric, faulty value, rule, priority, latching)
+    let cases = [
+        ("gateway:mqtt", "mqtt_receiving", false, "S2", Priority::P2, false),
+        ("gateway:influx", "db_writes_ok", false, "S3", Priority::P3, false),
+        (
+            "gateway:journal",
+            "journal_budget_high",
+            true,
+            "S4",
+            Priority::P3,
+            false,
+        ),
+        ("gateway:journal", "journal_dropping", true, "S5", Priority::P2, true),
+        ("gateway:journal", "journal_recovered", true, "S6", Priority::P2, true),
+        ("gateway:clock", "clock_jumped", true, "S7", Priority::P3, true),
+    ];
+    for (device, metric, bad, rule, priority, latching) in cases {
+        let mut b = Bench::new();
+        assert!(
+            gateway_flag(&mut b, device, metric, !bad, at(0)).is_empty(),
+            "{rule}: healthy value"
+        );
+        let out = gateway_flag(&mut b, device, metric, bad, at(1));
+        assert_eq!(raised(&out, rule), vec![r(rule, priority, at(1))], "{rule}");
+        let t = triggers(&out);
+        assert_eq!(t.len(), 1, "{rule}: nothing else raised: {out:?}");
+        assert_eq!((t[0].device.as_str(), t[0].hazard.as_str()), (device, "device"));
+        assert_eq!(t[0].latching, latching, "{rule}");
+        assert!(t[0].message_en.contains(device), "{rule}: {}", t[0].message_en);
+        assert!(
+            !t[0].message.contains('{'),
+            "{rule}: placeholders filled: {}",
+            t[0].message
+        );
+        // On change only: the same value again raises nothing more.
+        assert!(raised(&gateway_flag(&mut b, device, metric, bad, at(2)), rule).is_empty());
+        // Back to healthy: cleared (a latching alert becomes resolvable by a person).
+        let out = gateway_flag(&mut b, device, metric, !bad, at(3));
+        assert_eq!(cleared(&out, rule), vec![(rule.to_owned(), at(3))], "{rule}");
+    }
+    // A serial link's own rule is untouched by the new flags, and theirs by `link_up`.
+    let mut b = Bench::new();
+    assert!(triggers(&gateway_flag(&mut b, "gateway:mqtt", "link_up", false, at(0))).is_empty());
+    let out = b.run(at(1), at(20));
+    assert_eq!(raised(&out, "S1").len(), 1, "S1 still holds for any gateway link_up");
 }
 
 #[test]
