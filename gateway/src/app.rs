@@ -26,7 +26,7 @@ use crate::journal::{spawn_writer, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
-use crate::sources::mqtt::{MqttSource, MqttSourceConfig, Route};
+use crate::sources::mqtt::{topic_matches, Lane, MqttSource, MqttSourceConfig, Route};
 use crate::sources::serial::SerialSource;
 use crate::telemetry::Telemetry;
 
@@ -114,6 +114,39 @@ impl Running {
         drop(self.broker);
         info!("gateway stopped");
     }
+}
+
+/// The exact topics life-safety devices of the registry publish on, each with the decoder and
+/// QoS of the subscription that matches it: canonical `nh/{site}/{id}/telemetry`, and
+/// Zigbee2MQTT `<base>/{friendly name}` for a subscription `<base>/+`. Devices reporting through
+/// generic JSON mappings stay in the bulk lane (their topics are not derivable).
+fn priority_routes(routes: &[Route], registry: &crate::registry::Registry, site: &str) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for d in registry.devices() {
+        if !crate::registry::is_life_safety_class(&d.class) {
+            continue;
+        }
+        for r in routes {
+            let candidate = match &r.decoder {
+                Decoder::Canonical { .. } => Some(format!("nh/{site}/{}/telemetry", d.id)),
+                Decoder::Zigbee2Mqtt => match (&d.zigbee_name, r.filter.strip_suffix("/+")) {
+                    (Some(name), Some(base)) => Some(format!("{base}/{name}")),
+                    _ => None,
+                },
+                Decoder::JsonMap(_) => None,
+            };
+            if let Some(topic) = candidate {
+                if topic_matches(&r.filter, &topic) && !out.iter().any(|o| o.filter == topic) {
+                    out.push(Route {
+                        filter: topic,
+                        qos: r.qos,
+                        decoder: r.decoder.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Device id -> id of the serial link it hangs on.
@@ -239,7 +272,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         max_payload_bytes: config.decode.max_payload_bytes,
         max_json_depth: config.decode.max_json_depth,
     };
-    let routes = config
+    let routes: Vec<Route> = config
         .mqtt
         .subscriptions
         .iter()
@@ -263,41 +296,95 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             })
         })
         .collect();
-    let normalizer = Arc::new(Normalizer::new(
-        registry.clone(),
-        config.registry.unknown_devices,
-        limits,
-        (config.decode.max_future_s * 1000) as i64,
-        (config.decode.max_past_s * 1000) as i64,
-        clock,
-        telemetry.clone(),
-    ));
+    let normalizer = Arc::new(
+        Normalizer::new(
+            registry.clone(),
+            config.registry.unknown_devices,
+            limits,
+            (config.decode.max_future_s * 1000) as i64,
+            (config.decode.max_past_s * 1000) as i64,
+            clock,
+            telemetry.clone(),
+        )
+        .with_flood_limit(crate::normalize::FloodLimit::from(&config.decode)),
+    );
     let source_password = mqtt_password.clone();
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-    let source_host = host.clone();
-    let source = MqttSource {
-        subscribed: Some(subscribed_tx),
-        cfg: MqttSourceConfig {
-            host: source_host,
-            port,
-            client_id: config
-                .mqtt
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("nh-gateway-{}", config.site.id)),
-            username: config.mqtt.username.clone(),
-            password: mqtt_password.clone(),
-            clean_session: config.mqtt.clean_session,
-            keep_alive: Duration::from_secs(config.mqtt.keep_alive_s),
-            max_packet_bytes: config.mqtt.max_packet_bytes,
-            inflight: config.mqtt.inflight,
-            routes,
-        },
-        normalizer: normalizer.clone(),
-        journal: writer.tx.clone(),
-        telemetry: telemetry.clone(),
+    let client_id = config
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("nh-gateway-{}", config.site.id));
+    let base_cfg = MqttSourceConfig {
+        host: host.clone(),
+        port,
+        client_id: client_id.clone(),
+        username: config.mqtt.username.clone(),
+        password: mqtt_password.clone(),
+        clean_session: config.mqtt.clean_session,
+        keep_alive: Duration::from_secs(config.mqtt.keep_alive_s),
+        max_packet_bytes: config.mqtt.max_packet_bytes,
+        inflight: config.mqtt.inflight,
+        routes: Vec::new(),
+        lane: Lane::Bulk,
+        skip_topics: Arc::default(),
     };
-    sources.spawn(source.run(shutdown.clone()));
+    // The priority lane: exact topics of life-safety devices on a connection of their own.
+    let priority_routes = if config.mqtt.priority_lane {
+        priority_routes(&routes, &registry, &config.site.id)
+    } else {
+        Vec::new()
+    };
+    let mut subscribed = Vec::new();
+    if !priority_routes.is_empty() {
+        telemetry
+            .mqtt_priority_lane
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        info!(
+            topics = priority_routes.len(),
+            "MQTT priority lane for life-safety devices"
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        subscribed.push(rx);
+        let skip: std::collections::HashSet<String> = priority_routes.iter().map(|r| r.filter.clone()).collect();
+        let priority = MqttSource::new(
+            MqttSourceConfig {
+                client_id: format!("{client_id}-ls"),
+                routes: priority_routes,
+                lane: Lane::Priority,
+                ..base_cfg.clone()
+            },
+            Some(tx),
+            normalizer.clone(),
+            writer.tx_priority.clone(),
+            telemetry.clone(),
+        );
+        sources.spawn(priority.run(shutdown.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        subscribed.push(rx);
+        let bulk = MqttSource::new(
+            MqttSourceConfig {
+                routes,
+                skip_topics: Arc::new(skip),
+                ..base_cfg
+            },
+            Some(tx),
+            normalizer.clone(),
+            writer.tx.clone(),
+            telemetry.clone(),
+        );
+        sources.spawn(bulk.run(shutdown.clone()));
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        subscribed.push(rx);
+        let bulk = MqttSource::new(
+            MqttSourceConfig { routes, ..base_cfg },
+            Some(tx),
+            normalizer.clone(),
+            writer.tx.clone(),
+            telemetry.clone(),
+        );
+        sources.spawn(bulk.run(shutdown.clone()));
+    }
     for port in &config.serial {
         let protocol = SerialSource::protocol_label(port.protocol);
         let serial = SerialSource {
@@ -305,7 +392,8 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             port: port.clone(),
             maps: modbus_maps.clone(),
             normalizer: normalizer.clone(),
-            journal: writer.tx.clone(),
+            // Gas and fire panels, fall radars: life-safety links take the priority input.
+            journal: writer.tx_priority.clone(),
             clock,
         };
         info!(bus = %port.bus, path = %port.path.display(), protocol, "serial source on");
@@ -340,7 +428,13 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     others.spawn(publisher.run(shutdown.clone()));
     // `ready` promises that published readings are taken in: wait for the subscriptions. An
     // external broker that is down does not keep the rest of the gateway from starting.
-    match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed_rx).await {
+    let all_subscribed = async {
+        for rx in subscribed {
+            rx.await?;
+        }
+        Ok::<(), tokio::sync::oneshot::error::RecvError>(())
+    };
+    match tokio::time::timeout(SUBSCRIBE_WAIT, all_subscribed).await {
         Ok(Ok(())) => info!("MQTT subscriptions in place"),
         _ => warn!(
             waited_s = SUBSCRIBE_WAIT.as_secs(),

@@ -15,7 +15,9 @@ use nh_gateway::demo;
 #[command(
     name = "nh-gateway",
     version,
-    about = "IoT ingestion gateway for smart nursing homes"
+    about = "IoT ingestion gateway for smart nursing homes",
+    // A flag given twice takes the last value (scripts append overrides to a base command).
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

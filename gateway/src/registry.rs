@@ -28,6 +28,24 @@ pub const CLASSES: &[&str] = &[
     "gateway",
 ];
 
+/// Classes whose readings can mean a life in danger now (fire, gas, CO, a fall, an SOS call):
+/// they take the priority lane. Wearables carry SOS and fall detection.
+pub const LIFE_SAFETY_CLASSES: &[&str] = &[
+    "smoke_alarm",
+    "heat_detector",
+    "gas_detector",
+    "co_detector",
+    "multi_gas",
+    "fall_radar",
+    "sos_button",
+    "wearable",
+];
+
+/// Whether a device class is life-safety (see [`LIFE_SAFETY_CLASSES`]).
+pub fn is_life_safety_class(class: &str) -> bool {
+    LIFE_SAFETY_CLASSES.contains(&class)
+}
+
 /// The class given to readings of devices missing from the registry under the `accept` policy.
 pub const UNREGISTERED_CLASS: &str = "unregistered";
 

@@ -70,8 +70,16 @@ pub struct Telemetry {
     pub influx_batches: AtomicU64,
     pub influx_lines: AtomicU64,
     pub influx_quarantined: AtomicU64,
+    /// Lines written to InfluxDB a second time after crashes (the batch in flight), over the
+    /// journal's life.
+    pub influx_replayed: AtomicU64,
     pub mqtt_connected: AtomicU64,
     pub mqtt_connects: AtomicU64,
+    /// 1 when the priority lane is configured (then its connection counts for `status`).
+    pub mqtt_priority_lane: AtomicU64,
+    pub mqtt_priority_connected: AtomicU64,
+    /// Bulk-lane copies of priority-lane messages, acknowledged unprocessed.
+    pub priority_skipped: AtomicU64,
     /// Alert delivery counters (MQTT outbox, webhooks, SSE), shared with the delivery tasks.
     pub delivery: std::sync::Arc<crate::alerts::delivery::DeliveryStats>,
     /// Serial links and Modbus units, shared with the serial sources.
@@ -99,7 +107,9 @@ impl Telemetry {
 
     /// `ok` while the MQTT subscriber is connected and every serial link is up, else `degraded`.
     pub fn status(&self) -> &'static str {
-        if self.mqtt_connected.load(Ordering::Relaxed) == 1 && self.serial.all_up() {
+        let priority_ok = self.mqtt_priority_lane.load(Ordering::Relaxed) == 0
+            || self.mqtt_priority_connected.load(Ordering::Relaxed) == 1;
+        if self.mqtt_connected.load(Ordering::Relaxed) == 1 && priority_ok && self.serial.all_up() {
             "ok"
         } else {
             "degraded"
@@ -301,6 +311,12 @@ impl Telemetry {
         }
         counter(
             &mut out,
+            "nh_influx_replayed_lines_total",
+            "Lines written again after a crash (the batch in flight), over the journal's life.",
+            load(&self.influx_replayed),
+        );
+        counter(
+            &mut out,
             INFLUX_QUARANTINED,
             "Lines InfluxDB refused as malformed, set aside.",
             load(&self.influx_quarantined),
@@ -317,6 +333,20 @@ impl Telemetry {
             "MQTT connections made by the subscriber.",
             load(&self.mqtt_connects),
         );
+        if load(&self.mqtt_priority_lane) == 1 {
+            gauge(
+                &mut out,
+                "nh_mqtt_priority_connected",
+                "1 while the priority-lane (life-safety) subscriber is connected.",
+                load(&self.mqtt_priority_connected) as i64,
+            );
+            counter(
+                &mut out,
+                "nh_mqtt_priority_skipped_total",
+                "Bulk-lane copies of life-safety messages left to the priority lane.",
+                load(&self.priority_skipped),
+            );
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)

@@ -148,18 +148,47 @@ fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
 /// A real VictoriaMetrics server on a free loopback port with a temporary data folder.
 pub struct VictoriaMetrics {
     pub port: u16,
-    _proc: Proc,
-    _dir: TempDir,
+    proc: Option<Proc>,
+    dir: TempDir,
+}
+
+/// Sends SIGTERM to a child and waits for it to exit (a clean stop of a server).
+pub fn terminate(child: &mut Child) -> Result<()> {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+    if !status.success() {
+        bail!("kill -TERM {} failed", child.id());
+    }
+    child.wait()?;
+    Ok(())
 }
 
 impl VictoriaMetrics {
     pub async fn start() -> Result<Self> {
-        let exe = require("victoria-metrics", &["/usr/bin/victoria-metrics"])?;
         let dir = TempDir::new("vm")?;
-        let port = free_port();
-        let log = dir.path().join("vm.log");
+        let mut vm = VictoriaMetrics {
+            port: free_port(),
+            proc: None,
+            dir,
+        };
+        vm.restart().await?;
+        Ok(vm)
+    }
+
+    /// Stops the server with SIGTERM (its data stays).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            terminate(&mut p.child)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server (again) on the same port and data folder; waits for `/health`.
+    pub async fn restart(&mut self) -> Result<()> {
+        let exe = require("victoria-metrics", &["/usr/bin/victoria-metrics"])?;
+        let port = self.port;
+        let log = self.dir.path().join(format!("vm-{}.log", free_port()));
         let child = Command::new(exe)
-            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!("-storageDataPath={}", self.dir.path().join("data").display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             // The default retention (1 month) silently drops older points.
             .arg("-retentionPeriod=100y")
@@ -188,11 +217,8 @@ impl VictoriaMetrics {
         )
         .await
         .with_context(|| proc.log_tail())?;
-        Ok(VictoriaMetrics {
-            port,
-            _proc: proc,
-            _dir: dir,
-        })
+        self.proc = Some(proc);
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -235,26 +261,68 @@ pub struct Series {
 /// A real Mosquitto broker on a free loopback port.
 pub struct Mosquitto {
     pub port: u16,
-    _proc: Proc,
-    _dir: TempDir,
+    persistent: bool,
+    proc: Option<Proc>,
+    dir: TempDir,
 }
 
 impl Mosquitto {
+    /// A broker without persistence.
     pub async fn start() -> Result<Self> {
-        let exe = require("mosquitto", &["/usr/sbin/mosquitto"])?;
+        Self::start_with(false).await
+    }
+
+    /// A broker; with `persistent`, sessions and queued messages are saved on a clean stop and
+    /// loaded at start (`persistence true`), and queues are unlimited (`max_queued_messages 0`).
+    pub async fn start_with(persistent: bool) -> Result<Self> {
         let dir = TempDir::new("mosquitto")?;
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
+        let mut m = Mosquitto {
+            port: free_port(),
+            persistent,
+            proc: None,
+            dir,
+        };
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistence file).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            terminate(&mut p.child)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker (again) on the same port and folder; waits until it listens.
+    pub async fn restart(&mut self) -> Result<()> {
+        let exe = require("mosquitto", &["/usr/sbin/mosquitto"])?;
+        let port = self.port;
+        let conf = self.dir.path().join("mosquitto.conf");
+        // Run as root, Mosquitto drops to the `mosquitto` user: its persistence file must be
+        // writable by that user, or the clean stop loses the queued messages.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        }
+        let persistence = if self.persistent {
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 0\nmax_queued_messages 0\n",
+                self.dir.path().display()
+            )
+        } else {
+            "persistence false\nmax_queued_messages 1000000\n".to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  # The default of 20 caps a subscriber that acknowledges after a commit.\n\
-                 max_inflight_messages 1000\nmax_queued_messages 1000000\n\
+                 max_inflight_messages 1000\n\
                  message_size_limit 1048576\nlog_dest stderr\n"
             ),
         )?;
-        let log = dir.path().join("mosquitto.log");
+        let log = self.dir.path().join(format!("mosquitto-{}.log", free_port()));
         let child = Command::new(exe)
             .arg("-c")
             .arg(&conf)
@@ -276,11 +344,8 @@ impl Mosquitto {
         )
         .await
         .with_context(|| proc.log_tail())?;
-        Ok(Mosquitto {
-            port,
-            _proc: proc,
-            _dir: dir,
-        })
+        self.proc = Some(proc);
+        Ok(())
     }
 }
 

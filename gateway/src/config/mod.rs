@@ -281,6 +281,16 @@ pub struct MqttConfig {
     /// Topic filters and the decoder each one feeds.
     #[serde(default = "default_subscriptions")]
     pub subscriptions: Vec<Subscription>,
+    /// A second MQTT connection (client id `<client_id>-ls`) subscribed to the exact topics of
+    /// the registry's life-safety devices (smoke, heat, gas, CO, fall, SOS), which go to the
+    /// journal's priority queue: a fire never waits behind bulk telemetry. The bulk connection
+    /// skips (acknowledges unprocessed) its copies of those messages.
+    #[serde(default = "default_true")]
+    pub priority_lane: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for MqttConfig {
@@ -298,6 +308,7 @@ impl Default for MqttConfig {
             max_packet_bytes: default_max_packet_bytes(),
             inflight: default_inflight(),
             subscriptions: default_subscriptions(),
+            priority_lane: true,
         }
     }
 }

@@ -27,6 +27,11 @@ use client::{InfluxClient, WriteError};
 
 /// The cursor's name in the journal.
 pub const CURSOR: &str = "influx";
+/// Last row of the batch being written, stored before the write: after a crash, rows between
+/// the cursor and it may already be in the database and are written again.
+pub const INFLIGHT: &str = "influx_inflight";
+/// Lines written again after crashes, over the journal's life (kept as a cursor row).
+pub const REPLAYED: &str = "influx_replayed_lines";
 
 /// First retry delay; doubles up to `backoff_max_ms`.
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -72,7 +77,30 @@ impl Forwarder {
         let path = self.journal_path.clone();
         let store = tokio::task::spawn_blocking(move || Store::open_secondary(&path)).await??;
         let store = Arc::new(std::sync::Mutex::new(store));
-        let mut cursor = blocking(&store, |s| s.cursor(CURSOR)).await?;
+        let (mut cursor, inflight, mut replayed) = blocking(&store, |s| {
+            Ok((s.cursor(CURSOR)?, s.cursor(INFLIGHT)?, s.cursor(REPLAYED)?))
+        })
+        .await?;
+        if inflight > cursor {
+            // A batch was on its way when the gateway stopped: the database may hold it already.
+            // InfluxDB overwrites such points; stores that keep both (VictoriaMetrics) hold up to
+            // this many duplicates, counted here.
+            replayed += inflight - cursor;
+            warn!(
+                cursor,
+                inflight,
+                lines = inflight - cursor,
+                "a batch in flight at the last stop is written again"
+            );
+            blocking(&store, move |s| {
+                s.set_cursor(REPLAYED, replayed)?;
+                s.set_cursor(INFLIGHT, cursor)
+            })
+            .await?;
+        }
+        self.telemetry
+            .influx_replayed
+            .store(replayed.max(0) as u64, Ordering::Relaxed);
         self.telemetry.influx_cursor.store(cursor, Ordering::Relaxed);
         info!(cursor, "influx forwarder started");
         let batch_max = self.cfg.batch_max_lines;
@@ -114,6 +142,7 @@ impl Forwarder {
                 cursor = *self.committed.borrow();
                 continue;
             };
+            blocking(&store, move |s| s.set_cursor(INFLIGHT, last)).await?;
             if !self.write_rows(&store, &rows, shutdown).await? {
                 return Ok(());
             }

@@ -3,7 +3,8 @@
 //! from a separate task: rumqttc deadlocks when the task that polls the event loop awaits a
 //! client call. rumqttc neither backs off nor resubscribes on reconnect: both are done here.
 
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,24 @@ pub struct Route {
     pub decoder: Decoder,
 }
 
+/// Which lane a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Everything the subscriptions match, except the priority lane's topics.
+    Bulk,
+    /// The exact topics of life-safety devices, into the journal's priority queue.
+    Priority,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Bulk => "bulk",
+            Lane::Priority => "priority",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MqttSourceConfig {
     pub host: String,
@@ -37,6 +56,9 @@ pub struct MqttSourceConfig {
     pub max_packet_bytes: usize,
     pub inflight: u16,
     pub routes: Vec<Route>,
+    pub lane: Lane,
+    /// Bulk lane: topics the priority lane takes; their messages are acknowledged unprocessed.
+    pub skip_topics: Arc<HashSet<String>>,
 }
 
 /// Capacity of rumqttc's request channel (acks and subscribes to send).
@@ -46,6 +68,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 pub struct MqttSource {
     pub cfg: MqttSourceConfig,
+    /// Routes without wildcards by topic (the priority lane has one per device).
+    exact: HashMap<String, usize>,
     /// Told once every subscription is acknowledged by the broker (or the broker kept our
     /// session): from then on nothing published is missed.
     pub subscribed: Option<tokio::sync::oneshot::Sender<()>>,
@@ -55,6 +79,30 @@ pub struct MqttSource {
 }
 
 impl MqttSource {
+    pub fn new(
+        cfg: MqttSourceConfig,
+        subscribed: Option<tokio::sync::oneshot::Sender<()>>,
+        normalizer: Arc<Normalizer>,
+        journal: mpsc::Sender<Ingest>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let exact = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.filter.contains(['+', '#']))
+            .map(|(i, r)| (r.filter.clone(), i))
+            .collect();
+        MqttSource {
+            cfg,
+            exact,
+            subscribed,
+            normalizer,
+            journal,
+            telemetry,
+        }
+    }
+
     /// Runs until cancelled; reconnects with backoff on any link error.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut subscribed = self.subscribed.take();
@@ -101,9 +149,9 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = BACKOFF_START;
-                    self.telemetry.mqtt_connected.store(1, Ordering::Relaxed);
+                    self.connected_gauge().store(1, Ordering::Relaxed);
                     self.telemetry.mqtt_connects.fetch_add(1, Ordering::Relaxed);
-                    info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "MQTT connected");
+                    info!(host = %cfg.host, port = cfg.port, lane = cfg.lane.as_str(), session_present = ack.session_present, "MQTT connected");
                     if ack.session_present {
                         if let Some(tx) = subscribed.take() {
                             let _ = tx.send(());
@@ -142,7 +190,7 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.telemetry.mqtt_connected.store(0, Ordering::Relaxed);
+                    self.connected_gauge().store(0, Ordering::Relaxed);
                     warn!(host = %cfg.host, port = cfg.port, error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -152,21 +200,39 @@ impl MqttSource {
                 }
             }
         }
-        self.telemetry.mqtt_connected.store(0, Ordering::Relaxed);
+        self.connected_gauge().store(0, Ordering::Relaxed);
         let _ = client.try_disconnect();
         // Let the disconnect go out; unacknowledged QoS 1 messages stay with the broker.
         let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut eventloop)).await;
         acker.abort();
     }
 
+    /// `nh_mqtt_connected` for the bulk lane, `nh_mqtt_priority_connected` for the priority lane.
+    fn connected_gauge(&self) -> &AtomicU64 {
+        match self.cfg.lane {
+            Lane::Bulk => &self.telemetry.mqtt_connected,
+            Lane::Priority => &self.telemetry.mqtt_priority_connected,
+        }
+    }
+
     async fn handle(&self, p: Publish, ack_tx: &mpsc::UnboundedSender<Publish>) {
         let recv_ms = self.normalizer.clock.now_ms();
-        let records = match self.cfg.routes.iter().find(|r| topic_matches(&r.filter, &p.topic)) {
-            Some(route) => self.normalizer.process(&route.decoder, &p.topic, &p.payload, recv_ms),
-            None => {
-                self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
-                self.telemetry.rejected("no_route");
-                Vec::new()
+        let records = if self.cfg.skip_topics.contains(p.topic.as_str()) {
+            // The priority lane's connection has its own copy of this message.
+            self.telemetry.priority_skipped.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        } else {
+            let route = match self.exact.get(p.topic.as_str()) {
+                Some(&i) => self.cfg.routes.get(i),
+                None => self.cfg.routes.iter().find(|r| topic_matches(&r.filter, &p.topic)),
+            };
+            match route {
+                Some(route) => self.normalizer.process(&route.decoder, &p.topic, &p.payload, recv_ms),
+                None => {
+                    self.telemetry.messages_received.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.rejected("no_route");
+                    Vec::new()
+                }
             }
         };
         let ack = (p.qos != QoS::AtMostOnce).then(|| {

@@ -3,6 +3,7 @@
 //! - `pipeline`: simulator -> broker (embedded, or Mosquitto) -> journal -> VictoriaMetrics, and
 //!   the local history API without a database.
 //! - `alert_lifecycle`: escalation and acknowledgement; restart mid-window on the same timeline.
+//! - `chaos`: zero loss under SIGKILLs and broker/database outages; the embedded-mode loss window.
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
@@ -11,6 +12,7 @@
 
 mod alert_lifecycle;
 mod bad_input;
+mod chaos;
 mod config_files;
 mod influx_faults;
 mod pipeline;

@@ -169,6 +169,23 @@ async fn run_against_database(mqtt_section: &str, broker_of: impl Fn(&Gateway) -
     gw.wait_forwarded(sent.len() as u64, true, FORWARD_TIMEOUT).await?;
     let m = gw.metrics().await?;
     assert_eq!(m.get("nh_readings_accepted_total").copied(), Some(sent.len() as f64));
+    // Life-safety devices took the priority lane: each of their messages was processed there
+    // once, and its bulk-lane copy skipped.
+    let life_safety = sent
+        .iter()
+        .filter(|s| {
+            registry
+                .get(&s.device)
+                .is_some_and(|d| nh_gateway::registry::is_life_safety_class(&d.class))
+        })
+        .count();
+    assert!(life_safety > 0);
+    assert_eq!(m.get("nh_mqtt_priority_connected").copied(), Some(1.0));
+    assert_eq!(
+        m.get("nh_mqtt_priority_skipped_total").copied(),
+        Some(life_safety as f64),
+        "every life-safety message skipped once on the bulk lane"
+    );
     assert_database_holds(&vm, &sent, &registry).await
 }
 
