@@ -22,7 +22,7 @@ use crate::decode::{Decoder, Limits};
 use crate::influx::client::InfluxClient;
 use crate::influx::{self, Forwarder};
 use crate::journal::writer::WriterConfig;
-use crate::journal::{spawn_writer, WriterHandle};
+use crate::journal::{spawn_writer, Store, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
@@ -149,6 +149,56 @@ fn priority_routes(routes: &[Route], registry: &crate::registry::Registry, site:
     out
 }
 
+/// Most rows judged again at start; more means the engine was far behind, and the oldest of
+/// them are too old to raise anything useful.
+const REPLAY_MAX_ROWS: usize = 1_000_000;
+
+/// Judges the rows committed before this start that the saved engine state had not judged: a
+/// crash between a commit (the message acknowledged) and its alert must not lose the alert.
+fn replay_unjudged(task: &mut AlertsTask, journal_path: &std::path::Path, last_id: i64, now: i64) {
+    let Some(from) = task.observed_row() else {
+        // Never recorded (a fresh journal, or one from before this was kept): judge from now on.
+        task.mark_judged(last_id);
+        return;
+    };
+    if from >= last_id {
+        return;
+    }
+    let store = match Store::open_secondary(journal_path) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the journal to judge rows committed before the restart");
+            return;
+        }
+    };
+    let mut after = from.max(last_id - REPLAY_MAX_ROWS as i64);
+    let mut judged = 0usize;
+    while after < last_id {
+        let rows = match store.rows_after(after, 10_000) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "reading rows to judge again failed");
+                return;
+            }
+        };
+        let batch: Vec<(i64, crate::journal::Record)> = rows
+            .into_iter()
+            .filter(|r| r.id <= last_id)
+            .map(|r| (r.id, r.record))
+            .collect();
+        let Some(last) = batch.last().map(|r| r.0) else { break };
+        judged += batch.len();
+        task.replay(&batch, now);
+        after = last;
+    }
+    info!(
+        from,
+        to = last_id,
+        rows = judged,
+        "rows committed before the restart judged by the rules engine"
+    );
+}
+
 /// Device id -> id of the serial link it hangs on.
 fn serial_links(ports: &[crate::config::SerialPortConfig]) -> std::collections::HashMap<String, String> {
     let mut links = std::collections::HashMap::new();
@@ -220,7 +270,13 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let alert_store = AlertStore::open(&journal_path)?;
     let lifecycle = Lifecycle::open(alert_store, policy_from_rules(&rules), config.site.id.clone())?;
     let engine = Engine::new(rules.clone(), registry.clone(), clock.now_ms()).with_links(serial_links(&config.serial));
-    let alerts_task = AlertsTask::new(engine, lifecycle);
+    let mut alerts_task = AlertsTask::new(engine, lifecycle);
+    replay_unjudged(
+        &mut alerts_task,
+        &journal_path,
+        *writer.committed.borrow(),
+        clock.now_ms(),
+    );
     let alert_seq = alerts_task.events();
     let (alerts_handle, alert_commands) = command_channel();
     info!(rules = rules.len(), "rules engine on");

@@ -13,12 +13,14 @@ use tracing::{debug, error, info, warn};
 use super::lifecycle::{AlertError, Lifecycle, Policy};
 use super::model::{Alert, Resolution};
 use crate::clock::Clock;
-use crate::journal::Record;
+use crate::journal::{Observed, Record, RowId};
 use crate::rules::output::{Priority, RuleOutput};
 use crate::rules::{Engine, EngineState, RuleSet};
 
 /// Name of the rules engine snapshot in `engine_state`.
 pub const ENGINE_STATE: &str = "rules_engine";
+/// The last journal row the saved engine state has judged.
+pub const OBSERVED_ROW: &str = "rules_observed_row";
 
 /// Real-time period of the clock tick: escalation and absence rules need no message to fire.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -150,6 +152,10 @@ pub struct AlertsTask<E: RulesEngine = Engine> {
     saved_engine: Option<String>,
     /// Engine outputs a failed commit left to apply.
     pending: Vec<RuleOutput>,
+    /// The last journal row judged (`None`: never saved, e.g. a journal older than this field).
+    observed_row: Option<RowId>,
+    /// The value of `observed_row` last written.
+    saved_row: Option<RowId>,
 }
 
 impl<E: RulesEngine> AlertsTask<E> {
@@ -172,6 +178,13 @@ impl<E: RulesEngine> AlertsTask<E> {
                 Err(e) => error!(error = %e, "rules engine state not understood; starting fresh"),
             }
         }
+        let observed_row = match lifecycle.store().load_state(OBSERVED_ROW) {
+            Ok(v) => v.and_then(|v| v.parse::<RowId>().ok()),
+            Err(e) => {
+                error!(error = %e, "last judged journal row unreadable");
+                None
+            }
+        };
         let (last_seq, _) = watch::channel(lifecycle.last_seq());
         info!(
             open_alerts = lifecycle.open_alerts().count(),
@@ -184,7 +197,31 @@ impl<E: RulesEngine> AlertsTask<E> {
             last_seq,
             saved_engine,
             pending: Vec::new(),
+            observed_row,
+            saved_row: observed_row,
         }
+    }
+
+    /// The last journal row the restored engine state has judged; `None` when never recorded.
+    pub fn observed_row(&self) -> Option<RowId> {
+        self.observed_row
+    }
+
+    /// Records that every row up to `row` counts as judged (where judging starts on a journal
+    /// that never recorded it).
+    pub fn mark_judged(&mut self, row: RowId) {
+        self.observed_row = Some(row);
+    }
+
+    /// Judges rows committed before this start that the saved state had not seen yet (the
+    /// gateway stopped between their commit and the next save), oldest first. Alerts they raise
+    /// that are already open are deduplicated by the lifecycle.
+    pub fn replay(&mut self, rows: &[(RowId, Record)], now: i64) {
+        let Some(last) = rows.last().map(|r| r.0) else { return };
+        let records: Vec<Record> = rows.iter().map(|(_, r)| r.clone()).collect();
+        self.observe(&records, now);
+        self.observed_row = Some(last);
+        self.save_engine();
     }
 
     /// The last committed alert seq. Delivery stages wait on it, then read `alert_events` after
@@ -195,7 +232,7 @@ impl<E: RulesEngine> AlertsTask<E> {
 
     pub async fn run(
         mut self,
-        mut readings: mpsc::Receiver<Vec<Record>>,
+        mut readings: mpsc::Receiver<Observed>,
         mut commands: mpsc::Receiver<Command>,
         clock: Clock,
         shutdown: CancellationToken,
@@ -212,7 +249,10 @@ impl<E: RulesEngine> AlertsTask<E> {
                     None => commands_open = false,
                 },
                 batch = readings.recv(), if readings_open => match batch {
-                    Some(records) => self.observe(&records, clock.now_ms()),
+                    Some(batch) => {
+                        self.observe(&batch.records, clock.now_ms());
+                        self.observed_row = Some(batch.last_id);
+                    }
                     None => {
                         debug!("journal observer closed");
                         readings_open = false;
@@ -222,8 +262,9 @@ impl<E: RulesEngine> AlertsTask<E> {
             }
         }
         // Readings the journal committed before the stop are still judged.
-        while let Ok(records) = readings.try_recv() {
-            self.observe(&records, clock.now_ms());
+        while let Ok(batch) = readings.try_recv() {
+            self.observe(&batch.records, clock.now_ms());
+            self.observed_row = Some(batch.last_id);
         }
         self.save_engine();
         info!(last_seq = self.lifecycle.last_seq(), "alerts task stopped");
@@ -297,12 +338,21 @@ impl<E: RulesEngine> AlertsTask<E> {
                 return;
             }
         };
-        if self.saved_engine.as_deref() == Some(json.as_str()) {
-            return;
+        if self.saved_engine.as_deref() != Some(json.as_str()) {
+            match blocking(|| self.lifecycle.store().save_state(ENGINE_STATE, &json)) {
+                Ok(()) => self.saved_engine = Some(json),
+                Err(e) => {
+                    warn!(error = %e, "rules engine state not saved; retried next tick");
+                    return;
+                }
+            }
         }
-        match blocking(|| self.lifecycle.store().save_state(ENGINE_STATE, &json)) {
-            Ok(()) => self.saved_engine = Some(json),
-            Err(e) => warn!(error = %e, "rules engine state not saved; retried next tick"),
+        // After the state it goes with: a crash in between replays more, never less.
+        if let Some(row) = self.observed_row.filter(|r| Some(*r) != self.saved_row) {
+            match blocking(|| self.lifecycle.store().save_state(OBSERVED_ROW, &row.to_string())) {
+                Ok(()) => self.saved_row = Some(row),
+                Err(e) => warn!(error = %e, "last judged row not saved; retried next tick"),
+            }
         }
     }
 }
@@ -442,7 +492,13 @@ mod tests {
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(task.run(readings_rx, commands, Clock::system(), shutdown.clone()));
 
-        readings.send(vec![gas_reading(12.0)]).await.expect("send");
+        readings
+            .send(Observed {
+                last_id: 1,
+                records: vec![gas_reading(12.0)],
+            })
+            .await
+            .expect("send");
         events.wait_for(|s| *s >= 1).await.expect("raised");
         let refused = handle
             .resolve("a-1".into(), "nurse-li".into(), None, Resolution::Handled)
@@ -450,7 +506,13 @@ mod tests {
         assert!(matches!(refused, Err(AlertError::Conflict(_))), "{refused:?}");
         let acked = handle.ack("a-1".into(), "nurse-li".into(), None).await.expect("ack");
         assert_eq!((acked.seq, acked.state), (2, AlertState::Acknowledged));
-        readings.send(vec![gas_reading(1.0)]).await.expect("send");
+        readings
+            .send(Observed {
+                last_id: 2,
+                records: vec![gas_reading(1.0)],
+            })
+            .await
+            .expect("send");
         events.wait_for(|s| *s >= 3).await.expect("condition cleared");
         let done = handle
             .resolve(
@@ -474,9 +536,24 @@ mod tests {
         assert_eq!(saved.as_deref(), Some(r#"{"observed":2,"gas_holds":false}"#));
 
         // A restarted task restores the engine and continues the seq.
-        let again = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
+        let mut again = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
         assert_eq!(again.engine.state.observed, 2);
         assert_eq!(*again.events().borrow(), 4);
+        assert_eq!(
+            again.observed_row(),
+            Some(2),
+            "the last judged row is kept with the state"
+        );
+
+        // Row 3 was committed (its message acknowledged) but the gateway died before judging
+        // it: the restart judges it, and the alert is raised, not lost.
+        again.replay(&[(3, gas_reading(20.0))], 1_000);
+        assert_eq!(again.engine.state.observed, 3);
+        assert_eq!(*again.events().borrow(), 5, "a new alert from the replayed row");
+        assert_eq!(again.observed_row(), Some(3));
+        drop(again);
+        let third = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
+        assert_eq!(third.observed_row(), Some(3), "saved after the replay");
         for suffix in ["", "-wal", "-shm"] {
             let mut p = db.clone().into_os_string();
             p.push(suffix);

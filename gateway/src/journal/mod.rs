@@ -48,6 +48,15 @@ pub struct Record {
 /// Journal row id of a record; increases with every commit and is never reused.
 pub type RowId = i64;
 
+/// One committed transaction, as the rules engine receives it: its records and the id of its
+/// last row, which the engine persists with its state so that a restart judges again whatever
+/// was committed after the last save (a crash between commit and alert loses no alert).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub last_id: RowId,
+    pub records: Vec<Record>,
+}
+
 /// A reading as the API returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryReading {

@@ -72,7 +72,7 @@ pub struct WriterConfig {
     pub clock: Clock,
     /// Receives every committed batch of records (the rules engine). Sent with back-pressure:
     /// a slow engine slows the writer, it never loses a reading.
-    pub observer: Option<mpsc::Sender<Vec<Record>>>,
+    pub observer: Option<mpsc::Sender<super::Observed>>,
     /// On a damaged file: flag it and end the process (the service manager restarts the gateway
     /// and the journal is salvaged at open). Off in tests; otherwise the commit is retried.
     pub exit_on_corruption: bool,
@@ -312,7 +312,8 @@ impl Writer {
                         records.extend(ingest.records);
                     }
                     if let Some(observer) = &self.cfg.observer {
-                        if !records.is_empty() && observer.blocking_send(records).is_err() {
+                        let observed = super::Observed { last_id: last, records };
+                        if !observed.records.is_empty() && observer.blocking_send(observed).is_err() {
                             debug!("rules engine gone; committed readings not observed");
                         }
                     }
@@ -528,7 +529,7 @@ mod tests {
         }
     }
 
-    fn config(observer: Option<mpsc::Sender<Vec<Record>>>) -> WriterConfig {
+    fn config(observer: Option<mpsc::Sender<crate::journal::Observed>>) -> WriterConfig {
         WriterConfig {
             commit_max_messages: 100,
             retention_ms: 3_600_000,
@@ -597,7 +598,7 @@ mod tests {
         .expect("send");
         let mut observed = 0;
         while observed < 5 {
-            observed += obs_rx.recv().await.expect("observer").len();
+            observed += obs_rx.recv().await.expect("observer").records.len();
         }
         w.committed.wait_for(|id| *id >= 5).await.expect("committed");
         drop(w.tx);
@@ -700,7 +701,7 @@ mod tests {
         // Release the writer and watch what the rules engine receives, in order.
         let mut batches: Vec<Vec<Record>> = Vec::new();
         while batches.iter().map(Vec::len).sum::<usize>() < 12_003 {
-            batches.push(obs_rx.recv().await.expect("observer"));
+            batches.push(obs_rx.recv().await.expect("observer").records);
         }
         assert_eq!(batches[0].len(), 1);
         assert_eq!(batches[1].len(), 1);
