@@ -246,6 +246,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     crate::journal::recovery::count(&opened, &telemetry);
     // Committed readings go on to the rules engine, with back-pressure.
     let (observer_tx, observer_rx) = tokio::sync::mpsc::channel(OBSERVER_CAPACITY);
+    let (priority_observer_tx, priority_observer_rx) = tokio::sync::mpsc::channel(OBSERVER_CAPACITY);
     let writer_cfg = WriterConfig {
         commit_max_messages: config.journal.commit_max_messages,
         retention_ms: i64::from(config.journal.retention_days) * 24 * 3600 * 1000,
@@ -253,6 +254,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         guard_cursor: config.influx.as_ref().map(|_| influx::CURSOR),
         clock,
         observer: Some(observer_tx),
+        observer_priority: Some(priority_observer_tx),
         exit_on_corruption: true,
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
@@ -280,7 +282,13 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let alert_seq = alerts_task.events();
     let (alerts_handle, alert_commands) = command_channel();
     info!(rules = rules.len(), "rules engine on");
-    others.spawn(alerts_task.run(observer_rx, alert_commands, clock, shutdown.clone()));
+    others.spawn(alerts_task.run(
+        priority_observer_rx,
+        observer_rx,
+        alert_commands,
+        clock,
+        shutdown.clone(),
+    ));
     let delivery_stats = telemetry.delivery.clone();
     for hook in WebhookTask::for_config(&config.alerts, &journal_path, &alert_seq, &delivery_stats) {
         others.spawn(hook.run(shutdown.clone()));

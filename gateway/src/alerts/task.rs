@@ -2,6 +2,7 @@
 //! is fed committed readings, a 1 s ticker on the gateway clock, and commands from the API, and
 //! is the only writer of the alert tables.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -152,8 +153,12 @@ pub struct AlertsTask<E: RulesEngine = Engine> {
     saved_engine: Option<String>,
     /// Engine outputs a failed commit left to apply.
     pending: Vec<RuleOutput>,
-    /// The last journal row judged (`None`: never saved, e.g. a journal older than this field).
+    /// Every journal row up to this one is judged (`None`: never saved, e.g. a journal older
+    /// than this field). Priority transactions can be judged before older bulk ones, so this
+    /// moves only over a gap-free run of judged transactions.
     observed_row: Option<RowId>,
+    /// Judged transactions above `observed_row` that a gap still separates from it: after -> last.
+    judged_ahead: BTreeMap<RowId, RowId>,
     /// The value of `observed_row` last written.
     saved_row: Option<RowId>,
 }
@@ -198,6 +203,7 @@ impl<E: RulesEngine> AlertsTask<E> {
             saved_engine,
             pending: Vec::new(),
             observed_row,
+            judged_ahead: BTreeMap::new(),
             saved_row: observed_row,
         }
     }
@@ -230,8 +236,10 @@ impl<E: RulesEngine> AlertsTask<E> {
         self.last_seq.subscribe()
     }
 
+    /// Judges committed transactions, the priority input's first, until cancelled.
     pub async fn run(
         mut self,
+        mut priority: mpsc::Receiver<Observed>,
         mut readings: mpsc::Receiver<Observed>,
         mut commands: mpsc::Receiver<Command>,
         clock: Clock,
@@ -239,7 +247,7 @@ impl<E: RulesEngine> AlertsTask<E> {
     ) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut readings_open, mut commands_open) = (true, true);
+        let (mut readings_open, mut priority_open, mut commands_open) = (true, true, true);
         loop {
             tokio::select! {
                 biased;
@@ -248,11 +256,12 @@ impl<E: RulesEngine> AlertsTask<E> {
                     Some(cmd) => self.command(cmd, clock.now_ms()),
                     None => commands_open = false,
                 },
+                batch = priority.recv(), if priority_open => match batch {
+                    Some(batch) => self.judge(batch, clock.now_ms()),
+                    None => priority_open = false,
+                },
                 batch = readings.recv(), if readings_open => match batch {
-                    Some(batch) => {
-                        self.observe(&batch.records, clock.now_ms());
-                        self.observed_row = Some(batch.last_id);
-                    }
+                    Some(batch) => self.judge(batch, clock.now_ms()),
                     None => {
                         debug!("journal observer closed");
                         readings_open = false;
@@ -262,12 +271,33 @@ impl<E: RulesEngine> AlertsTask<E> {
             }
         }
         // Readings the journal committed before the stop are still judged.
+        while let Ok(batch) = priority.try_recv() {
+            self.judge(batch, clock.now_ms());
+        }
         while let Ok(batch) = readings.try_recv() {
-            self.observe(&batch.records, clock.now_ms());
-            self.observed_row = Some(batch.last_id);
+            self.judge(batch, clock.now_ms());
         }
         self.save_engine();
         info!(last_seq = self.lifecycle.last_seq(), "alerts task stopped");
+    }
+
+    /// Judges one committed transaction and moves the judged watermark.
+    fn judge(&mut self, batch: Observed, now: i64) {
+        self.observe(&batch.records, now);
+        match self.observed_row {
+            // The first transaction of this run: rows before it were judged or replayed at start.
+            None => self.observed_row = Some(batch.last_id),
+            Some(w) if batch.after <= w => self.observed_row = Some(w.max(batch.last_id)),
+            Some(_) => {
+                self.judged_ahead.insert(batch.after, batch.last_id);
+            }
+        }
+        while let Some(w) = self.observed_row {
+            match self.judged_ahead.remove(&w) {
+                Some(last) => self.observed_row = Some(last),
+                None => break,
+            }
+        }
     }
 
     fn observe(&mut self, records: &[Record], now: i64) {
@@ -482,6 +512,35 @@ mod tests {
         Lifecycle::open(AlertStore::open(db).expect("store"), Policy::default(), "site-1").expect("lifecycle")
     }
 
+    #[test]
+    fn the_judged_watermark_waits_for_bulk_transactions_a_priority_one_overtook() {
+        let db = std::env::temp_dir().join(format!("nh-alerts-watermark-{}.db", std::process::id()));
+        let mut task = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
+        task.mark_judged(10);
+        let batch = |after, last_id| Observed {
+            after,
+            last_id,
+            records: vec![gas_reading(1.0)],
+        };
+        // Priority rows 16..=20 judged before the bulk rows 11..=15 committed before them.
+        task.judge(batch(15, 20), 0);
+        assert_eq!(task.observed_row(), Some(10), "rows 11-15 are not judged yet");
+        task.judge(batch(20, 22), 0);
+        assert_eq!(task.observed_row(), Some(10));
+        task.judge(batch(10, 15), 0);
+        assert_eq!(
+            task.observed_row(),
+            Some(22),
+            "the gap closed: every row up to 22 judged"
+        );
+        assert!(task.judged_ahead.is_empty());
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
     #[tokio::test]
     async fn task_raises_from_readings_answers_commands_and_keeps_engine_state() {
         let db = std::env::temp_dir().join(format!("nh-alerts-task-{}.db", std::process::id()));
@@ -490,10 +549,12 @@ mod tests {
         let (handle, commands) = command_channel();
         let (readings, readings_rx) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
-        let running = tokio::spawn(task.run(readings_rx, commands, Clock::system(), shutdown.clone()));
+        let (_priority, priority_rx) = mpsc::channel(8);
+        let running = tokio::spawn(task.run(priority_rx, readings_rx, commands, Clock::system(), shutdown.clone()));
 
         readings
             .send(Observed {
+                after: 0,
                 last_id: 1,
                 records: vec![gas_reading(12.0)],
             })
@@ -508,6 +569,7 @@ mod tests {
         assert_eq!((acked.seq, acked.state), (2, AlertState::Acknowledged));
         readings
             .send(Observed {
+                after: 1,
                 last_id: 2,
                 records: vec![gas_reading(1.0)],
             })

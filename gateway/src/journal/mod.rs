@@ -53,6 +53,8 @@ pub type RowId = i64;
 /// was committed after the last save (a crash between commit and alert loses no alert).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
+    /// The last row id before this transaction: it holds the rows `(after, last_id]`.
+    pub after: RowId,
     pub last_id: RowId,
     pub records: Vec<Record>,
 }

@@ -1197,6 +1197,7 @@ mod tests {
                 guard_cursor: None,
                 clock: crate::clock::Clock::system(),
                 observer: None,
+                observer_priority: None,
                 exit_on_corruption: false,
             };
             let w =

@@ -73,6 +73,9 @@ pub struct WriterConfig {
     /// Receives every committed batch of records (the rules engine). Sent with back-pressure:
     /// a slow engine slows the writer, it never loses a reading.
     pub observer: Option<mpsc::Sender<super::Observed>>,
+    /// Receives the priority input's transactions instead, when set: the rules engine judges
+    /// life-safety readings before bulk batches already waiting for it.
+    pub observer_priority: Option<mpsc::Sender<super::Observed>>,
     /// On a damaged file: flag it and end the process (the service manager restarts the gateway
     /// and the journal is salvaged at open). Off in tests; otherwise the commit is retried.
     pub exit_on_corruption: bool,
@@ -289,6 +292,7 @@ impl Writer {
     /// dropped here; meanwhile the queue fills and the sources stop reading.
     fn commit_until_done(&mut self, batch: Vec<Ingest>, lane: Lane) {
         let mut backoff = Duration::from_millis(100);
+        let after = *self.committed.borrow();
         loop {
             let started = Instant::now();
             match self.commit(&batch) {
@@ -311,8 +315,16 @@ impl Writer {
                         }
                         records.extend(ingest.records);
                     }
-                    if let Some(observer) = &self.cfg.observer {
-                        let observed = super::Observed { last_id: last, records };
+                    let observer = match (lane, &self.cfg.observer_priority) {
+                        (Lane::Priority, Some(p)) => Some(p),
+                        _ => self.cfg.observer.as_ref(),
+                    };
+                    if let Some(observer) = observer {
+                        let observed = super::Observed {
+                            after,
+                            last_id: last,
+                            records,
+                        };
                         if !observed.records.is_empty() && observer.blocking_send(observed).is_err() {
                             debug!("rules engine gone; committed readings not observed");
                         }
@@ -537,6 +549,7 @@ mod tests {
             guard_cursor: Some("influx"),
             clock: Clock::test(0, 10_000_000, 1.0),
             observer,
+            observer_priority: None,
             exit_on_corruption: false,
         }
     }
