@@ -15,7 +15,10 @@ use crate::alerts::lifecycle::Lifecycle;
 use crate::alerts::store::AlertStore;
 use crate::alerts::task::{command_channel, policy_from_rules, AlertsTask};
 use crate::api::alerts::AlertsApiState;
+use crate::api::control::ControlState;
 use crate::api::{self, ApiState};
+use crate::auth::http::{AuthState, SiteInfo};
+use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::config::{DecoderKind, Loaded, MqttMode};
 use crate::decode::{Decoder, Limits};
@@ -217,6 +220,31 @@ fn serial_links(ports: &[crate::config::SerialPortConfig]) -> std::collections::
     links
 }
 
+/// The HTTP routes: `/healthz`, `/metrics`, the page and login open; the rest of `/api/v1`
+/// behind the login middleware. Every response carries the page's security headers.
+fn http_app(
+    api: ApiState,
+    alerts: AlertsApiState,
+    stream: StreamState,
+    control: ControlState,
+    auth: AuthState,
+) -> axum::Router {
+    let protected = api::router(api.clone())
+        .merge(api::alerts::routes(alerts))
+        .merge(api::stream::routes(stream))
+        .merge(api::control::routes(control))
+        .merge(crate::auth::http::protected_routes(auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::http::require,
+        ));
+    api::open_routes(api)
+        .merge(crate::auth::http::routes(auth))
+        .merge(crate::web::routes())
+        .merge(protected)
+        .layer(axum::middleware::from_fn(api::security_headers))
+}
+
 /// Starts every stage of a loaded configuration.
 pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartError> {
     let Loaded {
@@ -227,6 +255,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         mqtt_password,
         rules,
         modbus_maps,
+        residents,
     } = loaded;
     let clock = opts.clock.unwrap_or_else(Clock::system);
     let telemetry = Arc::new(Telemetry::default());
@@ -525,12 +554,19 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         addr: http_listen,
         source,
     })?;
-    let state = ApiState::new(
+    let auth = Arc::new(Auth::new(config.auth.clone()));
+    if auth.is_empty() {
+        warn!("no [[auth.operators]] or [[auth.tokens]] configured: every /api/v1 request is refused");
+    }
+    let mut state = ApiState::new(
         config.site.id.clone(),
-        registry,
+        registry.clone(),
         telemetry.clone(),
         journal_path.clone(),
     );
+    state.auth = Some(auth.clone());
+    state.clock = clock;
+    state.offline_multiple = rules.offline_multiple();
     let status_telemetry = telemetry.clone();
     let stream = StreamState::new(
         journal_path.clone(),
@@ -539,12 +575,41 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         delivery_stats,
         shutdown.clone(),
     );
-    let app = api::router(state)
-        .merge(api::alerts::routes(AlertsApiState::new(alerts_handle, journal_path)))
-        .merge(api::stream::routes(stream));
+    let auth_state = AuthState::new(
+        auth,
+        clock,
+        SiteInfo {
+            id: config.site.id.clone(),
+            name: config.site.name.clone(),
+            timezone: config.site.timezone.clone(),
+        },
+        journal_path.clone(),
+    );
+    let control = ControlState::new(
+        registry.clone(),
+        residents,
+        clock,
+        config
+            .shifts
+            .start_minutes()
+            .unwrap_or_else(|| vec![7 * 60, 15 * 60, 23 * 60]),
+        rules.utc_offset_min(),
+        journal_path.clone(),
+    );
+    let app = http_app(
+        state,
+        AlertsApiState::new(alerts_handle, journal_path),
+        stream,
+        control,
+        auth_state,
+    );
     let http_shutdown = shutdown.clone();
     others.spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(e) = serve.await {
             warn!(error = %e, "HTTP server ended");
         }

@@ -18,6 +18,7 @@ use crate::journal::Store;
 /// The demo site configuration and registry, compiled in so the demo runs from anywhere.
 pub const SITE_TOML: &str = include_str!("../../config/demo/site.toml");
 pub const DEVICES_TOML: &str = include_str!("../../config/demo/devices.toml");
+pub const RESIDENTS_TOML: &str = include_str!("../../config/demo/residents.toml");
 
 /// How often the live summary is printed.
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
@@ -36,6 +37,8 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
         }
     };
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::write(data_dir.join("residents.toml"), RESIDENTS_TOML)
+        .with_context(|| format!("writing residents into {}", data_dir.display()))?;
     // The journal goes into the data folder, whatever the demo file says.
     let site_toml = SITE_TOML.replace(
         "path = \"data/journal.db\"",
@@ -67,7 +70,7 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
         anyhow::bail!("the demo runs on the embedded broker")
     };
     eprintln!(
-        "demo facility nh-demo: {} devices on 3 floors x 20 rooms; API http://{}/api/v1/devices, metrics http://{}/metrics; Ctrl-C to stop",
+        "demo facility nh-demo: {} devices on 3 floors x 20 rooms; control room http://{}/ (nurse / demo-nurse, admin / demo-admin, viewer / demo-viewer), metrics http://{}/metrics; Ctrl-C to stop",
         devices.len(),
         running.http_addr,
         running.http_addr

@@ -22,12 +22,15 @@
 //! - [`clock`]: the system clock or the shared test clock.
 //! - [`app`]: wiring the stages together, start and shutdown.
 //! - [`demo`]: the demo facility (`nh-gateway demo`).
+//! - [`auth`]: operator accounts, sessions, API tokens, roles and the login rate limit.
+//! - [`web`]: the control-room page, embedded in the binary.
 
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod decode;
@@ -42,3 +45,4 @@ pub mod sources;
 pub mod supervise;
 pub mod telemetry;
 pub mod vocabulary;
+pub mod web;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use nh_gateway::app::{self, RunOptions};
+use nh_gateway::auth;
 use nh_gateway::clock::Clock;
 use nh_gateway::config::{self, Env};
 use nh_gateway::demo;
@@ -53,6 +54,16 @@ enum Command {
     },
     /// Print the fully commented default configuration.
     PrintDefaultConfig,
+    /// Read a password from the first line of stdin and print its argon2id hash for
+    /// `[[auth.operators]] password_hash`.
+    HashPassword,
+    /// Read an API token from the first line of stdin (or generate one with --generate) and
+    /// print its SHA-256 for `[[auth.tokens]] token_sha256`.
+    HashToken {
+        /// Make a new random token; prints `token=... token_sha256=...`.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -119,6 +130,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate(&files)),
+        Command::HashPassword => {
+            let password = stdin_line()?;
+            anyhow::ensure!(password.chars().count() >= 8, "a password needs at least 8 characters");
+            println!("{}", auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashToken { generate: true } => {
+            let token = auth::generate_token().map_err(|e| anyhow::anyhow!(e))?;
+            println!("token={token} token_sha256={}", auth::token_digest_hex(&token));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashToken { generate: false } => {
+            let token = stdin_line()?;
+            anyhow::ensure!(
+                token.len() >= 20,
+                "a token needs at least 20 characters (use --generate)"
+            );
+            println!("{}", auth::token_digest_hex(&token));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config: path, common } => {
             let opts = common.options()?;
             let loaded = config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -131,6 +162,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The first line of stdin, without its line end.
+fn stdin_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading stdin")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!line.is_empty(), "nothing on stdin");
+    Ok(line)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -368,6 +368,7 @@ impl Gateway {
     /// As [`Gateway::start`], with extra arguments.
     pub async fn start_with(config: &Path, env: &[(&str, String)], log_dir: &Path, args: &[&str]) -> Result<Self> {
         let log = log_dir.join(format!("gateway-{}.log", free_port()));
+        add_test_token(config)?;
         let mut cmd = Command::new(bin("nh-gateway"));
         cmd.arg("run")
             .arg("--config")
@@ -474,7 +475,35 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The API token every gateway the harness starts accepts (role `admin`): [`http`] sends it.
+pub const TEST_TOKEN: &str = "nh-e2e-test-token-0123456789abcdef";
+
+/// Adds the harness's `[[auth.tokens]]` entry to a configuration file that lacks it.
+pub fn add_test_token(config: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let digest = nh_gateway::auth::token_digest_hex(TEST_TOKEN);
+    if !text.contains(&digest) {
+        let block = format!("\n[[auth.tokens]]\nname = \"e2e-tests\"\nrole = \"admin\"\ntoken_sha256 = \"{digest}\"\n");
+        std::fs::write(config, text + &block)?;
+    }
+    Ok(())
+}
+
+/// An HTTP client that sends the harness's API token.
 pub fn http() -> reqwest011::Client {
+    let mut headers = reqwest011::header::HeaderMap::new();
+    if let Ok(v) = reqwest011::header::HeaderValue::from_str(&format!("Bearer {TEST_TOKEN}")) {
+        headers.insert(reqwest011::header::AUTHORIZATION, v);
+    }
+    reqwest011::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+/// An HTTP client without credentials.
+pub fn anonymous_http() -> reqwest011::Client {
     reqwest011::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -20,7 +20,7 @@ pub mod task;
 
 pub use lifecycle::{AlertError, Lifecycle, Policy};
 pub use model::{Alert, AlertEvent, AlertState, AuditEntry, Member, Resolution, SYSTEM_ACTOR};
-pub use store::{AlertStore, AlertStoreError, Change, StateFilter};
+pub use store::{AlertStore, AlertStoreError, AuditLogEntry, Change, StateFilter};
 pub use task::{
     command_channel, execute, policy_from_rules, AlertsHandle, AlertsTask, Command, RulesEngine, ENGINE_STATE,
 };

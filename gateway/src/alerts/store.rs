@@ -46,11 +46,32 @@ CREATE TABLE IF NOT EXISTS alert_events (
     at          INTEGER NOT NULL,
     json        TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS access_audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_audit_at ON alert_audit (at);
 CREATE TABLE IF NOT EXISTS engine_state (
     name        TEXT PRIMARY KEY,
     json        TEXT    NOT NULL
 );
 ";
+
+/// One entry of the whole audit log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditLogEntry {
+    pub at: i64,
+    /// `system` for rule-driven transitions, else the person or token.
+    pub actor: String,
+    pub action: String,
+    /// The alert, for alert transitions.
+    pub alert_id: Option<String>,
+    pub note: Option<String>,
+    pub detail: Option<serde_json::Value>,
+}
 
 /// Same wait as the journal's: the writer thread's group commits are short.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,6 +212,72 @@ impl AlertStore {
     /// Every open (not resolved) alert, for the manager on start.
     pub fn open_alerts(&self) -> Result<Vec<Alert>, AlertStoreError> {
         self.list(StateFilter::Open, usize::MAX)
+    }
+
+    /// Records a login, a failed login or a logout in the audit log (`detail` is JSON).
+    pub fn record_access(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        detail: Option<&serde_json::Value>,
+    ) -> Result<(), AlertStoreError> {
+        let detail = detail.map(serde_json::to_string).transpose()?;
+        self.conn.execute(
+            "INSERT INTO access_audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![at, actor, action, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The whole audit log, newest first: every alert transition and every login, failed login
+    /// and logout; at most `limit` entries, and only those before `before` (ms) when given.
+    pub fn audit_log(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditLogEntry>, AlertStoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, actor, action, alert_id, note, detail FROM (
+                 SELECT at, actor, action, alert_id, note, detail, id AS k, 0 AS src FROM alert_audit
+                 WHERE at < ?2
+                 UNION ALL
+                 SELECT at, actor, action, NULL, NULL, detail, id AS k, 1 AS src FROM access_audit
+                 WHERE at < ?2)
+             ORDER BY at DESC, src DESC, k DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64, before.unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, actor, action, alert_id, note, detail) = row?;
+            out.push(AuditLogEntry {
+                at,
+                actor,
+                action,
+                alert_id,
+                note,
+                detail: detail.map(|d| serde_json::from_str(&d)).transpose()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Alerts open now or changed at or after `since` (ms): what a shift summary looks at.
+    pub fn alerts_touched_since(&self, since: i64) -> Result<Vec<Alert>, AlertStoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT json FROM alerts WHERE state != 'resolved' OR updated_at >= ?1")?;
+        let rows = stmt.query_map([since], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str::<Alert>(&row?)?);
+        }
+        Ok(out)
     }
 
     /// An alert's audit trail, oldest first.

@@ -1,7 +1,8 @@
 //! `/api/v1/alerts`: list, one alert with its audit trail, acknowledge, resolve.
 //!
 //! Reads use their own store connection; writes go to the alerts task as commands, so one owner
-//! mutates alerts. Until operator logins exist, `by` in the body names the actor.
+//! mutates alerts. The actor is the logged-in operator or the token's name (the login
+//! middleware puts it in the request); a `by` in the body is ignored.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,13 +12,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::alerts::{
     Alert, AlertError, AlertStore, AlertStoreError, AlertsHandle, AuditEntry, Resolution, StateFilter,
 };
+use crate::auth::Principal;
 
 /// Most alerts one list returns when the client gives no `limit`.
 const DEFAULT_LIMIT: usize = 1000;
@@ -158,38 +160,48 @@ async fn one(State(s): State<AlertsApiState>, Path(id): Path<String>) -> Result<
 
 #[derive(Debug, Deserialize)]
 struct ActBody {
-    by: Option<String>,
     note: Option<String>,
     resolution: Option<String>,
 }
 
-/// The body as JSON; anything malformed is a 400 (axum's extractor would answer 422).
-fn body(bytes: &Bytes) -> Result<(String, Option<String>, Option<String>), AlertsApiError> {
+/// Longest note kept.
+const MAX_NOTE_CHARS: usize = 2000;
+
+/// The body as JSON (an empty body is no note); anything malformed is a 400 (axum's extractor
+/// would answer 422).
+fn body(bytes: &Bytes) -> Result<(Option<String>, Option<String>), AlertsApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None));
+    }
     let b: ActBody = serde_json::from_slice(bytes)
-        .map_err(|e| AlertsApiError::BadRequest(format!("body must be JSON {{\"by\", \"note\"}}: {e}")))?;
-    let by =
-        b.by.map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| AlertsApiError::BadRequest("`by` (who acts) is required".into()))?;
+        .map_err(|e| AlertsApiError::BadRequest(format!("body must be JSON {{\"note\"}}: {e}")))?;
     let note = b.note.filter(|n| !n.trim().is_empty());
-    Ok((by, note, b.resolution))
+    if note.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+        return Err(AlertsApiError::BadRequest(format!(
+            "`note` is longer than {MAX_NOTE_CHARS} characters"
+        )));
+    }
+    Ok((note, b.resolution))
 }
 
 async fn ack(
     State(s): State<AlertsApiState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Alert>, AlertsApiError> {
-    let (by, note, _) = body(&bytes)?;
-    Ok(Json(s.handle.ack(id, by, note).await?))
+    let (note, _) = body(&bytes)?;
+    Ok(Json(s.handle.ack(id, who.user, note).await?))
 }
 
 async fn resolve(
     State(s): State<AlertsApiState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Alert>, AlertsApiError> {
-    let (by, note, resolution) = body(&bytes)?;
+    let (note, resolution) = body(&bytes)?;
+    let by = who.user;
     let resolution = resolution
         .as_deref()
         .and_then(Resolution::parse_by_person)
@@ -243,7 +255,13 @@ mod tests {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = routes(AlertsApiState::new(handle, db));
+        // The login middleware's part: the acting operator.
+        let app = routes(AlertsApiState::new(handle, db)).layer(Extension(Principal {
+            user: "nurse-li".into(),
+            name: "李护士".into(),
+            role: crate::auth::Role::Operator,
+            via_session: true,
+        }));
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
     }
@@ -285,9 +303,11 @@ mod tests {
         assert_eq!(call("GET", &format!("{base}/api/v1/alerts/a-9"), None).await.0, 404);
 
         let ack_url = format!("{base}/api/v1/alerts/a-1/ack");
-        assert_eq!(call("POST", &ack_url, Some(r#"{"note":"x"}"#)).await.0, 400);
         assert_eq!(call("POST", &ack_url, Some("not json")).await.0, 400);
-        let (status, acked) = call("POST", &ack_url, Some(r#"{"by":"nurse-li","note":"on my way"}"#)).await;
+        let long_note = format!(r#"{{"note":"{}"}}"#, "x".repeat(MAX_NOTE_CHARS + 1));
+        assert_eq!(call("POST", &ack_url, Some(&long_note)).await.0, 400);
+        // A `by` in the body does not name the actor: the logged-in operator does.
+        let (status, acked) = call("POST", &ack_url, Some(r#"{"by":"someone-else","note":"on my way"}"#)).await;
         assert_eq!(status, 200, "{acked}");
         assert_eq!(acked["state"], "acknowledged");
         assert_eq!(acked["acknowledged_by"], "nurse-li");
@@ -310,7 +330,7 @@ mod tests {
         .await;
         assert_eq!(status, 409, "{err}");
         let resolve_fall = format!("{base}/api/v1/alerts/a-2/resolve");
-        let body = r#"{"by":"nurse-wang","note":"helped up","resolution":"handled"}"#;
+        let body = r#"{"note":"helped up","resolution":"handled"}"#;
         let (status, done) = call("POST", &resolve_fall, Some(body)).await;
         assert_eq!(status, 200, "{done}");
         assert_eq!(
@@ -329,7 +349,8 @@ mod tests {
             .filter_map(|e| e["action"].as_str())
             .collect();
         assert_eq!(trail, ["raised", "resolved"]);
-        assert_eq!(one["audit"][1]["actor"], "nurse-wang");
+        assert_eq!(one["audit"][1]["actor"], "nurse-li");
+        assert_eq!(one["audit"][1]["note"], "helped up");
         let (_, resolved) = call("GET", &format!("{base}/api/v1/alerts?state=resolved"), None).await;
         assert_eq!(resolved.as_array().map(Vec::len), Some(1));
 

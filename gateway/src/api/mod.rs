@@ -2,6 +2,7 @@
 //! the journal and the registry.
 
 pub mod alerts;
+pub mod control;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -31,6 +32,12 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub telemetry: Arc<Telemetry>,
     pub journal_path: PathBuf,
+    /// Login counters for `/metrics`.
+    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The gateway clock, for device states (offline after `offline_multiple` intervals).
+    pub clock: crate::clock::Clock,
+    /// Intervals of silence after which a device counts as offline (the catalog's, R17).
+    pub offline_multiple: u32,
     /// One reader connection, opened on first use.
     reader: Arc<Mutex<Option<Store>>>,
 }
@@ -42,6 +49,9 @@ impl ApiState {
             registry,
             telemetry,
             journal_path,
+            auth: None,
+            clock: crate::clock::Clock::system(),
+            offline_multiple: 3,
             reader: Arc::new(Mutex::new(None)),
         }
     }
@@ -96,10 +106,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The page's policy: everything from this gateway, nothing from elsewhere, never framed.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Middleware: the security headers on every response (a handler's own win).
+pub async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    resp
+}
+
+/// `/healthz` and `/metrics`: open on the listen address.
+pub fn open_routes(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Devices and readings: behind the login middleware.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/readings", get(readings))
         .with_state(state)
@@ -116,10 +154,13 @@ async fn healthz(State(s): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.telemetry.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = s.telemetry.render();
+        if let Some(auth) = &s.auth {
+            auth.render(&mut text);
+        }
+        text
+    })
         .into_response()
 }
 
@@ -148,6 +189,42 @@ pub struct DeviceView {
     pub seq_duplicates: u64,
     pub seq_gaps: u64,
     pub seq_resets: u64,
+    /// Heard within `offline_multiple` intervals (false when never heard).
+    pub online: bool,
+    /// Battery below R18's 20 %.
+    pub low_battery: bool,
+    /// The device's last reading reported a fault.
+    pub fault: bool,
+    /// One word for the facility view: `offline`, `fault`, `low_battery`, `ok` or `never_seen`
+    /// (the first that applies; `in alarm` comes from the open alerts).
+    pub status: &'static str,
+}
+
+/// Battery level under which a device shows as low (R18's `below`).
+pub const LOW_BATTERY_PCT: f64 = 20.0;
+
+impl DeviceView {
+    fn with_status(mut self, now_ms: i64, offline_multiple: u32) -> Self {
+        self.online = match (self.last_seen, self.interval_s) {
+            (Some(seen), Some(iv)) => now_ms - seen <= iv as i64 * 1000 * offline_multiple as i64,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        self.low_battery = self.battery_pct.is_some_and(|b| b < LOW_BATTERY_PCT);
+        self.fault = self.last_values.get("fault").and_then(|v| v.as_bool()) == Some(true);
+        self.status = if self.last_seen.is_none() {
+            "never_seen"
+        } else if !self.online {
+            "offline"
+        } else if self.fault {
+            "fault"
+        } else if self.low_battery {
+            "low_battery"
+        } else {
+            "ok"
+        };
+        self
+    }
 }
 
 async fn devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceView>>, ApiError> {
@@ -187,6 +264,11 @@ async fn devices(State(s): State<ApiState>) -> Result<Json<Vec<DeviceView>>, Api
             });
         }
     }
+    let now = s.clock.now_ms();
+    let mut out: Vec<DeviceView> = out
+        .into_iter()
+        .map(|d| d.with_status(now, s.offline_multiple))
+        .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(out))
 }
@@ -212,6 +294,10 @@ fn view_of_row(row: Option<&DeviceRow>) -> DeviceView {
         seq_duplicates: row.map_or(0, |r| r.seq_duplicates),
         seq_gaps: row.map_or(0, |r| r.seq_gaps),
         seq_resets: row.map_or(0, |r| r.seq_resets),
+        online: false,
+        low_battery: false,
+        fault: false,
+        status: "never_seen",
     }
 }
 

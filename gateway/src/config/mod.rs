@@ -62,6 +62,79 @@ pub struct Config {
     /// Modbus register maps besides the shipped ones (`config/modbus-maps.toml`).
     #[serde(default)]
     pub modbus_maps: Vec<RegisterMap>,
+    /// Operator accounts, API tokens and the login limits. Without any, every `/api/v1`
+    /// request is refused (`/healthz`, `/metrics` and the page itself stay open).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
+    /// Residents' display names (shown to logged-in staff only; alerts, the time series and the
+    /// logs carry the registry's pseudonymous ids).
+    #[serde(default)]
+    pub residents: Option<ResidentsConfig>,
+    /// Shift changes, for the shift summary.
+    #[serde(default)]
+    pub shifts: ShiftsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidentsConfig {
+    /// File of `[[residents]]` entries (`id`, `name`), relative to this configuration file.
+    pub file: PathBuf,
+}
+
+/// The residents file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidentsFile {
+    #[serde(default)]
+    pub residents: Vec<Resident>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resident {
+    /// The pseudonymous id the registry's devices carry (`resident = "r-4c64"`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftsConfig {
+    /// Local times (`HH:MM`, in the rule catalog's UTC offset) at which a shift begins.
+    #[serde(default = "default_shift_starts")]
+    pub starts: Vec<String>,
+}
+
+impl Default for ShiftsConfig {
+    fn default() -> Self {
+        ShiftsConfig {
+            starts: default_shift_starts(),
+        }
+    }
+}
+
+fn default_shift_starts() -> Vec<String> {
+    vec!["07:00".into(), "15:00".into(), "23:00".into()]
+}
+
+impl ShiftsConfig {
+    /// The starts as minutes of the local day, sorted; `None` if one is not `HH:MM`.
+    pub fn start_minutes(&self) -> Option<Vec<i64>> {
+        let mut out = Vec::with_capacity(self.starts.len());
+        for s in &self.starts {
+            let (h, m) = s.trim().split_once(':')?;
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if !(0..24).contains(&h) || !(0..60).contains(&m) {
+                return None;
+            }
+            out.push(h * 60 + m);
+        }
+        out.sort_unstable();
+        out.dedup();
+        (!out.is_empty()).then_some(out)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -647,6 +720,8 @@ pub struct Loaded {
     pub rules: std::sync::Arc<crate::rules::RuleSet>,
     /// Register maps by name: the shipped ones, replaced or extended by `[[modbus_maps]]`.
     pub modbus_maps: std::collections::BTreeMap<String, std::sync::Arc<CompiledMap>>,
+    /// Residents' display names from `[residents] file`.
+    pub residents: Vec<Resident>,
 }
 
 /// Environment a configuration is loaded under (the `NH_INFLUX_*` overrides).
@@ -729,6 +804,10 @@ pub fn load_str(
                 let mqtt_password =
                     resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
                 let modbus_maps = validate_serial(&config, &registry, &mut diags);
+                let residents = match &config.residents {
+                    Some(r) => load_residents(&base.join(&r.file), &registry, &mut diags),
+                    None => Vec::new(),
+                };
                 let journal_path = base.join(&config.journal.path);
                 let rules = match &config.rules {
                     Some(r) => crate::rules::RuleSet::load(&base.join(&r.file)),
@@ -745,6 +824,7 @@ pub fn load_str(
                             mqtt_password,
                             rules,
                             modbus_maps,
+                            residents,
                         });
                     }
                     Err(e) => errors.extend(e.0),
@@ -794,6 +874,47 @@ fn apply_env(config: &mut Config, env: &Env) {
             i.bucket = bucket.clone();
         }
     }
+}
+
+/// Reads the residents file; a bad file is an error of `residents.file`, and a resident the
+/// registry does not know is reported (a typo would leave a bed nameless on the page).
+fn load_residents(path: &Path, registry: &Registry, d: &mut diagnostics::Diagnostics<'_>) -> Vec<Resident> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            d.at_key("residents.file", format!("cannot read {}: {e}", path.display()));
+            return Vec::new();
+        }
+    };
+    let (file, own) = diagnostics::parse_all::<ResidentsFile>(path, &text);
+    d.errors.extend(own.errors);
+    let Some(file) = file else {
+        return Vec::new();
+    };
+    let known: std::collections::HashSet<&str> = registry
+        .devices()
+        .iter()
+        .filter_map(|dev| dev.resident.as_deref())
+        .collect();
+    for (i, r) in file.residents.iter().enumerate() {
+        if file.residents[..i].iter().any(|q| q.id == r.id) {
+            d.at_key(
+                "residents.file",
+                format!("{}: resident `{}` listed twice", path.display(), r.id),
+            );
+        }
+        if !known.contains(r.id.as_str()) {
+            d.at_key(
+                "residents.file",
+                format!(
+                    "{}: resident `{}` is on no device of the registry",
+                    path.display(),
+                    r.id
+                ),
+            );
+        }
+    }
+    file.residents
 }
 
 /// Semantic checks that serde cannot express.
@@ -873,6 +994,12 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     }
     if config.journal.commit_max_messages == 0 {
         d.at_key("journal.commit_max_messages", "must be at least 1");
+    }
+    for (key, problem) in config.auth.problems() {
+        d.at_key(&key, problem);
+    }
+    if config.shifts.start_minutes().is_none() {
+        d.at_key("shifts.starts", "must be one or more local times `HH:MM`");
     }
     if let Some(i) = &config.influx {
         if !(i.url.starts_with("http://") || i.url.starts_with("https://")) {
@@ -1168,6 +1295,11 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
         let names: Vec<&str> = file.modbus_maps.iter().map(|m| m.name.as_str()).collect();
         let summary = format!("{} Modbus register maps ({})", names.len(), names.join(" "));
         return d.into_result(summary);
+    }
+    if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[residents]]")) {
+        let (file, d) = diagnostics::parse_all::<ResidentsFile>(path, &text);
+        let n = file.map_or(0, |f| f.residents.len());
+        return d.into_result(format!("{n} residents"));
     }
     if is_registry {
         let r = Registry::parse(path, &text)?;

@@ -1016,6 +1016,11 @@ impl RuleSet {
         self.renotify_suppress_s as i64 * 1000
     }
 
+    /// The site's offset from UTC (night windows, shift changes).
+    pub fn utc_offset_min(&self) -> i32 {
+        self.utc_offset_min
+    }
+
     pub fn offline_multiple(&self) -> u32 {
         self.offline_multiple
     }

@@ -173,9 +173,16 @@ async fn unacknowledged_p1_escalates_at_60_and_180_s_and_ack_stops_it() -> Resul
     assert!((180_000..=230_000).contains(&at3), "tier 3 after {at3} ms");
     assert!(t2["seq"].as_u64() < t3["seq"].as_u64());
 
+    // Without credentials nothing changes.
+    let r = nh_e2e::anonymous_http()
+        .post(gw.url(&format!("/api/v1/alerts/{id}/ack")))
+        .json(&serde_json::json!({"note": "on my way"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
     let r = http()
         .post(gw.url(&format!("/api/v1/alerts/{id}/ack")))
-        .json(&serde_json::json!({"by": "nurse-station-1", "note": "on my way"}))
+        .json(&serde_json::json!({"note": "on my way"}))
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
@@ -187,7 +194,7 @@ async fn unacknowledged_p1_escalates_at_60_and_180_s_and_ack_stops_it() -> Resul
     // SOS is person-centred: staff resolve it on site.
     let r = http()
         .post(gw.url(&format!("/api/v1/alerts/{id}/resolve")))
-        .json(&serde_json::json!({"by": "nurse-station-1", "note": "resident pressed by mistake", "resolution": "false_alarm"}))
+        .json(&serde_json::json!({"note": "resident pressed by mistake", "resolution": "false_alarm"}))
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
@@ -204,6 +211,9 @@ async fn unacknowledged_p1_escalates_at_60_and_180_s_and_ack_stops_it() -> Resul
         "{detail}"
     );
     assert_eq!(detail["resolution"], "false_alarm");
+    // The actor is the token's name, not a name the client typed.
+    assert_eq!(detail["acknowledged_by"], "e2e-tests");
+    assert_eq!(detail["audit"][3]["actor"], "e2e-tests");
     Ok(())
 }
 

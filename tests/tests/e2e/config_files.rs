@@ -32,7 +32,8 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let mut programs = vec![];
         let is_rules = text.lines().any(|l| l.trim() == "[[rules]]");
         let is_maps = text.lines().any(|l| l.trim() == "[[modbus_maps]]");
-        if is_registry || is_rules || is_maps || text.lines().any(|l| l.trim() == "[site]") {
+        let is_residents = text.lines().any(|l| l.trim() == "[[residents]]");
+        if is_registry || is_rules || is_maps || is_residents || text.lines().any(|l| l.trim() == "[site]") {
             programs.push("nh-gateway");
         }
         // Serial benches (`nh-sim serial`) list their buses.

@@ -1,0 +1,669 @@
+//! Who may do what: operator accounts (argon2id password hashes in the configuration) logging in
+//! to a session cookie, API tokens for machines (`Authorization: Bearer`), three roles, and a
+//! login rate limit.
+//!
+//! - `viewer` sees (every `/api/v1` read), `operator` also acknowledges and resolves (every
+//!   write), `admin` also reads the audit log.
+//! - Sessions live in memory: a gateway restart logs everyone out (the page shows the login form
+//!   again; alerts keep coming meanwhile on MQTT and webhooks).
+//! - A wrong password costs the same time as a right one, for known and unknown users alike;
+//!   5 failures of one user name, or 20 from one address, within 5 minutes lock further tries
+//!   out until the oldest of them ages out of the window (429 with `Retry-After`).
+
+pub mod http;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Session cookie name.
+pub const COOKIE: &str = "nh_session";
+/// Most sessions kept; the oldest goes first (a bound on memory, far above a control room's use).
+const MAX_SESSIONS: usize = 4096;
+/// Failures tracked per key, and keys tracked, so a flood of names cannot grow memory.
+const MAX_LIMITER_KEYS: usize = 16_384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// `[auth]` of the site configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a login lasts (a night shift and its handover fit in 12 hours).
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+    /// Failed logins of one user name within `login_window_s` before further tries are refused.
+    #[serde(default = "default_user_failures")]
+    pub login_max_failures: u32,
+    /// Failed logins from one client address within `login_window_s` (several nurses share the
+    /// control-room PC, so this is higher than the per-user limit).
+    #[serde(default = "default_address_failures")]
+    pub login_max_failures_per_address: u32,
+    /// The window of the login limits.
+    #[serde(default = "default_login_window_s")]
+    pub login_window_s: u64,
+    /// People: `[[auth.operators]]`.
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+    /// Machines: `[[auth.tokens]]`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_hours: default_session_hours(),
+            login_max_failures: default_user_failures(),
+            login_max_failures_per_address: default_address_failures(),
+            login_window_s: default_login_window_s(),
+            operators: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+fn default_user_failures() -> u32 {
+    5
+}
+fn default_address_failures() -> u32 {
+    20
+}
+fn default_login_window_s() -> u64 {
+    300
+}
+
+/// One person's account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Login name; it is the actor recorded in the audit trail.
+    pub user: String,
+    /// Display name shown on the page.
+    #[serde(default)]
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: Role,
+    /// Argon2id PHC string from `nh-gateway hash-password` (the password is never stored).
+    pub password_hash: String,
+}
+
+/// One machine's token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The actor recorded when this token acts.
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the token, 64 hex digits, from `nh-gateway hash-token` (a token is long and
+    /// random, so a fast digest is enough and every request can be checked cheaply).
+    pub token_sha256: String,
+}
+
+impl AuthConfig {
+    /// Every problem of the section, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.session_hours == 0 {
+            out.push(("auth.session_hours".into(), "must be at least 1".into()));
+        }
+        if self.login_max_failures == 0 || self.login_max_failures_per_address == 0 {
+            out.push(("auth.login_max_failures".into(), "must be at least 1".into()));
+        }
+        if self.login_window_s == 0 {
+            out.push(("auth.login_window_s".into(), "must be at least 1".into()));
+        }
+        for (i, o) in self.operators.iter().enumerate() {
+            let key = |k: &str| format!("auth.operators.{i}.{k}");
+            if o.user.trim().is_empty() || o.user.len() > 64 || o.user.chars().any(char::is_control) {
+                out.push((key("user"), "must be 1-64 printable characters".into()));
+            }
+            if self.operators[..i].iter().any(|p| p.user == o.user) {
+                out.push((key("user"), format!("duplicate user `{}`", o.user)));
+            }
+            match PasswordHash::new(&o.password_hash) {
+                Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
+                Ok(h) => out.push((
+                    key("password_hash"),
+                    format!("`{}` is not argon2; use `nh-gateway hash-password`", h.algorithm),
+                )),
+                Err(e) => out.push((
+                    key("password_hash"),
+                    format!("not a PHC string ({e}); use `nh-gateway hash-password`"),
+                )),
+            }
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = |k: &str| format!("auth.tokens.{i}.{k}");
+            if t.name.trim().is_empty() {
+                out.push((key("name"), "must not be empty".into()));
+            }
+            if parse_digest(&t.token_sha256).is_none() {
+                out.push((
+                    key("token_sha256"),
+                    "must be 64 hex digits; use `nh-gateway hash-token`".into(),
+                ));
+            }
+            if self.tokens[..i]
+                .iter()
+                .any(|p| p.token_sha256.eq_ignore_ascii_case(&t.token_sha256))
+            {
+                out.push((key("token_sha256"), "the same token is configured twice".into()));
+            }
+        }
+        out
+    }
+}
+
+/// Who is acting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// Login name or token name: the actor of the audit trail.
+    pub user: String,
+    /// Display name.
+    pub name: String,
+    pub role: Role,
+    /// Whether this came with a session cookie (a person) or a bearer token (a machine).
+    #[serde(skip)]
+    pub via_session: bool,
+}
+
+/// What a login attempt came to.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// The session token for the cookie, and who it is.
+    Ok(String, Principal),
+    Wrong,
+    /// Locked out: seconds until the next try is accepted.
+    Limited(u64),
+}
+
+struct Session {
+    principal: Principal,
+    expires_ms: i64,
+    created_ms: i64,
+}
+
+/// Failure times per key within the window.
+#[derive(Default)]
+struct Limiter {
+    failures: HashMap<String, VecDeque<i64>>,
+}
+
+impl Limiter {
+    /// Seconds until `key` may try again, if it is locked out now.
+    fn locked(&mut self, key: &str, max: u32, window_ms: i64, now: i64) -> Option<u64> {
+        let q = self.failures.get_mut(key)?;
+        while q.front().is_some_and(|&t| t <= now - window_ms) {
+            q.pop_front();
+        }
+        if q.is_empty() {
+            self.failures.remove(key);
+            return None;
+        }
+        if q.len() >= max as usize {
+            let oldest = q.front().copied().unwrap_or(now);
+            return Some(((oldest + window_ms - now).max(1000) as u64).div_ceil(1000));
+        }
+        None
+    }
+
+    fn fail(&mut self, key: String, max: u32, now: i64) {
+        if self.failures.len() >= MAX_LIMITER_KEYS && !self.failures.contains_key(&key) {
+            // Forget the key whose last failure is oldest.
+            if let Some(k) = self
+                .failures
+                .iter()
+                .min_by_key(|(_, q)| q.back().copied().unwrap_or(i64::MIN))
+                .map(|(k, _)| k.clone())
+            {
+                self.failures.remove(&k);
+            }
+        }
+        let q = self.failures.entry(key).or_default();
+        q.push_back(now);
+        while q.len() > max as usize {
+            q.pop_front();
+        }
+    }
+
+    fn clear(&mut self, key: &str) {
+        self.failures.remove(key);
+    }
+}
+
+/// Counters shown on `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub logins: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub login_limited: AtomicU64,
+    /// Requests refused: no or unknown credentials (401).
+    pub unauthenticated: AtomicU64,
+    /// Requests refused: the role is too low (403).
+    pub forbidden: AtomicU64,
+}
+
+/// The accounts, tokens, sessions and limiter of one gateway.
+pub struct Auth {
+    config: AuthConfig,
+    operators: HashMap<String, OperatorConfig>,
+    tokens: HashMap<[u8; 32], Principal>,
+    /// A hash verified when the user is unknown, so that costs what a known user costs.
+    dummy_hash: String,
+    sessions: Mutex<HashMap<String, Session>>,
+    limiter: Mutex<Limiter>,
+    pub stats: AuthStats,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("operators", &self.operators.len())
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// From a validated configuration (entries that do not parse are skipped; validation has
+    /// reported them).
+    pub fn new(config: AuthConfig) -> Self {
+        let mut operators = HashMap::new();
+        for o in &config.operators {
+            if PasswordHash::new(&o.password_hash).is_ok() {
+                operators.insert(o.user.clone(), o.clone());
+            }
+        }
+        let mut tokens = HashMap::new();
+        for t in &config.tokens {
+            if let Some(d) = parse_digest(&t.token_sha256) {
+                tokens.insert(
+                    d,
+                    Principal {
+                        user: t.name.clone(),
+                        name: t.name.clone(),
+                        role: t.role,
+                        via_session: false,
+                    },
+                );
+            }
+        }
+        let dummy_hash = hash_password("not a password of anyone").unwrap_or_default();
+        Auth {
+            config,
+            operators,
+            tokens,
+            dummy_hash,
+            sessions: Mutex::new(HashMap::new()),
+            limiter: Mutex::new(Limiter::default()),
+            stats: AuthStats::default(),
+        }
+    }
+
+    /// Whether anyone at all can get in (no accounts and no tokens: every `/api/v1` request is
+    /// refused, and the gateway says so at start).
+    pub fn is_empty(&self) -> bool {
+        self.operators.is_empty() && self.tokens.is_empty()
+    }
+
+    /// The principal of a bearer token.
+    pub fn token(&self, token: &str) -> Option<Principal> {
+        self.tokens.get(&digest(token)).cloned()
+    }
+
+    /// The principal of a session cookie's value, if the session is alive.
+    pub fn session(&self, id: &str, now_ms: i64) -> Option<Principal> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(id) {
+            Some(s) if s.expires_ms > now_ms => Some(s.principal.clone()),
+            Some(_) => {
+                sessions.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn logout(&self, id: &str) -> Option<Principal> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(id).map(|s| s.principal)
+    }
+
+    /// Checks a login. Blocking (argon2 takes tens of milliseconds): call it off the runtime.
+    pub fn login(&self, user: &str, password: &str, addr: Option<IpAddr>, now_ms: i64) -> LoginOutcome {
+        let window_ms = self.config.login_window_s as i64 * 1000;
+        let user_key = format!("u:{user}");
+        let addr_key = addr.map(|a| format!("a:{a}"));
+        {
+            let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            let by_user = lim.locked(&user_key, self.config.login_max_failures, window_ms, now_ms);
+            let by_addr = addr_key
+                .as_deref()
+                .and_then(|k| lim.locked(k, self.config.login_max_failures_per_address, window_ms, now_ms));
+            if let Some(wait) = by_user.max(by_addr) {
+                self.stats.login_limited.fetch_add(1, Ordering::Relaxed);
+                return LoginOutcome::Limited(wait);
+            }
+        }
+        let argon = Argon2::default();
+        let ok = match self.operators.get(user) {
+            Some(op) => PasswordHash::new(&op.password_hash)
+                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+                .then(|| op.clone()),
+            None => {
+                if let Ok(h) = PasswordHash::new(&self.dummy_hash) {
+                    let _ = argon.verify_password(password.as_bytes(), &h);
+                }
+                None
+            }
+        };
+        let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(op) = ok else {
+            self.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+            lim.fail(user_key, self.config.login_max_failures, now_ms);
+            if let Some(k) = addr_key {
+                lim.fail(k, self.config.login_max_failures_per_address, now_ms);
+            }
+            return LoginOutcome::Wrong;
+        };
+        lim.clear(&user_key);
+        drop(lim);
+        self.stats.logins.fetch_add(1, Ordering::Relaxed);
+        let principal = Principal {
+            user: op.user.clone(),
+            name: if op.name.is_empty() {
+                op.user.clone()
+            } else {
+                op.name.clone()
+            },
+            role: op.role,
+            via_session: true,
+        };
+        let id = random_hex(32);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires_ms > now_ms);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(k) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created_ms)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&k);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                principal: principal.clone(),
+                expires_ms: now_ms + self.config.session_hours as i64 * 3_600_000,
+                created_ms: now_ms,
+            },
+        );
+        LoginOutcome::Ok(id, principal)
+    }
+
+    pub fn session_max_age_s(&self) -> u64 {
+        self.config.session_hours * 3600
+    }
+
+    /// `/metrics` lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let sessions = self.sessions.lock().map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(out, "# TYPE nh_auth_logins_total counter");
+        let _ = writeln!(out, "nh_auth_logins_total {}", s.logins.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# TYPE nh_auth_login_failures_total counter");
+        let _ = writeln!(
+            out,
+            "nh_auth_login_failures_total{{reason=\"wrong\"}} {}",
+            s.login_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "nh_auth_login_failures_total{{reason=\"rate_limited\"}} {}",
+            s.login_limited.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE nh_auth_refused_total counter");
+        let _ = writeln!(
+            out,
+            "nh_auth_refused_total{{status=\"401\"}} {}",
+            s.unauthenticated.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "nh_auth_refused_total{{status=\"403\"}} {}",
+            s.forbidden.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE nh_auth_sessions gauge");
+        let _ = writeln!(out, "nh_auth_sessions {sessions}");
+    }
+}
+
+/// An argon2id PHC string of `password` with a fresh random salt (the default parameters of the
+/// `argon2` crate: 19 MiB, 2 passes, as OWASP recommends).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A new random API token (32 bytes as hex).
+pub fn generate_token() -> Result<String, String> {
+    let mut buf = [0u8; 32];
+    getrandom::getrandom(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(hex(&buf))
+}
+
+/// SHA-256 of a token, as configured in `token_sha256`.
+pub fn token_digest_hex(token: &str) -> String {
+    hex(&digest(token))
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn parse_digest(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// `n` random bytes as hex (session ids). Falls back to nothing predictable: a failure of the
+/// system's randomness is fatal for logins, so the login fails.
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    if getrandom::getrandom(&mut buf).is_err() {
+        // Never hand out a guessable session: an id no cookie can match.
+        return format!("unavailable-{}", std::process::id());
+    }
+    hex(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            operators: vec![
+                OperatorConfig {
+                    user: "nurse1".into(),
+                    name: "李护士".into(),
+                    role: Role::Operator,
+                    password_hash: hash_password("night-shift").expect("hash"),
+                },
+                OperatorConfig {
+                    user: "guard".into(),
+                    name: String::new(),
+                    role: Role::Viewer,
+                    password_hash: hash_password("gate").expect("hash"),
+                },
+            ],
+            tokens: vec![TokenConfig {
+                name: "city-platform".into(),
+                role: Role::Viewer,
+                token_sha256: token_digest_hex("s3cret-token-value"),
+            }],
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn login_session_token_and_logout() {
+        let auth = Auth::new(config());
+        let addr = Some("127.0.0.1".parse().expect("ip"));
+        let LoginOutcome::Ok(id, p) = auth.login("nurse1", "night-shift", addr, 1_000) else {
+            panic!("login refused");
+        };
+        assert_eq!(
+            (p.user.as_str(), p.name.as_str(), p.role),
+            ("nurse1", "李护士", Role::Operator)
+        );
+        assert_eq!(id.len(), 64);
+        assert_eq!(auth.session(&id, 2_000).map(|p| p.user), Some("nurse1".into()));
+        assert!(auth.session("forged", 2_000).is_none());
+        // 12 hours later the session is gone.
+        assert!(auth.session(&id, 1_000 + 12 * 3_600_000).is_none());
+        let LoginOutcome::Ok(id, _) = auth.login("nurse1", "night-shift", addr, 5_000) else {
+            panic!("login refused");
+        };
+        assert!(auth.logout(&id).is_some());
+        assert!(auth.session(&id, 6_000).is_none());
+        assert_eq!(auth.token("s3cret-token-value").map(|p| p.role), Some(Role::Viewer));
+        assert!(auth.token("s3cret-token-valuf").is_none());
+        assert!(matches!(
+            auth.login("nurse1", "Night-shift", addr, 7_000),
+            LoginOutcome::Wrong
+        ));
+        assert!(matches!(
+            auth.login("nobody", "night-shift", addr, 7_000),
+            LoginOutcome::Wrong
+        ));
+    }
+
+    #[test]
+    fn wrong_passwords_lock_the_user_out_for_the_window() {
+        let auth = Auth::new(AuthConfig {
+            login_window_s: 60,
+            ..config()
+        });
+        let addr = Some("10.0.0.5".parse().expect("ip"));
+        for i in 0..5 {
+            assert!(matches!(
+                auth.login("nurse1", "guess", addr, 1_000 + i),
+                LoginOutcome::Wrong
+            ));
+        }
+        // Even the right password is refused while locked out.
+        match auth.login("nurse1", "night-shift", addr, 2_000) {
+            LoginOutcome::Limited(s) => assert!((59..=60).contains(&s), "{s}"),
+            other => panic!("{other:?}"),
+        }
+        // Another user from the same control-room PC is not locked out.
+        assert!(matches!(auth.login("guard", "gate", addr, 2_000), LoginOutcome::Ok(..)));
+        // After the window the right password works again.
+        assert!(matches!(
+            auth.login("nurse1", "night-shift", addr, 62_000),
+            LoginOutcome::Ok(..)
+        ));
+    }
+
+    #[test]
+    fn one_address_guessing_many_names_is_limited() {
+        let auth = Auth::new(config());
+        let addr = Some("10.0.0.9".parse().expect("ip"));
+        for i in 0..20 {
+            assert!(matches!(
+                auth.login(&format!("user{i}"), "x", addr, 1_000),
+                LoginOutcome::Wrong
+            ));
+        }
+        assert!(matches!(
+            auth.login("nurse1", "night-shift", addr, 1_000),
+            LoginOutcome::Limited(_)
+        ));
+        let other = Some("10.0.0.10".parse().expect("ip"));
+        assert!(matches!(
+            auth.login("nurse1", "night-shift", other, 1_000),
+            LoginOutcome::Ok(..)
+        ));
+    }
+
+    #[test]
+    fn bad_entries_are_reported() {
+        let mut c = config();
+        c.operators.push(OperatorConfig {
+            user: "nurse1".into(),
+            name: String::new(),
+            role: Role::Admin,
+            password_hash: "plain-password".into(),
+        });
+        c.tokens.push(TokenConfig {
+            name: String::new(),
+            role: Role::Admin,
+            token_sha256: "abc".into(),
+        });
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.operators.2.user",
+                "auth.operators.2.password_hash",
+                "auth.tokens.1.name",
+                "auth.tokens.1.token_sha256"
+            ]
+        );
+        assert!(config().problems().is_empty());
+    }
+}
