@@ -250,3 +250,241 @@ async fn logout(State(s): State<AuthState>, headers: HeaderMap) -> Response {
 async fn me(State(s): State<AuthState>, Extension(p): Extension<Principal>) -> Response {
     Json(json!({ "user": p.user, "name": p.name, "role": p.role, "site": s.site })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{hash_password, token_digest_hex, AuthConfig, OperatorConfig, TokenConfig};
+
+    /// The middleware and login routes on a free loopback port, in front of a protected read
+    /// and write and the real audit log; returns the base URL.
+    async fn serve(db: PathBuf) -> String {
+        let op = |user: &str, role, password: &str| OperatorConfig {
+            user: user.into(),
+            name: String::new(),
+            role,
+            password_hash: hash_password(password).expect("hash"),
+        };
+        let auth = Arc::new(Auth::new(AuthConfig {
+            operators: vec![
+                op("nurse1", Role::Operator, "night-shift"),
+                op("guest", Role::Viewer, "look-only"),
+                op("head", Role::Admin, "head-nurse"),
+            ],
+            tokens: vec![TokenConfig {
+                name: "city-platform".into(),
+                role: Role::Viewer,
+                token_sha256: token_digest_hex("platform-token-0123456789"),
+            }],
+            ..AuthConfig::default()
+        }));
+        let site = SiteInfo {
+            id: "s1".into(),
+            name: "Test home".into(),
+            timezone: "Asia/Shanghai".into(),
+        };
+        let state = AuthState::new(auth, Clock::system(), site, db.clone());
+        let control = crate::api::control::ControlState::new(
+            Arc::new(
+                crate::registry::Registry::parse(std::path::Path::new("r.toml"), "site = \"s1\"\n").expect("registry"),
+            ),
+            Vec::new(),
+            Clock::system(),
+            vec![420],
+            480,
+            db,
+        );
+        let who = |Extension(p): Extension<Principal>| async move { p.user };
+        let protected = Router::new()
+            .route("/api/v1/thing", get(who).post(who))
+            .merge(crate::api::control::routes(control))
+            .merge(protected_routes(state.clone()))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), require));
+        let app = routes(state)
+            .merge(protected)
+            .layer(axum::middleware::from_fn(crate::api::security_headers));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn roles_sessions_tokens_limits_and_audit() {
+        let db = std::env::temp_dir().join(format!("nh-auth-http-{}.db", std::process::id()));
+        let base = serve(db.clone()).await;
+        let c = reqwest011::Client::new();
+        let url = |p: &str| format!("{base}{p}");
+        let login = |user: &str, password: &str| {
+            c.post(url("/api/v1/login"))
+                .header("content-type", "application/json")
+                .body(json!({ "user": user, "password": password }).to_string())
+                .send()
+        };
+        let cookie_of = |r: &reqwest011::Response| {
+            r.headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+
+        // No credentials: 401 for reads and writes, with the security headers.
+        let r = c.get(url("/api/v1/thing")).send().await.expect("get");
+        assert_eq!(r.status(), 401);
+        let csp = r.headers().get("content-security-policy").and_then(|v| v.to_str().ok());
+        assert!(csp.is_some_and(|v| v.starts_with("default-src 'self'")), "{csp:?}");
+        assert_eq!(c.post(url("/api/v1/thing")).send().await.expect("post").status(), 401);
+
+        // An operator logs in: an HttpOnly, SameSite cookie; reads and JSON writes pass.
+        let r = login("nurse1", "night-shift").await.expect("login");
+        assert_eq!(r.status(), 200);
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+        let nurse = cookie_of(&r);
+        let me: serde_json::Value = c
+            .get(url("/api/v1/me"))
+            .header("cookie", &nurse)
+            .send()
+            .await
+            .expect("me")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            (me["user"].as_str(), me["role"].as_str()),
+            (Some("nurse1"), Some("operator"))
+        );
+        assert_eq!(me["site"]["timezone"], "Asia/Shanghai");
+        let write = |cookie: String| {
+            c.post(url("/api/v1/thing"))
+                .header("cookie", cookie)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+        };
+        let r = write(nurse.clone()).await.expect("write");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("text"), "nurse1");
+        // A form post with the cookie (what another site could make a browser send): refused.
+        let r = c
+            .post(url("/api/v1/thing"))
+            .header("cookie", &nurse)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=1")
+            .send()
+            .await
+            .expect("form");
+        assert_eq!(r.status(), 415);
+        // The audit log is the admin's.
+        let r = c
+            .get(url("/api/v1/audit"))
+            .header("cookie", &nurse)
+            .send()
+            .await
+            .expect("audit");
+        assert_eq!(r.status(), 403);
+
+        // A viewer reads but cannot write; so does a viewer token.
+        let guest = cookie_of(&login("guest", "look-only").await.expect("login"));
+        assert_eq!(
+            c.get(url("/api/v1/thing"))
+                .header("cookie", &guest)
+                .send()
+                .await
+                .expect("get")
+                .status(),
+            200
+        );
+        assert_eq!(write(guest).await.expect("write").status(), 403);
+        let bearer = "Bearer platform-token-0123456789";
+        let r = c
+            .get(url("/api/v1/thing"))
+            .header("authorization", bearer)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("text"), "city-platform");
+        let r = c
+            .post(url("/api/v1/thing"))
+            .header("authorization", bearer)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 403);
+        let r = c
+            .get(url("/api/v1/thing"))
+            .header("authorization", "Bearer wrong-token")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 401);
+
+        // Logout ends the session.
+        let r = c
+            .post(url("/api/v1/logout"))
+            .header("cookie", &nurse)
+            .send()
+            .await
+            .expect("logout");
+        assert_eq!(r.status(), 204);
+        assert_eq!(
+            c.get(url("/api/v1/me"))
+                .header("cookie", &nurse)
+                .send()
+                .await
+                .expect("me")
+                .status(),
+            401
+        );
+
+        // Wrong passwords: 401 five times, then 429 with Retry-After, even for the right one.
+        for _ in 0..5 {
+            assert_eq!(login("nurse1", "guess").await.expect("login").status(), 401);
+        }
+        let r = login("nurse1", "night-shift").await.expect("login");
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!((1..=300).contains(&retry), "{retry}");
+
+        // The admin sees every login, failure, lockout and logout, newest first.
+        let head = cookie_of(&login("head", "head-nurse").await.expect("login"));
+        let log: Vec<serde_json::Value> = c
+            .get(url("/api/v1/audit?limit=100"))
+            .header("cookie", &head)
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("json");
+        let actions: Vec<(&str, &str)> = log
+            .iter()
+            .map(|e| (e["actor"].as_str().unwrap_or(""), e["action"].as_str().unwrap_or("")))
+            .collect();
+        let mut expected = vec![("head", "login"), ("nurse1", "login_rate_limited")];
+        expected.extend([("nurse1", "login_failed"); 5]);
+        expected.extend([("nurse1", "logout"), ("guest", "login"), ("nurse1", "login")]);
+        assert_eq!(actions, expected);
+
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
