@@ -318,3 +318,43 @@ async fn readings(State(s): State<ApiState>, Query(q): Query<ReadingsQuery>) -> 
     let rows = s.with_store(move |st| st.history(&device, since, limit)).await?;
     Ok(Json(rows).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(last_seen: Option<i64>, interval_s: u64, values: serde_json::Value) -> DeviceView {
+        DeviceView {
+            interval_s: Some(interval_s),
+            last_seen,
+            battery_pct: values.get("battery_pct").and_then(|v| v.as_f64()),
+            last_values: values,
+            ..view_of_row(None)
+        }
+    }
+
+    #[test]
+    fn device_status_for_the_facility_view() {
+        let now = 1_000_000;
+        let status = |d: DeviceView| {
+            let d = d.with_status(now, 3);
+            (d.status, d.online, d.low_battery, d.fault)
+        };
+        assert_eq!(status(seen(None, 60, json!({}))), ("never_seen", false, false, false));
+        // Offline after 3 intervals of silence (R17), whatever the last values said.
+        assert_eq!(
+            status(seen(Some(now - 180_001), 60, json!({"fault": true}))),
+            ("offline", false, false, true)
+        );
+        assert_eq!(status(seen(Some(now - 180_000), 60, json!({}))), ("ok", true, false, false));
+        assert_eq!(
+            status(seen(Some(now), 60, json!({"fault": true, "battery_pct": 5.0}))),
+            ("fault", true, true, true)
+        );
+        assert_eq!(
+            status(seen(Some(now), 60, json!({"battery_pct": 19.5}))),
+            ("low_battery", true, true, false)
+        );
+        assert_eq!(status(seen(Some(now), 60, json!({"battery_pct": 20.0}))), ("ok", true, false, false));
+    }
+}
