@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need from Debian's packages when missing
-# (VictoriaMetrics, Mosquitto), builds the binaries the end-to-end tests start, and runs the
-# whole test suite. `.ci/run` calls exactly this.
+# (VictoriaMetrics, Mosquitto, Chromium and chromedriver, CJK fonts), builds the binaries the
+# end-to-end tests start, and runs the whole test suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# The browser test: headless Chromium driven over WebDriver, and CJK fonts for its screenshots.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing from Debian's packages: ${need[*]}"
   sudo_cmd=""

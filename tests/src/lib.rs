@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod fault_proxy;
+pub mod webdriver;
 
 /// The workspace root (this crate sits in `tests/`).
 pub fn workspace_root() -> PathBuf {

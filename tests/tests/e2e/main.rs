@@ -8,10 +8,12 @@
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
 //! - `serial`: Modbus RTU gas detectors and an MR60FDA1 radar on pseudo-terminals from `nh-sim serial`.
+//! - `browser`: the control-room page in a real headless Chromium over WebDriver.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 
 mod alert_lifecycle;
 mod bad_input;
+mod browser;
 mod chaos;
 mod config_files;
 mod influx_faults;
