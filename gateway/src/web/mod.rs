@@ -16,9 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-/// The page's policy: only its own origin, no inline script or style, never framed (an
-/// acknowledge button in someone else's frame would be a click-jacking target).
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; frame-ancestors 'none'";
+/// The page's policy is the API's (`default-src 'self'`: only its own origin, no inline script
+/// or style; never framed, as an acknowledge button in someone else's frame would be a
+/// click-jacking target), set here too so the page keeps it whatever layers wrap these routes.
+pub use crate::api::CONTENT_SECURITY_POLICY;
 
 /// One embedded file.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +80,7 @@ fn serve(asset: &Asset) -> Response {
             ),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
             (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         ],
         asset.body,
     )

@@ -634,6 +634,32 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "six wrong passwords");
 
+    // ---- the gateway hangs (SIGSTOP): the stream stays open but the heartbeats stop. The page
+    // must not take that silence for calm: lost after 15 s without a heartbeat (the last one
+    // may be up to 5 s old), back to normal once they return.
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &gw.pid.to_string()])
+            .status()
+            .map_err(anyhow::Error::from)
+            .and_then(|s| if s.success() { Ok(()) } else { bail!("kill {sig} failed") })
+    };
+    signal("-STOP")?;
+    let stopped = Instant::now();
+    let shown = b.wait_visible("#conn-lost", Duration::from_secs(30)).await;
+    let silent_for = stopped.elapsed();
+    signal("-CONT")?;
+    shown.context("connection-lost banner while the gateway is stopped")?;
+    println!("gateway SIGSTOPped -> connection-lost shown: {} ms", silent_for.as_millis());
+    assert!(
+        silent_for >= Duration::from_secs(9),
+        "lost shown after {silent_for:?}: earlier than the 15 s heartbeat timeout allows"
+    );
+    b.wait_gone("#conn-lost", Duration::from_secs(15))
+        .await
+        .context("the banner goes once heartbeats return")?;
+    wait_body_data(&b, "conn", "ok", UI_TIMEOUT).await?;
+
     // ---- the gateway dies: the page must say so, loudly.
     let killed = Instant::now();
     gw.proc.child.kill()?;
