@@ -624,6 +624,7 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     }
     // Last, since the limit also counts per client address (the browser's too).
     let mut statuses = Vec::new();
+    let mut retry_after = None;
     for _ in 0..6 {
         let r = anonymous()
             .post(api("/api/v1/login"))
@@ -631,8 +632,13 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
             .send()
             .await?;
         statuses.push(r.status().as_u16());
+        retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "six wrong passwords");
+    assert!(retry_after.is_some_and(|s| s > 0), "429 without Retry-After");
 
     // ---- the gateway hangs (SIGSTOP): the stream stays open but the heartbeats stop. The page
     // must not take that silence for calm: lost after 15 s without a heartbeat (the last one
@@ -642,7 +648,13 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
             .args([sig, &gw.pid.to_string()])
             .status()
             .map_err(anyhow::Error::from)
-            .and_then(|s| if s.success() { Ok(()) } else { bail!("kill {sig} failed") })
+            .and_then(|s| {
+                if s.success() {
+                    Ok(())
+                } else {
+                    bail!("kill {sig} failed")
+                }
+            })
     };
     signal("-STOP")?;
     let stopped = Instant::now();
@@ -650,7 +662,10 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     let silent_for = stopped.elapsed();
     signal("-CONT")?;
     shown.context("connection-lost banner while the gateway is stopped")?;
-    println!("gateway SIGSTOPped -> connection-lost shown: {} ms", silent_for.as_millis());
+    println!(
+        "gateway SIGSTOPped -> connection-lost shown: {} ms",
+        silent_for.as_millis()
+    );
     assert!(
         silent_for >= Duration::from_secs(9),
         "lost shown after {silent_for:?}: earlier than the 15 s heartbeat timeout allows"
