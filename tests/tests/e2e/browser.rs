@@ -310,6 +310,25 @@ async fn enable_sound(b: &Browser) -> Result<()> {
     b.wait_gone("#enable-sound", UI_TIMEOUT).await
 }
 
+/// How many times the page has sounded a tone pattern.
+async fn tone_plays(b: &Browser) -> Result<u64> {
+    Ok(body_data(b, "tonePlays").await?.parse().unwrap_or(0))
+}
+
+/// Waits until the page's current tone has sounded twice more (the P1 pattern repeats every 2 s,
+/// the connection-lost one every 4 s).
+async fn tone_repeats(b: &Browser) -> Result<()> {
+    let start = tone_plays(b).await?;
+    let t0 = Instant::now();
+    while tone_plays(b).await? < start + 2 {
+        if t0.elapsed() > Duration::from_secs(12) {
+            bail!("the tone did not repeat (plays: {start} -> {})", tone_plays(b).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// The board's cards as (priority, rule, device, state), top to bottom.
 async fn board(b: &Browser) -> Result<Vec<(String, String, String, String)>> {
     let v = b
@@ -431,6 +450,7 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     assert_eq!(order, ["P1", "P2", "P4"], "priority order");
     // The P1 tone repeats until acknowledged.
     wait_body_data(&b, "tone", "p1", Duration::from_secs(3)).await?;
+    tone_repeats(&b).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.save_screenshot(&artifacts().join("board-zh.png")).await?;
 
@@ -465,6 +485,9 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     );
     assert!(b.find_all(&format!("{fall_card} button.ack")).await?.is_empty());
     wait_body_data(&b, "tone", "none", Duration::from_secs(3)).await?;
+    let plays = tone_plays(&b).await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(tone_plays(&b).await?, plays, "a tone sounded after the acknowledgement");
 
     // ---- resolve with a note, once the resident is up again.
     publish(&devices, "radar-101", json!({"fall_state": "none", "presence": true})).await?;
@@ -687,6 +710,7 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
         killed.elapsed().as_millis()
     );
     wait_body_data(&b, "tone", "conn", Duration::from_secs(2)).await?;
+    tone_repeats(&b).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.save_screenshot(&artifacts().join("connection-lost.png")).await?;
 

@@ -7,7 +7,8 @@
 // Silence must never look like calm: the page watches the SSE heartbeat (every 5 s from the
 // gateway) and shows a red banner with a repeating tone when it is missing for 15 s, when the
 // stream errors, or when the gateway reports itself degraded. The state is mirrored on <body> as
-// data-conn (connecting|ok|lost), data-tone (none|p1|conn|degraded) and data-sound (on|off).
+// data-conn (connecting|ok|lost), data-tone (none|p1|conn|degraded), data-sound (on|off) and
+// data-tone-plays (how many times a tone pattern has sounded).
 "use strict";
 
 (function () {
@@ -54,6 +55,7 @@
     chartData: null,
     audio: null,
     nextToneAt: 0,
+    tonePlays: 0,
     action: null,
     fmtCache: new Map(),
   };
@@ -461,6 +463,9 @@
     const p = PATTERNS[tone];
     S.nextToneAt = now + p.every;
     for (const [freq, at, dur] of p.notes) beep(freq, at, dur, p.type);
+    // How many times a pattern has sounded: lets a test (or a curious engineer) see it repeat.
+    S.tonePlays += 1;
+    body.dataset.tonePlays = String(S.tonePlays);
   }
 
   function beep(freq, at, dur, type) {
