@@ -288,6 +288,7 @@
     S.seen.clear();
     S.conn = "connecting";
     S.lostSince = null;
+    S.lastBeat = 0;
     S.degraded = false;
     body.dataset.conn = "connecting";
     body.dataset.role = "";
@@ -321,7 +322,10 @@
   function connect() {
     if (S.es) S.es.close();
     clearTimeout(S.reconnectTimer);
+    // The watchdog counts from here until this stream's first heartbeat (a beat of an earlier
+    // stream, before a logout say, must not make a fresh login look lost).
     S.connectStarted = Date.now();
+    S.lastBeat = 0;
     const es = new EventSource("/api/v1/alerts/stream");
     S.es = es;
     es.addEventListener("open", () => resync());
