@@ -399,6 +399,9 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     let mut net = NetworkLog::default();
 
     // ---- a nurse logs in through the form and enables sound.
+    b.navigate(&gw.url("/")).await?;
+    b.wait_visible("#login-form", UI_TIMEOUT).await?;
+    b.save_screenshot(&artifacts().join("login.png")).await?;
     login(&b, &gw, NURSE).await?;
     enable_sound(&b).await?;
     wait_body_data(&b, "conn", "ok", UI_TIMEOUT).await?;
