@@ -311,6 +311,21 @@ impl Browser {
             .unwrap_or(false))
     }
 
+    /// The cookies of the current page's origin, as WebDriver describes them (`name`, `value`,
+    /// `httpOnly`, `sameSite`, ...); HttpOnly ones included.
+    pub async fn cookies(&self) -> Result<Vec<J>> {
+        Ok(self
+            .cmd("GET", "/cookie", None)
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    pub async fn delete_cookie(&self, name: &str) -> Result<()> {
+        self.cmd("DELETE", &format!("/cookie/{name}"), None).await.map(|_| ())
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
     pub async fn execute(&self, script: &str, args: J) -> Result<J> {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": args})))

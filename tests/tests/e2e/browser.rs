@@ -563,7 +563,22 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
         .await?;
     b.save_screenshot(&artifacts().join("audit.png")).await?;
     b.collect_network(&mut net).await?;
-    logout(&b).await?;
+
+    // ---- the session cookie as the browser holds it, then a session that ends unasked: the
+    // page must not fall back to a quiet login form.
+    let cookies = b.cookies().await?;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "nh_session")
+        .ok_or_else(|| anyhow!("no nh_session cookie: {cookies:?}"))?;
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    b.delete_cookie("nh_session").await?;
+    b.click(&b.find("#tab-facility").await?).await?;
+    b.wait_visible("#session-lost", UI_TIMEOUT).await?;
+    b.wait_visible("#login-form", UI_TIMEOUT).await?;
+    wait_body_data(&b, "tone", "conn", Duration::from_secs(3)).await?;
+    b.save_screenshot(&artifacts().join("session-lost.png")).await?;
 
     // ---- a viewer: no buttons, and the API refuses the write.
     login(&b, &gw, VIEWER).await?;

@@ -49,6 +49,7 @@
     lastBeat: 0,
     conn: "connecting",
     lostSince: null,
+    expired: false,
     degraded: false,
     view: "board",
     selectedDevice: null,
@@ -200,7 +201,7 @@
         data = { error: text };
       }
     }
-    if (r.status === 401 && path !== "/api/v1/login" && S.me) endSession();
+    if (r.status === 401 && path !== "/api/v1/login" && S.me) endSession(true);
     return { ok: r.ok, status: r.status, data, headers: r.headers };
   }
 
@@ -226,6 +227,9 @@
     $("conn-lost").hidden = true;
     $("degraded").hidden = true;
     $("conn-state").hidden = true;
+    $("session-lost").hidden = !S.expired;
+    // The clock runs only with a session (it needs the site's zone): never leave it frozen.
+    $("clock").textContent = "";
     $("user-name").textContent = "";
     for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-login";
     $("login-user").focus();
@@ -259,11 +263,13 @@
 
   async function logout() {
     await api("POST", "/api/v1/logout", {});
-    endSession();
+    endSession(false);
   }
 
   function startSession(me) {
     S.me = me;
+    S.expired = false;
+    $("session-lost").hidden = true;
     S.fmtCache.clear();
     body.dataset.role = me.role || "viewer";
     $("site-name").textContent = (me.site && (me.site.name || me.site.id)) || "";
@@ -279,7 +285,10 @@
     tick();
   }
 
-  function endSession() {
+  /** Back to the login form; `expired` when nobody asked for it (the session ran out or was
+   *  revoked): the board is gone, so the page says so loudly instead of looking calm. */
+  function endSession(expired) {
+    S.expired = !!expired;
     S.me = null;
     if (S.es) S.es.close();
     S.es = null;
@@ -439,7 +448,7 @@
 
   /** Which repeating tone the page should be sounding now. */
   function wantedTone() {
-    if (!S.me) return "none";
+    if (!S.me) return S.expired ? "conn" : "none";
     if (S.conn === "lost") return "conn";
     for (const a of S.alerts.values()) if (a.priority === "P1" && a.state === "active") return "p1";
     if (S.degraded) return "degraded";
