@@ -138,6 +138,10 @@
     return tOr("m_" + m, m);
   }
 
+  function zoneLabel(z) {
+    return tOr("z_" + z, z);
+  }
+
   function classLabel(c) {
     return tOr("cls_" + c, c || "?");
   }
@@ -395,6 +399,9 @@
     S.pending = null;
     if (r.ok && Array.isArray(r.data)) {
       S.alerts = new Map();
+      // Only open alerts need their seq remembered (the stream never replays older events), so
+      // a page left open for months keeps a bounded map.
+      S.seen = new Map();
       for (const a of r.data) {
         if (a.state === "resolved") continue;
         S.alerts.set(a.id, a);
@@ -763,7 +770,7 @@
     const inAlarm = devices.some((d) => alarms.has(d.id));
     const buttons = devices.map((d) => {
       const st = deviceStatus(d, alarms);
-      const label = classLabel(d.class) + (d.bed ? " · " + t("bed_n", { bed: d.bed }) : d.zone ? " · " + d.zone : "");
+      const label = classLabel(d.class) + (d.bed ? " · " + t("bed_n", { bed: d.bed }) : d.zone ? " · " + zoneLabel(d.zone) : "");
       const b = el(
         "button",
         {
@@ -835,7 +842,7 @@
     const facts = [
       [t("class"), classLabel(d.class)],
       [t("room"), d.room || "–"],
-      d.zone ? [t("zone"), d.zone] : null,
+      d.zone ? [t("zone"), zoneLabel(d.zone)] : null,
       d.bed ? [t("bed"), d.bed] : null,
       d.resident ? [t("resident"), res ? res.name : d.resident] : null,
       [t("status"), null],
