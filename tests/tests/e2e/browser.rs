@@ -126,8 +126,16 @@ const TOKEN: &str = "e2e-browser-test-token-0123456789";
 const FALL_DEADLINE: Duration = Duration::from_secs(10);
 const UI_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Where the screenshots go: `target/test-artifacts/` (so a test run leaves the tree clean), or
+/// `tests/artifacts/` with `NH_UPDATE_ARTIFACTS=1` to refresh the committed ones.
 fn artifacts() -> PathBuf {
-    workspace_root().join("tests/artifacts")
+    let dir = if std::env::var_os("NH_UPDATE_ARTIFACTS").is_some_and(|v| v == "1") {
+        workspace_root().join("tests/artifacts")
+    } else {
+        workspace_root().join("target/test-artifacts")
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    dir
 }
 
 /// `nh-gateway hash-password` / `hash-token` with the secret on stdin.
