@@ -231,7 +231,7 @@ fn http_app(
 ) -> axum::Router {
     let protected = api::router(api.clone())
         .merge(api::alerts::routes(alerts))
-        .merge(api::stream::routes(stream))
+        .merge(api::stream::routes(stream, api.auth.clone()))
         .merge(api::control::routes(control))
         .merge(crate::auth::http::protected_routes(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(

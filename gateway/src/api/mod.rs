@@ -346,7 +346,10 @@ mod tests {
             status(seen(Some(now - 180_001), 60, json!({"fault": true}))),
             ("offline", false, false, true)
         );
-        assert_eq!(status(seen(Some(now - 180_000), 60, json!({}))), ("ok", true, false, false));
+        assert_eq!(
+            status(seen(Some(now - 180_000), 60, json!({}))),
+            ("ok", true, false, false)
+        );
         assert_eq!(
             status(seen(Some(now), 60, json!({"fault": true, "battery_pct": 5.0}))),
             ("fault", true, true, true)
@@ -355,6 +358,9 @@ mod tests {
             status(seen(Some(now), 60, json!({"battery_pct": 19.5}))),
             ("low_battery", true, true, false)
         );
-        assert_eq!(status(seen(Some(now), 60, json!({"battery_pct": 20.0}))), ("ok", true, false, false));
+        assert_eq!(
+            status(seen(Some(now), 60, json!({"battery_pct": 20.0}))),
+            ("ok", true, false, false)
+        );
     }
 }

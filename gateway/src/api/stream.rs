@@ -2,23 +2,61 @@
 //! `Last-Event-ID` (the alert `seq`), with a heartbeat every 5 s. The stream itself is
 //! `alerts::delivery::sse`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::delivery::sse;
 pub use crate::alerts::delivery::sse::StreamState;
+use crate::auth::Auth;
 
 pub const PATH: &str = "/api/v1/alerts/stream";
 
-/// The stream route, with its state applied: merge it into the API router.
-pub fn routes(state: StreamState) -> Router {
-    Router::new().route(PATH, get(stream)).with_state(state)
+#[derive(Clone)]
+struct Ctx {
+    stream: StreamState,
+    /// With logins: a stream opened with a session cookie ends when the session does (logout
+    /// or expiry), so a page left open after logging out stops receiving alerts.
+    auth: Option<Arc<Auth>>,
 }
 
-async fn stream(State(state): State<StreamState>, headers: HeaderMap) -> Response {
+/// The stream route, with its state applied: merge it into the API router.
+pub fn routes(state: StreamState, auth: Option<Arc<Auth>>) -> Router {
+    Router::new()
+        .route(PATH, get(stream))
+        .with_state(Ctx { stream: state, auth })
+}
+
+/// A child of the stream's shutdown token, cancelled when the request's session ends.
+fn bound_to_session(state: &mut StreamState, auth: &Auth, headers: &HeaderMap) {
+    let Some((ended, expires_ms)) = crate::auth::http::session_id(headers).and_then(|id| auth.session_end(&id)) else {
+        return;
+    };
+    let child = state.shutdown.child_token();
+    let stream_over = CancellationToken::new();
+    state.shutdown = child.clone();
+    state.on_end = Some(stream_over.clone());
+    let wait = Duration::from_millis((expires_ms - crate::clock::system_now_ms()).max(0) as u64);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = ended.cancelled() => child.cancel(),
+            _ = tokio::time::sleep(wait) => child.cancel(),
+            _ = stream_over.cancelled() => {}
+        }
+    });
+}
+
+async fn stream(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    let mut state = ctx.stream;
+    if let Some(auth) = &ctx.auth {
+        bound_to_session(&mut state, auth, &headers);
+    }
     let after = match headers.get("last-event-id") {
         None => None,
         Some(v) => match v.to_str().ok().map(str::trim).and_then(|s| s.parse::<u64>().ok()) {
@@ -137,7 +175,7 @@ mod tests {
         state.heartbeat = heartbeat;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let app = routes(state);
+        let app = routes(state, None);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -100,7 +100,8 @@ pub fn principal_of(auth: &Auth, headers: &HeaderMap) -> Option<Principal> {
     session_id(headers).and_then(|id| auth.session(&id, system_now_ms()))
 }
 
-fn session_id(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's value.
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -283,7 +284,15 @@ mod tests {
             name: "Test home".into(),
             timezone: "Asia/Shanghai".into(),
         };
-        let state = AuthState::new(auth, Clock::system(), site, db.clone());
+        let state = AuthState::new(auth.clone(), Clock::system(), site, db.clone());
+        let (seq_tx, seq_rx) = tokio::sync::watch::channel(0u64);
+        let stream = crate::api::stream::StreamState::new(
+            db.clone(),
+            seq_rx,
+            || "ok",
+            Arc::new(crate::alerts::delivery::DeliveryStats::default()),
+            tokio_util::sync::CancellationToken::new(),
+        );
         let control = crate::api::control::ControlState::new(
             Arc::new(
                 crate::registry::Registry::parse(std::path::Path::new("r.toml"), "site = \"s1\"\n").expect("registry"),
@@ -298,6 +307,7 @@ mod tests {
         let protected = Router::new()
             .route("/api/v1/thing", get(who).post(who))
             .merge(crate::api::control::routes(control))
+            .merge(crate::api::stream::routes(stream, Some(auth)))
             .merge(protected_routes(state.clone()))
             .layer(axum::middleware::from_fn_with_state(state.clone(), require));
         let app = routes(state)
@@ -429,7 +439,16 @@ mod tests {
             .expect("get");
         assert_eq!(r.status(), 401);
 
-        // Logout ends the session.
+        // Logout ends the session, and the alert stream opened with it.
+        let mut sse = c
+            .get(url("/api/v1/alerts/stream"))
+            .header("cookie", &nurse)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(sse.status(), 200);
+        let first = sse.chunk().await.expect("chunk").unwrap_or_default();
+        assert!(String::from_utf8_lossy(&first).contains("heartbeat"), "{first:?}");
         let r = c
             .post(url("/api/v1/logout"))
             .header("cookie", &nurse)
@@ -437,6 +456,19 @@ mod tests {
             .await
             .expect("logout");
         assert_eq!(r.status(), 204);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match sse.chunk().await {
+                    Ok(Some(_)) => {}
+                    other => return format!("{other:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            end.as_deref().is_ok_and(|e| e == "Ok(None)"),
+            "the stream outlived its session: {end:?}"
+        );
         assert_eq!(
             c.get(url("/api/v1/me"))
                 .header("cookie", &nurse)

@@ -205,6 +205,8 @@ pub enum LoginOutcome {
 
 struct Session {
     principal: Principal,
+    /// Cancelled when the session ends by logout or eviction (expiry is by time).
+    ended: tokio_util::sync::CancellationToken,
     expires_ms: i64,
     created_ms: i64,
 }
@@ -352,7 +354,15 @@ impl Auth {
 
     pub fn logout(&self, id: &str) -> Option<Principal> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.remove(id).map(|s| s.principal)
+        let s = sessions.remove(id)?;
+        s.ended.cancel();
+        Some(s.principal)
+    }
+
+    /// A live session's end: the token its logout cancels, and its expiry (ms).
+    pub fn session_end(&self, id: &str) -> Option<(tokio_util::sync::CancellationToken, i64)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(id).map(|s| (s.ended.clone(), s.expires_ms))
     }
 
     /// Checks a login. Blocking (argon2 takes tens of milliseconds): call it off the runtime.
@@ -421,6 +431,7 @@ impl Auth {
             id.clone(),
             Session {
                 principal: principal.clone(),
+                ended: tokio_util::sync::CancellationToken::new(),
                 expires_ms: now_ms + self.config.session_hours as i64 * 3_600_000,
                 created_ms: now_ms,
             },

@@ -47,8 +47,11 @@ pub struct StreamState {
     pub status: StatusFn,
     pub heartbeat: Duration,
     pub stats: Arc<DeliveryStats>,
-    /// Ends every stream (so a graceful HTTP shutdown is not held by open streams).
+    /// Ends every stream (so a graceful HTTP shutdown is not held by open streams); one
+    /// client's stream may get a child of it that its session's end cancels.
     pub shutdown: CancellationToken,
+    /// Cancelled when this client's stream ends, for whoever watches on its behalf.
+    pub on_end: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for StreamState {
@@ -76,6 +79,7 @@ impl StreamState {
             heartbeat: HEARTBEAT,
             stats,
             shutdown,
+            on_end: None,
         }
     }
 }
@@ -123,6 +127,7 @@ impl Drop for ClientGuard {
 pub async fn pump<W: AsyncWrite + Unpin>(state: StreamState, after: Option<u64>, mut out: W) -> std::io::Result<()> {
     state.stats.sse_clients.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(state.stats.clone());
+    let _ended = state.on_end.clone().map(CancellationToken::drop_guard);
     let mut events = NewEvents::new(state.last_seq.clone());
     let announced = events.mark_seen();
     let mut cursor = match after {
