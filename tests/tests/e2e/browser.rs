@@ -754,3 +754,45 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     b.quit().await?;
     Ok(())
 }
+
+/// A gateway that reports itself degraded (here: its radar UART is not plugged in) must not look
+/// calm: the page shows the amber banner and the degraded tone repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_gateway_is_shown_with_a_banner_and_tone() -> Result<()> {
+    let dir = TempDir::new("browser-degraded")?;
+    let config = site_config(dir.path())?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!(
+        "[[serial]]\nbus = \"ward2\"\npath = {:?}\nprotocol = \"mr60fda1\"\nbaud = 115200\ndevice = \"radar-201\"\nroom = \"A-201\"\n",
+        dir.path().join("no-such-tty").display().to_string()
+    ));
+    std::fs::write(&config, text)?;
+    let gw = Gateway::start(&config, &[], dir.path()).await?;
+    let health = anonymous().get(gw.url("/healthz")).send().await?;
+    assert_eq!(health.status().as_u16(), 503, "a link is down: /healthz says degraded");
+
+    let b = Browser::start(dir.path()).await?;
+    login(&b, &gw, NURSE).await?;
+    enable_sound(&b).await?;
+    // The first heartbeat comes at once; the banner follows it.
+    b.wait_visible("#degraded", UI_TIMEOUT)
+        .await
+        .context("degraded banner")?;
+    assert!(
+        !b.displayed(&b.find("#conn-lost").await?).await?,
+        "degraded is not a lost connection"
+    );
+    // No P1 is open (S1 for the link is a P2), so what sounds is the degraded pattern.
+    wait_body_data(&b, "tone", "degraded", UI_TIMEOUT).await?;
+    let t0 = Instant::now();
+    let first = tone_plays(&b).await?;
+    while tone_plays(&b).await? < first + 1 {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the degraded tone did not repeat within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.save_screenshot(&artifacts().join("degraded.png")).await?;
+    b.quit().await?;
+    Ok(())
+}
