@@ -351,7 +351,10 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &[Ingest]) -> Result<RowId, StoreError> {
-        let mut seqs = self.seqs.clone();
+        // The batch's own seq updates, applied to `self.seqs` only once the commit holds (a
+        // failed commit is retried with the same batch). Not a clone of the whole map: that cost
+        // one String per known device per commit, thousands of allocations per transaction.
+        let mut seqs: HashMap<&str, u64> = HashMap::new();
         let mut deltas: HashMap<&str, DeviceDelta> = HashMap::new();
         let mut rows = 0u64;
         let conn = self.store.conn_mut();
@@ -386,13 +389,17 @@ impl Writer {
                 d.readings += 1;
                 d.metrics.extend(r.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
                 if let Some(seq) = r.seq {
-                    match seqs.get(&r.device).copied() {
+                    let prev = seqs
+                        .get(r.device.as_str())
+                        .or_else(|| self.seqs.get(&r.device))
+                        .copied();
+                    match prev {
                         Some(prev) if seq == prev => d.duplicates += 1,
                         Some(prev) if seq > prev + 1 => d.gaps += seq - prev - 1,
                         Some(prev) if seq < prev => d.resets += 1,
                         _ => {}
                     }
-                    seqs.insert(r.device.clone(), seq);
+                    seqs.insert(r.device.as_str(), seq);
                     d.last_seq = Some(seq);
                 }
             }
@@ -429,7 +436,14 @@ impl Writer {
         let (dups, gaps, resets) = deltas
             .values()
             .fold((0, 0, 0), |a, d| (a.0 + d.duplicates, a.1 + d.gaps, a.2 + d.resets));
-        self.seqs = seqs;
+        for (device, seq) in seqs {
+            match self.seqs.get_mut(device) {
+                Some(s) => *s = seq,
+                None => {
+                    self.seqs.insert(device.to_owned(), seq);
+                }
+            }
+        }
         let t = &self.telemetry;
         t.journal_commits.fetch_add(1, Ordering::Relaxed);
         t.journal_rows.fetch_add(rows, Ordering::Relaxed);
