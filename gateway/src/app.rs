@@ -256,6 +256,11 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         observer: Some(observer_tx),
         observer_priority: Some(priority_observer_tx),
         exit_on_corruption: true,
+        bulk_linger: crate::journal::writer::BULK_LINGER,
+        bulk_linger_gap: crate::journal::writer::BULK_LINGER_GAP,
+        // Half the MQTT window: acknowledgements wait for the commit, so a batch never grows
+        // past the window and must not wait for one that cannot.
+        bulk_linger_messages: usize::from(config.mqtt.inflight / 2).max(1),
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
     info!(
