@@ -94,21 +94,24 @@ pub async fn run_probe(opts: ProbeOptions) -> anyhow::Result<ProbeSummary> {
     if !crate::registry::is_valid_id(&opts.site) {
         anyhow::bail!("site `{}` is not a valid id", opts.site);
     }
-    let (host, port) = parse_broker(&opts.broker)?;
     let id = opts
         .client_id
         .clone()
         .unwrap_or_else(|| format!("nh-sim-probe-{}", std::process::id()));
-    let mut mqtt = MqttOptions::new(id, host, port);
-    mqtt.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some(c) = &opts.credentials {
-        mqtt.set_credentials(c.username.clone(), c.password.clone());
-    }
-    let (client, mut eventloop) = AsyncClient::new(mqtt, 1_000);
-    let mut net = eventloop.network_options();
-    net.set_tcp_nodelay(true);
-    eventloop.set_network_options(net);
+    // Two connections, as a control room and a device are two clients. On one connection the
+    // broker's PubAck for the reading would still be unacknowledged at TCP level when the alert
+    // follows it, and Nagle's algorithm on the broker's socket (neither rumqttd nor Mosquitto
+    // sets TCP_NODELAY by default) would hold the alert until the probe's delayed ACK: about
+    // 40 ms that no real subscriber pays.
+    let (client, mut eventloop) = connect(&opts, format!("{id}-sub"))?;
+    let (publisher, mut publisher_loop) = connect(&opts, format!("{id}-pub"))?;
+    let publisher_driver = tokio::spawn(async move {
+        loop {
+            if publisher_loop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     let arrivals: Arrivals = Arc::default();
     let seen = arrivals.clone();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,7 +161,7 @@ pub async fn run_probe(opts: ProbeOptions) -> anyhow::Result<ProbeSummary> {
             tokio::time::sleep_until(start + every * i as u32).await;
             let topic = format!("nh/{}/{device}/telemetry", opts.site);
             let at = (Instant::now(), wall_ms());
-            client
+            publisher
                 .publish(topic, QoS::AtLeastOnce, false, opts.trigger.payload())
                 .await
                 .map_err(|e| anyhow!("publish: {e}"))?;
@@ -197,7 +200,24 @@ pub async fn run_probe(opts: ProbeOptions) -> anyhow::Result<ProbeSummary> {
     }
     .await;
     let _ = client.try_disconnect();
+    let _ = publisher.try_disconnect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     driver.abort();
+    publisher_driver.abort();
     result
+}
+
+fn connect(opts: &ProbeOptions, id: String) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
+    let (host, port) = parse_broker(&opts.broker)?;
+    let mut mqtt = MqttOptions::new(id, host, port);
+    mqtt.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(c) = &opts.credentials {
+        mqtt.set_credentials(c.username.clone(), c.password.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(mqtt, 1_000);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
 }
