@@ -18,6 +18,11 @@
 //! - [`fleet`]: [`Fleet`] and [`run_fleet`]: publish a registry's fleet, paced on the (test) clock
 //!   or as fast as the broker takes it; the entry point of `nh-sim run` and `nh-gateway demo`.
 //! - [`load`]: open-loop load at a fixed offered rate ([`run_load`], `nh-sim load`).
+//! - [`sink`]: a plain subscriber that counts, acknowledges and times what a broker passes
+//!   through (`nh-sim sink`): the raw broker's limit the gateway is measured against.
+//! - [`probe`]: the alert-latency probe (`nh-sim alert-probe`): life-safety readings in, their
+//!   alerts out of `nh/{site}/alerts`, timed.
+//! - [`latency`]: latency percentiles for the reports.
 //! - [`facility`]: `gen-registry`, the registry of a demo facility;
 //!   [`facility::demo_registry_toml`] is `config/demo/devices.toml`, generated in process.
 //! - [`scenario`]: scenario files (`config/scenarios/`: scripted device behaviour over the
@@ -54,15 +59,18 @@ pub mod behaviour;
 pub mod clock;
 pub mod facility;
 pub mod fleet;
+pub mod latency;
 pub mod link;
 pub mod load;
 pub mod metrics;
+pub mod probe;
 pub mod record;
 pub mod registry;
 pub mod rng;
 pub mod scenario;
 pub mod schedule;
 pub mod serial;
+pub mod sink;
 pub mod wire;
 
 #[cfg(test)]

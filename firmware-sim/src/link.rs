@@ -40,6 +40,7 @@ use anyhow::{anyhow, Context};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Publishes in flight before waiting for PubAcks: high enough that a loopback broker is never
 /// waited on per message (rumqttc's default of 100 caps throughput at one round trip per 100).
@@ -127,6 +128,17 @@ pub struct LinkStats {
     pub unknown_acks: AtomicU64,
     /// Events that did not line up with the messages queued (see the module docs).
     pub mapping_errors: AtomicU64,
+    /// Microseconds from each acknowledged message's start (its schedule slot, see
+    /// [`Link::publish_scheduled`], else its hand-over to the link) to its PubAck, in PubAck
+    /// order. Four bytes a message: a million acknowledged messages hold 4 MB.
+    pub ack_latency_us: Mutex<Vec<u32>>,
+}
+
+impl LinkStats {
+    /// Takes the acknowledgement latencies gathered so far.
+    pub fn take_ack_latencies(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.ack_latency_us.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// A publish on its way, with the tag its publisher gave it.
@@ -134,6 +146,8 @@ pub struct LinkStats {
 struct Outbound {
     publish: Publish,
     tag: Option<u64>,
+    /// Where its acknowledgement latency counts from.
+    since: Instant,
 }
 
 /// Publishes queued into rumqttc's request channel, in channel order.
@@ -232,16 +246,37 @@ impl Link {
     /// Queues one publish; waits while the queue is full (backpressure). Cancel-safe: a cancelled
     /// call queued nothing.
     pub async fn publish(&self, topic: &str, qos: QoS, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.queue(topic, qos, payload, None).await
+        self.queue(topic, qos, payload, None, Instant::now()).await
     }
 
     /// Like [`Link::publish`], and once the broker acknowledges the message (QoS 1) `tag` comes
     /// out of [`Link::take_acked_tags`].
     pub async fn publish_tagged(&self, topic: &str, qos: QoS, payload: Vec<u8>, tag: u64) -> anyhow::Result<()> {
-        self.queue(topic, qos, payload, Some(tag)).await
+        self.queue(topic, qos, payload, Some(tag), Instant::now()).await
     }
 
-    async fn queue(&self, topic: &str, qos: QoS, payload: Vec<u8>, tag: Option<u64>) -> anyhow::Result<()> {
+    /// Like [`Link::publish_tagged`], with the acknowledgement latency counted from `due` (the
+    /// message's slot in an open-loop schedule) rather than from the hand-over: time the sender
+    /// ran late counts too, so a stalled broker cannot hide behind a stalled sender.
+    pub async fn publish_scheduled(
+        &self,
+        topic: &str,
+        qos: QoS,
+        payload: Vec<u8>,
+        tag: u64,
+        due: Instant,
+    ) -> anyhow::Result<()> {
+        self.queue(topic, qos, payload, Some(tag), due).await
+    }
+
+    async fn queue(
+        &self,
+        topic: &str,
+        qos: QoS,
+        payload: Vec<u8>,
+        tag: Option<u64>,
+        since: Instant,
+    ) -> anyhow::Result<()> {
         if qos == QoS::ExactlyOnce {
             anyhow::bail!("publish to {topic}: QoS 2 is not supported");
         }
@@ -250,7 +285,7 @@ impl Link {
         }
         let publish = Publish::new(topic, qos, payload);
         self.feed
-            .send(Outbound { publish, tag })
+            .send(Outbound { publish, tag, since })
             .await
             .map_err(|_| anyhow!("publish to {topic}: the link is closed"))
     }
@@ -371,6 +406,8 @@ struct Tracker {
     /// `Outgoing::Publish(id)`: that report is not a new request.
     written_on_ack: Option<u16>,
     mismatches: u64,
+    /// Start time of the message the last PubAck acknowledged (for its latency).
+    acked_since: Option<Instant>,
 }
 
 fn same_message(a: &Publish, b: &Publish) -> bool {
@@ -392,6 +429,7 @@ impl Tracker {
             held_back: None,
             written_on_ack: None,
             mismatches: 0,
+            acked_since: None,
         }
     }
 
@@ -442,6 +480,7 @@ impl Tracker {
                 self.written_on_ack = Some(pkid);
             }
         }
+        self.acked_since = Some(o.since);
         match o.tag {
             Some(tag) => Acked::Tagged(tag),
             None => Acked::Untagged,
@@ -459,19 +498,24 @@ impl Tracker {
             } else {
                 self.inflight.remove(&p.pkid)
             };
-            let tag = match ours {
-                Some(o) if same_message(&o.publish, &p) => o.tag,
+            let (tag, since) = match ours {
+                Some(o) if same_message(&o.publish, &p) => (o.tag, o.since),
                 _ => {
                     self.mismatch("publish handed back does not match its entry", p.pkid);
-                    None
+                    (None, Instant::now())
                 }
             };
-            again.push(Outbound { publish: fresh(p), tag });
+            again.push(Outbound {
+                publish: fresh(p),
+                tag,
+                since,
+            });
         }
         match (held_back, self.held_back.take()) {
             (Some(p), Some((id, o))) if id == p.pkid && same_message(&o.publish, &p) => again.push(Outbound {
                 publish: fresh(p),
                 tag: o.tag,
+                since: o.since,
             }),
             (None, None) => {}
             (p, _) => {
@@ -480,6 +524,7 @@ impl Tracker {
                     again.push(Outbound {
                         publish: fresh(p),
                         tag: None,
+                        since: Instant::now(),
                     });
                 }
             }
@@ -515,12 +560,17 @@ impl Driver {
                 self.tracker.held_back(*pkid);
             }
             Event::Incoming(Packet::PubAck(ack)) => match self.tracker.acked(ack.pkid) {
-                Acked::Tagged(tag) => {
-                    self.acked.send_modify(|n| *n += 1);
-                    // The reader may be gone (not interested): nothing to do then.
-                    let _ = self.tags.send(tag);
+                acked @ (Acked::Tagged(_) | Acked::Untagged) => {
+                    if let Some(since) = self.tracker.acked_since.take() {
+                        let us = since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                        self.stats
+                            .ack_latency_us
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(us);
+                    }
+                    self.count_ack(acked);
                 }
-                Acked::Untagged => self.acked.send_modify(|n| *n += 1),
                 Acked::Unknown => {
                     self.stats.unknown_acks.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(pkid = ack.pkid, "PubAck for no publish in flight");
@@ -533,6 +583,18 @@ impl Driver {
             .mapping_errors
             .store(self.tracker.mismatches, Ordering::Relaxed);
         true
+    }
+
+    fn count_ack(&mut self, acked: Acked) {
+        match acked {
+            Acked::Tagged(tag) => {
+                self.acked.send_modify(|n| *n += 1);
+                // The reader may be gone (not interested): nothing to do then.
+                let _ = self.tags.send(tag);
+            }
+            Acked::Untagged => self.acked.send_modify(|n| *n += 1),
+            Acked::Unknown => {}
+        }
     }
 
     /// After a connection error: applies what rumqttc buffered before it, takes back what it kept
@@ -855,6 +917,7 @@ mod tests {
         Outbound {
             publish: Publish::new("nh/s/d/telemetry", qos, tag.to_string()),
             tag: Some(tag),
+            since: Instant::now(),
         }
     }
 
@@ -966,6 +1029,7 @@ mod tests {
             Outbound {
                 publish: Publish::new("a", QoS::AtMostOnce, "x"),
                 tag: None,
+                since: Instant::now(),
             },
             entry(7, QoS::AtLeastOnce),
         ]);

@@ -25,13 +25,13 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::QoS;
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::fleet::{qos_of, DEFAULT_ACK_TIMEOUT};
+use crate::latency::Percentiles;
 use crate::link::{Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
 use crate::wire::{canonical, zigbee2mqtt, Format};
 
@@ -65,6 +65,35 @@ pub struct LoadOptions {
     pub clean_session: bool,
     /// Write one line `<device> <seq> <ts>` per acknowledged message to this file (QoS 1 only).
     pub record_acked: Option<PathBuf>,
+    /// Size of each reading.
+    pub payload: PayloadSize,
+}
+
+/// How much each load reading says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadSize {
+    /// Two metrics (about 90 bytes canonical).
+    Small,
+    /// A radar's usual report, seven metrics (about 150 bytes canonical, the size of the
+    /// issue's reference figures).
+    Typical,
+}
+
+impl PayloadSize {
+    pub fn parse(s: &str) -> Option<PayloadSize> {
+        match s {
+            "small" => Some(PayloadSize::Small),
+            "typical" => Some(PayloadSize::Typical),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadSize::Small => "small",
+            PayloadSize::Typical => "typical",
+        }
+    }
 }
 
 impl LoadOptions {
@@ -84,6 +113,7 @@ impl LoadOptions {
             credentials: None,
             clean_session: true,
             record_acked: None,
+            payload: PayloadSize::Small,
         }
     }
 }
@@ -122,6 +152,14 @@ pub struct LoadSummary {
     /// Link events that did not line up with the messages sent (0 unless something is wrong; the
     /// record file is not to be trusted otherwise).
     pub ack_mapping_errors: u64,
+    /// `small` or `typical` (see [`PayloadSize`]).
+    pub payload: &'static str,
+    /// Mean payload size in bytes.
+    pub payload_bytes: f64,
+    /// QoS 1: from each message's slot in the schedule to its PubAck (so time the sender ran
+    /// late counts); absent at QoS 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_latency: Option<Percentiles>,
 }
 
 /// Messages a schedule offers.
@@ -145,15 +183,43 @@ pub fn assignment(i: u64, devices: usize) -> (usize, u64) {
     ((i % d) as usize, i / d + 1)
 }
 
+#[cfg(test)]
 fn payload(format: Format, ts: i64, seq: u64) -> Vec<u8> {
-    match format {
-        Format::Canonical => json!({"ts": ts, "seq": seq, "metrics": {"presence": true, "body_movement": seq % 101}})
-            .to_string()
-            .into_bytes(),
-        Format::Zigbee2mqtt => json!({"occupancy": true, "linkquality": 30 + seq % 200, "last_seen": ts})
-            .to_string()
-            .into_bytes(),
+    payload_of(format, PayloadSize::Small, ts, seq)
+}
+
+/// One load reading. Written with `format!`, not `json!`: at a few hundred thousand messages per
+/// second the generator must not be what limits the run. `ts` is the send time (the stamp a
+/// subscriber measures end-to-end latency from).
+fn payload_of(format: Format, size: PayloadSize, ts: i64, seq: u64) -> Vec<u8> {
+    const MOTION: [&str; 3] = ["none", "stationary", "moving"];
+    const POSTURE: [&str; 4] = ["standing", "sitting", "lying", "on_bed"];
+    let movement = seq % 101;
+    match (format, size) {
+        (Format::Canonical, PayloadSize::Small) => {
+            format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{"presence":true,"body_movement":{movement}}}}}"#)
+        }
+        (Format::Canonical, PayloadSize::Typical) => format!(
+            r#"{{"ts":{ts},"seq":{seq},"metrics":{{"presence":true,"motion_state":"{}","posture":"{}","body_movement":{movement},"heart_rate":{},"resp_rate":{},"rssi":-{}}}}}"#,
+            MOTION[(seq % 3) as usize],
+            POSTURE[(seq % 4) as usize],
+            60 + seq % 30,
+            12 + seq % 8,
+            40 + seq % 40,
+        ),
+        (Format::Zigbee2mqtt, PayloadSize::Small) => {
+            format!(r#"{{"occupancy":true,"linkquality":{},"last_seen":{ts}}}"#, 30 + seq % 200)
+        }
+        (Format::Zigbee2mqtt, PayloadSize::Typical) => format!(
+            r#"{{"occupancy":true,"illuminance":{},"illuminance_lux":{},"battery":{},"voltage":{},"linkquality":{},"last_seen":{ts}}}"#,
+            seq % 500,
+            seq % 500,
+            50 + seq % 50,
+            2900 + seq % 100,
+            30 + seq % 200,
+        ),
     }
+    .into_bytes()
 }
 
 /// The acknowledged-messages file: `<device> <seq> <ts>` per line, in PubAck order, written by a
@@ -275,6 +341,7 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     let give_up = start + Duration::from_secs_f64(opts.seconds) + opts.ack_timeout;
     let (mut sent, mut late, mut max_lag) = (0u64, 0u64, Duration::ZERO);
     let mut last_send = start;
+    let mut payload_bytes = 0u64;
     for i in 0..total {
         let due = start + slot(i, opts.rate);
         let now = Instant::now();
@@ -294,14 +361,15 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
         let (device, seq) = assignment(i, opts.devices);
         let ts = opts.clock.now().max(last_ts[device].saturating_add(1));
         last_ts[device] = ts;
-        let body = payload(opts.format, ts, seq);
+        let body = payload_of(opts.format, opts.payload, ts, seq);
+        payload_bytes += body.len() as u64;
         if let Some(r) = &record {
             r.sending(i, ts);
         }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = link.publish_tagged(&topics[device], qos, body, i) => r?,
+            r = link.publish_scheduled(&topics[device], qos, body, i, due) => r?,
             _ = tokio::time::sleep_until(give_up) => {
                 max_lag = max_lag.max(give_up - due);
                 tracing::warn!(
@@ -332,6 +400,7 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     let connection_errors = stats.connection_errors.load(Ordering::Relaxed);
     let republished = stats.republished.load(Ordering::Relaxed);
     let ack_mapping_errors = stats.mapping_errors.load(Ordering::Relaxed);
+    let ack_latency = Percentiles::from_us(&stats.take_ack_latencies());
     let recorded = match record {
         Some(r) => Some(r.finish().await?),
         None => None,
@@ -360,6 +429,13 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
         republished,
         recorded,
         ack_mapping_errors,
+        payload: opts.payload.as_str(),
+        payload_bytes: if sent == 0 {
+            0.0
+        } else {
+            (payload_bytes as f64 / sent as f64).round()
+        },
+        ack_latency,
     };
     tracing::info!(sent, acked, late, achieved_rate = summary.achieved_rate, "load done");
     Ok(summary)

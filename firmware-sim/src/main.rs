@@ -1,6 +1,7 @@
 //! `nh-sim`: simulated devices for the nursing-home gateway.
 //!
-//! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `gen-registry` (a demo
+//! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `sink` (a plain
+//! subscriber, for the raw broker limit), `alert-probe` (alert latency), `gen-registry` (a demo
 //! facility's registry), `scenario` (run a scenario against a gateway and judge its alerts),
 //! `serial` (serial devices on ptys), `validate` (check registry, scenario and serial bench
 //! files). Summaries go to stdout as one JSON line (`serial`: one line per pty, event and bus),
@@ -18,8 +19,11 @@ use clap::{Args, Parser, Subcommand};
 
 use nh_sim::facility::{self, FacilityOptions};
 use nh_sim::link::Credentials;
+use nh_sim::load::PayloadSize;
+use nh_sim::probe::{run_probe, ProbeOptions, Trigger};
 use nh_sim::scenario::{self, ScenarioOptions};
 use nh_sim::serial::{self, BenchOptions};
+use nh_sim::sink::{run_sink, SinkOptions};
 use nh_sim::{registry, run_fleet, run_load, Clock, Fleet, Format, LoadOptions, RunOptions};
 
 /// Exit code when the broker did not acknowledge every publish in time.
@@ -48,6 +52,12 @@ enum Command {
     Run(RunArgs),
     /// Open-loop load at a fixed offered rate.
     Load(LoadArgs),
+    /// A plain subscriber: counts and times what a broker passes through (the raw limit the
+    /// gateway is measured against). Prints `{"subscribed":true}` once subscribed, then a JSON
+    /// summary.
+    Sink(SinkArgs),
+    /// Sets off life-safety devices over a span and times each alert on nh/{site}/alerts.
+    AlertProbe(ProbeArgs),
     /// Print the device registry of a demo facility (TOML).
     GenRegistry(GenArgs),
     /// Run a scenario (config/scenarios/*.toml) against a gateway's broker: publish the scripted
@@ -229,10 +239,87 @@ struct LoadArgs {
     /// flushed every second and at the end. Needs --qos 1.
     #[arg(long, value_name = "FILE")]
     record_acked: Option<PathBuf>,
+    /// Reading size: `small` (2 metrics, ~90 bytes) or `typical` (7 metrics, ~150 bytes).
+    #[arg(long, default_value = "small", value_parser = parse_payload)]
+    payload: PayloadSize,
     #[command(flatten)]
     login: LoginArgs,
     #[command(flatten)]
     clock: ClockArgs,
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Topic filter.
+    #[arg(long, default_value = "nh/+/+/telemetry")]
+    filter: String,
+    /// Subscription QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds in any case.
+    #[arg(long, default_value_t = 600.0, value_name = "S")]
+    max_wait_s: f64,
+    /// Stop once nothing arrived for this many seconds after the first message.
+    #[arg(long, default_value_t = 3.0, value_name = "S")]
+    idle_s: f64,
+    /// MQTT client id (default nh-sim-sink-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    login: LoginArgs,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Site id.
+    #[arg(long)]
+    site: String,
+    /// Device ids are <prefix><NNNN>, numbered from --first.
+    #[arg(long, default_value = "smoke-")]
+    prefix: String,
+    #[arg(long, default_value_t = 0)]
+    first: u32,
+    /// Devices to set off (one reading each).
+    #[arg(long, default_value_t = 100)]
+    count: u32,
+    /// `smoke` (smoke=true) or `sos` (sos=true).
+    #[arg(long, default_value = "smoke", value_parser = parse_trigger)]
+    trigger: Trigger,
+    /// Seconds over which the readings are spread.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    span_s: f64,
+    /// Seconds to wait for the last alerts.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    grace_s: f64,
+    /// MQTT client id (default nh-sim-probe-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    login: LoginArgs,
+}
+
+fn parse_payload(s: &str) -> Result<PayloadSize, String> {
+    PayloadSize::parse(s).ok_or_else(|| format!("unknown payload size `{s}` (small or typical)"))
+}
+
+fn parse_trigger(s: &str) -> Result<Trigger, String> {
+    Trigger::parse(s).ok_or_else(|| format!("unknown trigger `{s}` (smoke or sos)"))
+}
+
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s >= 0.0) {
+        anyhow::bail!("--{flag} must be a number of seconds >= 0");
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 #[derive(Args)]
@@ -442,6 +529,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 credentials: a.login.credentials()?,
                 clean_session: a.clean_session,
                 record_acked: a.record_acked,
+                payload: a.payload,
                 ..LoadOptions::new(a.broker, a.rate, a.seconds)
             };
             let summary = runtime()?.block_on(run_load(opts, shutdown_signal()))?;
@@ -451,6 +539,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_UNACKED)
             })
+        }
+        Command::Sink(a) => {
+            let opts = SinkOptions {
+                broker: a.broker,
+                client_id: a.client_id,
+                filter: a.filter,
+                qos: a.qos,
+                count: a.count,
+                max_wait: seconds("max-wait-s", a.max_wait_s)?,
+                idle: seconds("idle-s", a.idle_s)?,
+                credentials: a.login.credentials()?,
+            };
+            let subscribed = || {
+                use std::io::Write;
+                println!("{{\"subscribed\":true}}");
+                let _ = std::io::stdout().flush();
+            };
+            let summary = runtime()?.block_on(run_sink(opts, subscribed))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AlertProbe(a) => {
+            let devices = (a.first..a.first.saturating_add(a.count))
+                .map(|i| format!("{}{i:04}", a.prefix))
+                .collect();
+            let opts = ProbeOptions {
+                broker: a.broker,
+                site: a.site,
+                client_id: a.client_id,
+                devices,
+                trigger: a.trigger,
+                span: seconds("span-s", a.span_s)?,
+                grace: seconds("grace-s", a.grace_s)?,
+                credentials: a.login.credentials()?,
+            };
+            let summary = runtime()?.block_on(run_probe(opts))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

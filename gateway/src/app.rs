@@ -81,6 +81,10 @@ pub struct Running {
 /// Committed batches waiting for the rules engine; full = the journal writer waits.
 const OBSERVER_CAPACITY: usize = 1024;
 
+/// QoS 1 publishes rumqttd 0.20 sends a subscriber before it waits for acknowledgements (a
+/// constant of its router, not a setting).
+const EMBEDDED_BROKER_WINDOW: u16 = 100;
+
 /// How long start waits for the broker to confirm the subscriptions.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 
@@ -285,6 +289,17 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         observer: Some(observer_tx),
         observer_priority: Some(priority_observer_tx),
         exit_on_corruption: true,
+        bulk_linger: crate::journal::writer::BULK_LINGER,
+        bulk_linger_gap: crate::journal::writer::BULK_LINGER_GAP,
+        // Half the MQTT window: acknowledgements wait for the commit, so a batch never grows
+        // past the window and must not wait for one that cannot. rumqttd 0.20 sends at most 100
+        // unacknowledged QoS 1 publishes per connection, whatever its `max_inflight_count`
+        // (`MAX_INFLIGHT` in its router), so the embedded broker's window is 100.
+        bulk_linger_messages: match config.mqtt.mode {
+            MqttMode::Embedded => usize::from(config.mqtt.inflight.min(EMBEDDED_BROKER_WINDOW) / 2),
+            MqttMode::External => usize::from(config.mqtt.inflight / 2),
+        }
+        .max(1),
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
     info!(

@@ -320,6 +320,9 @@ impl Mosquitto {
                 "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  # The default of 20 caps a subscriber that acknowledges after a commit.\n\
                  max_inflight_messages 1000\n\
+                 # Small packets (acks, alerts) must not wait for Nagle's algorithm and a delayed\n\
+                 # ACK: without it about one alert in 100 took 40 ms more (nh-bench).\n\
+                 set_tcp_nodelay true\n\
                  message_size_limit 1048576\nlog_dest stderr\n"
             ),
         )?;

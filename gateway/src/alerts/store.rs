@@ -123,11 +123,13 @@ impl AlertStore {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(|source| AlertStoreError::Open {
+        let mut conn = Connection::open(path).map_err(|source| AlertStoreError::Open {
             path: path.display().to_string(),
             source,
         })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Short retries for the write lock the journal writer holds most of the time under load.
+        crate::journal::store::wait_for_lock_briefly(&mut conn)?;
         // WAL is a property of the file (the journal sets it too); alerts are life-safety
         // records, so their commits are synced fully.
         conn.pragma_update(None, "journal_mode", "WAL")?;

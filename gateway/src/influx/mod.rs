@@ -160,18 +160,14 @@ impl Forwarder {
         rows: &[ReadingRow],
         shutdown: &CancellationToken,
     ) -> Result<bool, ForwarderError> {
-        let lines: Vec<String> = rows
-            .iter()
-            .map(|r| line_protocol::line(&self.site, &r.record))
-            .collect();
-        // Ranges of `lines` still to write; a refused range is split in halves.
-        let mut pending = vec![(0usize, lines.len())];
+        // Ranges of `rows` still to write; a refused range is split in halves. Lines are
+        // formatted straight into the request body: no String per line.
+        let mut pending = vec![(0usize, rows.len())];
         let mut backoff = BACKOFF_START;
         while let Some((start, end)) = pending.pop() {
-            let mut body = String::with_capacity((end - start) * 160);
-            for l in &lines[start..end] {
-                body.push_str(l);
-                body.push('\n');
+            let mut body = String::with_capacity((end - start) * 200);
+            for r in &rows[start..end] {
+                line_protocol::write_line(&mut body, &self.site, &r.record);
             }
             match self.client.write(body).await {
                 Ok(()) => {
@@ -188,7 +184,7 @@ impl Forwarder {
                         pending.push((mid, end));
                         pending.push((start, mid));
                     } else {
-                        let (id, line) = (rows[start].id, lines[start].clone());
+                        let (id, line) = (rows[start].id, line_protocol::line(&self.site, &rows[start].record));
                         let error = format!("HTTP {status}: {message}");
                         warn!(reading_id = id, %error, "line refused by the database; quarantined");
                         let at = self.clock.now_ms();

@@ -1199,6 +1199,9 @@ mod tests {
                 observer: None,
                 observer_priority: None,
                 exit_on_corruption: false,
+                bulk_linger: std::time::Duration::ZERO,
+                bulk_linger_gap: std::time::Duration::ZERO,
+                bulk_linger_messages: 1,
             };
             let w =
                 spawn_writer(store, cfg, std::sync::Arc::new(crate::telemetry::Telemetry::default())).expect("writer");

@@ -59,7 +59,7 @@ struct DeviceState {
     episodes: BTreeMap<String, Episode>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct PartState {
     /// The trigger condition has been true since (pending window or fired).
     since_ms: Option<i64>,
@@ -230,7 +230,13 @@ impl Engine {
     /// A committed reading, at gateway-clock time `now_ms` (virtual under the test clock).
     pub fn observe(&mut self, record: &Record, now_ms: i64) -> Vec<RuleOutput> {
         self.state.now_ms = self.state.now_ms.max(now_ms);
-        let ds = self.state.devices.entry(record.device.clone()).or_default();
+        // No key allocated for a device already known (every reading but its first).
+        if !self.state.devices.contains_key(&record.device) {
+            self.state.devices.insert(record.device.clone(), DeviceState::default());
+        }
+        let Some(ds) = self.state.devices.get_mut(&record.device) else {
+            return Vec::new();
+        };
         ds.last_seen_ms = now_ms;
         ds.class.clone_from(&record.class);
         ds.building.clone_from(&record.building);
@@ -341,7 +347,8 @@ impl Engine {
 
     /// Evaluates every entry for one device at `now`, then its episodes.
     fn step(&mut self, device: &str, now: i64, out: &mut Vec<RuleOutput>) {
-        let Some(mut ds) = self.state.devices.remove(device) else {
+        // The key goes back in with the state: no allocation per reading.
+        let Some((key, mut ds)) = self.state.devices.remove_entry(device) else {
             return;
         };
         let ctx = self.context(device, &ds);
@@ -371,7 +378,10 @@ impl Engine {
             };
             let in_window = rule.window == Window::Always || night;
             let trigger_now = trigger && !suppressed && in_window;
-            let part = ds.parts.entry(rule.key.clone()).or_default();
+            // Worked on a copy: most rules hold no state for most devices, and an entry made
+            // and removed again for each reading would allocate its key every time.
+            let mut state = ds.parts.get(&rule.key).copied().unwrap_or_default();
+            let part = &mut state;
             if !part.active {
                 if trigger_now {
                     let since = *part.since_ms.get_or_insert(now);
@@ -398,12 +408,16 @@ impl Engine {
             }
             part.holds = trigger_now || (part.active && !clear);
             part.triggered = trigger_now;
-            if *part == PartState::default() {
+            if state == PartState::default() {
                 ds.parts.remove(&rule.key);
+            } else if let Some(p) = ds.parts.get_mut(&rule.key) {
+                *p = state;
+            } else {
+                ds.parts.insert(rule.key.clone(), state);
             }
         }
         self.episodes(&mut ds, &ctx, &fired, now, out);
-        self.state.devices.insert(device.to_owned(), ds);
+        self.state.devices.insert(key, ds);
     }
 
     fn active(&self, ds: &DeviceState, idx: &[usize]) -> Vec<usize> {

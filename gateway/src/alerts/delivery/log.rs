@@ -73,8 +73,10 @@ impl EventLog {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Short retries for the write lock the journal writer holds most of the time under load.
+        crate::journal::store::wait_for_lock_briefly(&mut conn).map_err(open_err)?;
         // WAL is a property of the file; setting it again is a no-op when the journal did.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;

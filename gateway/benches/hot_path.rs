@@ -1,0 +1,225 @@
+//! Criterion benches of the hot pure functions: each decoder, normalization, line-protocol
+//! formatting and rule evaluation per reading.
+//!
+//! ```sh
+//! cargo bench -p nh-gateway --bench hot_path
+//! ```
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use nh_gateway::clock::Clock;
+use nh_gateway::config::UnknownDevicePolicy;
+use nh_gateway::decode::{canonical, json_map, modbus, mr60fda1, register_map, zigbee2mqtt, Decoder, Limits};
+use nh_gateway::influx::line_protocol;
+use nh_gateway::journal::Record;
+use nh_gateway::normalize::Normalizer;
+use nh_gateway::reading::Value;
+use nh_gateway::registry::Registry;
+use nh_gateway::rules::{Engine, RuleSet};
+use nh_gateway::telemetry::Telemetry;
+
+const SITE: &str = "nh-b";
+const T0: i64 = 1_763_880_000_000;
+
+/// A radar's usual report, the bulk of the load (`nh-sim load --payload typical`).
+const CANONICAL: &[u8] = br#"{"ts":1763880000000,"seq":42,"metrics":{"presence":true,"motion_state":"moving","posture":"sitting","body_movement":42,"heart_rate":72,"resp_rate":16,"rssi":-61}}"#;
+const ZIGBEE: &[u8] = br#"{"smoke":false,"smoke_density":0.5,"test":false,"battery":98,"voltage":2995,"linkquality":87,"last_seen":1763880000000}"#;
+const ACME_PROFILE: &str = r#"
+name = "acme-gas-v2"
+device_pointer = "/devEUI"
+device_prefix = "lorawan:"
+ts_pointer = "/time"
+ts_format = "rfc3339"
+seq_pointer = "/fCnt"
+[[fields]]
+pointer = "/object/gas"
+metric = "gas_lel"
+scale = 0.1
+unit = "%LEL"
+[[fields]]
+pointer = "/object/alarm"
+metric = "gas_alarm"
+true_values = [1]
+[[fields]]
+pointer = "/object/battery_mv"
+metric = "battery_v"
+scale = 0.001
+unit = "V"
+[[fields]]
+pointer = "/rxInfo/0/rssi"
+metric = "rssi"
+"#;
+const ACME: &[u8] = br#"{"devEUI":"a84041000181c61e","fCnt":77,"time":"2025-11-23T06:40:00.123Z","object":{"gas":52,"alarm":0,"battery_mv":3021},"rxInfo":[{"rssi":-97,"snr":7.5}]}"#;
+
+const REGISTRY: &str = r#"
+site = "nh-b"
+[[devices]]
+id = "radar-1"
+class = "presence_radar"
+room = "A-101"
+zone = "bedroom"
+interval_s = 60
+[[devices]]
+id = "smoke-1"
+class = "smoke_alarm"
+room = "A-101"
+zone = "bedroom"
+interval_s = 3600
+"#;
+
+fn registry() -> Arc<Registry> {
+    Arc::new(Registry::parse(Path::new("devices.toml"), REGISTRY).expect("bench registry"))
+}
+
+fn record() -> Record {
+    let mut metrics = BTreeMap::new();
+    metrics.insert("presence".to_owned(), Value::Bool(true));
+    metrics.insert("motion_state".to_owned(), Value::Text("moving".into()));
+    metrics.insert("posture".to_owned(), Value::Text("sitting".into()));
+    metrics.insert("body_movement".to_owned(), Value::Num(42.0));
+    metrics.insert("heart_rate".to_owned(), Value::Num(72.0));
+    metrics.insert("resp_rate".to_owned(), Value::Num(16.0));
+    metrics.insert("rssi".to_owned(), Value::Num(-61.0));
+    Record {
+        device: "radar-1".into(),
+        class: "presence_radar".into(),
+        building: "A".into(),
+        floor: "1".into(),
+        room: "A-101".into(),
+        zone: "bedroom".into(),
+        ts: T0,
+        ts_recv: T0 + 3,
+        ts_replaced: false,
+        seq: Some(42),
+        metrics,
+    }
+}
+
+fn decoders(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("canonical", |b| {
+        b.iter(|| canonical::decode(SITE, "nh/nh-b/radar-1/telemetry", black_box(CANONICAL), &limits))
+    });
+    g.bench_function("zigbee2mqtt", |b| {
+        b.iter(|| zigbee2mqtt::decode("zigbee2mqtt/smoke_kitchen", black_box(ZIGBEE), &limits))
+    });
+    let profile: json_map::Profile = toml::from_str(ACME_PROFILE).expect("profile");
+    g.bench_function("json_map", |b| {
+        b.iter(|| json_map::decode(&profile, "acme/up", black_box(ACME), &limits))
+    });
+    // A radar's fall report and a heartbeat, as one read from the UART brings them.
+    let mut uart = mr60fda1::Frame {
+        control: mr60fda1::CONTROL_FALL,
+        command: 0x01,
+        data: vec![1],
+    }
+    .encode();
+    uart.extend(
+        mr60fda1::Frame {
+            control: mr60fda1::CONTROL_HUMAN,
+            command: 0x01,
+            data: vec![1],
+        }
+        .encode(),
+    );
+    g.bench_function("mr60fda1_two_frames", |b| {
+        b.iter(|| {
+            let mut reader = mr60fda1::FrameReader::new();
+            reader
+                .push(black_box(&uart))
+                .into_iter()
+                .filter_map(|f| f.ok().and_then(|f| mr60fda1::metrics(&f)))
+                .count()
+        })
+    });
+    // Modbus: a response scanned (CRC), then registers through the built-in Midas map.
+    let maps = register_map::builtin();
+    let map = maps
+        .iter()
+        .find(|m| m.name == "honeywell_midas_lel")
+        .unwrap_or(&maps[0])
+        .compile()
+        .expect("builtin map compiles");
+    let regs: Vec<u16> = (0..map.count).map(|i| if i == 0 { 0x0100 } else { 12 }).collect();
+    let mut response = vec![1u8, 0x03, (regs.len() * 2) as u8];
+    for r in &regs {
+        response.extend(r.to_be_bytes());
+    }
+    let crc = modbus::crc16(&response);
+    response.extend(crc.to_le_bytes());
+    g.bench_function("modbus_response_and_register_map", |b| {
+        b.iter(|| {
+            let mut scanner = modbus::ResponseScanner::new(1, map.function, map.count);
+            let scan = scanner.push(black_box(&response));
+            (scan, map.decode(black_box(&regs)))
+        })
+    });
+    g.finish();
+}
+
+fn normalize(c: &mut Criterion) {
+    let normalizer = Normalizer::new(
+        registry(),
+        UnknownDevicePolicy::Accept,
+        Limits::default(),
+        300_000,
+        604_800_000,
+        Clock::system(),
+        Arc::new(Telemetry::default()),
+    );
+    let decoder = Decoder::Canonical { site: SITE.into() };
+    let mut g = c.benchmark_group("normalize");
+    g.throughput(Throughput::Elements(1));
+    let mut recv = T0;
+    g.bench_function("process_canonical", |b| {
+        b.iter(|| {
+            // Advancing time: the flood limit's bucket refills as it would at 1 reading/ms.
+            recv += 1;
+            normalizer.process(&decoder, "nh/nh-b/radar-1/telemetry", black_box(CANONICAL), recv)
+        })
+    });
+    g.finish();
+}
+
+fn line_protocol(c: &mut Criterion) {
+    let r = record();
+    let mut g = c.benchmark_group("influx");
+    g.throughput(Throughput::Elements(1));
+    let mut out = String::with_capacity(64 * 1024);
+    g.bench_function("write_line", |b| {
+        b.iter(|| {
+            out.clear();
+            line_protocol::write_line(&mut out, SITE, black_box(&r));
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+fn rules(c: &mut Criterion) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rules.toml"))
+        .expect("config/rules.toml");
+    let set = Arc::new(RuleSet::parse(Path::new("rules.toml"), &text).expect("shipped rules"));
+    let mut engine = Engine::new(set, registry(), T0);
+    let mut r = record();
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("observe_bulk_reading", |b| {
+        b.iter(|| {
+            r.ts += 1;
+            r.ts_recv += 1;
+            engine.observe(black_box(&r), r.ts_recv).len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decoders, normalize, line_protocol, rules);
+criterion_main!(benches);
