@@ -315,9 +315,11 @@ mod tests {
             .layer(axum::middleware::from_fn(crate::api::security_headers));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(
-            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
-        );
+        tokio::spawn(async move {
+            // The alert seq channel stays open while the server runs.
+            let _seq = seq_tx;
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+        });
         format!("http://{addr}")
     }
 
