@@ -242,6 +242,10 @@ struct LoadArgs {
     /// Reading size: `small` (2 metrics, ~90 bytes) or `typical` (7 metrics, ~150 bytes).
     #[arg(long, default_value = "small", value_parser = parse_payload)]
     payload: PayloadSize,
+    /// Device classes by weight, e.g. `presence_radar=6,wearable=2,bed_sensor=1,door_contact=1,smoke_alarm=1`
+    /// (device n's class is fixed; readings are quiet-night values no rule alerts on).
+    #[arg(long, default_value = "presence_radar", value_parser = nh_sim::load::Mix::parse)]
+    mix: nh_sim::load::Mix,
     #[command(flatten)]
     login: LoginArgs,
     #[command(flatten)]
@@ -530,6 +534,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 clean_session: a.clean_session,
                 record_acked: a.record_acked,
                 payload: a.payload,
+                mix: a.mix,
                 ..LoadOptions::new(a.broker, a.rate, a.seconds)
             };
             let summary = runtime()?.block_on(run_load(opts, shutdown_signal()))?;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nh_e2e::{bin, cpu_and_rss, write_config, Gateway, Mosquitto, TempDir, VictoriaMetrics};
+use nh_sim::load::{LoadClass, Mix};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -51,11 +52,12 @@ const KEEPS_UP: f64 = 0.9;
 /// The bench site: `load-NNNN` presence radars (no rule watches them) for the bulk load, and
 /// smoke alarms `smoke-NNNN`, one room each (no two alerts correlate), for the probes. Long
 /// intervals: nobody goes offline mid-run.
-fn bench_registry(load_devices: u32, smoke: u32) -> String {
+fn bench_registry(load_devices: u32, smoke: u32, mix: &Mix) -> String {
     let mut s = format!("site = \"{SITE}\"\n");
     for i in 0..load_devices {
         s += &format!(
-            "[[devices]]\nid = \"load-{i:04}\"\nclass = \"presence_radar\"\nroom = \"L-{i}\"\ninterval_s = 86400\n"
+            "[[devices]]\nid = \"load-{i:04}\"\nclass = \"{}\"\nroom = \"L-{i}\"\ninterval_s = 86400\n",
+            mix.class_of(i as usize).name()
         );
     }
     for i in 0..smoke {
@@ -89,6 +91,8 @@ struct Args {
     raw_seconds: f64,
     devices: u32,
     payload: String,
+    /// `nh-sim load --mix`: the load devices' classes.
+    mix: String,
     sync: String,
     out: Option<String>,
     /// Ramp with QoS 0 too in external mode.
@@ -96,7 +100,7 @@ struct Args {
 }
 
 const USAGE: &str = "nh-bench [--mode embedded|external|both] [--rates R1,R2,..] [--seconds S] \
-[--raw-rate R] [--raw-seconds S] [--devices D] [--payload small|typical] [--journal-sync full|normal] \
+[--raw-rate R] [--raw-seconds S] [--devices D] [--payload small|typical] [--mix CLASS=W,..] [--journal-sync full|normal] \
 [--qos0 true|false] [--out FILE]";
 
 fn args() -> Result<Args> {
@@ -108,6 +112,7 @@ fn args() -> Result<Args> {
         raw_seconds: 5.0,
         devices: 2_000,
         payload: "typical".into(),
+        mix: "presence_radar".into(),
         sync: "full".into(),
         out: None,
         qos0: true,
@@ -134,6 +139,10 @@ fn args() -> Result<Args> {
             "--raw-seconds" => a.raw_seconds = value.parse()?,
             "--devices" => a.devices = value.parse()?,
             "--payload" => a.payload = value,
+            "--mix" => {
+                Mix::parse(&value).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+                a.mix = value
+            }
             "--journal-sync" => a.sync = value,
             "--qos0" => a.qos0 = value.parse()?,
             "--out" => a.out = Some(value),
@@ -170,6 +179,8 @@ async fn load(broker: &str, rate: u64, seconds: f64, qos: u8, a: &Args, ack_time
             SITE,
             "--payload",
             &a.payload,
+            "--mix",
+            &a.mix,
         ])
         .args(["--ack-timeout-s", &ack_timeout_s.to_string()])
         .stderr(Stdio::piped())
@@ -351,7 +362,10 @@ async fn start_gateway(
     smoke: u32,
 ) -> Result<(Gateway, f64)> {
     let registry = dir.join("devices.toml");
-    std::fs::write(&registry, bench_registry(a.devices, smoke))?;
+    std::fs::write(
+        &registry,
+        bench_registry(a.devices, smoke, &Mix::parse(&a.mix).map_err(|e| anyhow::anyhow!(e))?),
+    )?;
     let client_id = format!("nh-gw-bench-{smoke}");
     let mqtt = match (mode, mosquitto) {
         (Mode::External, Some(port)) => {
@@ -373,15 +387,30 @@ async fn start_gateway(
     Ok((gw, round1(ready_ms)))
 }
 
-/// Points of `presence_radar_presence` in VictoriaMetrics (one per bulk reading).
+/// Points of the load devices' one always-sent metric per class in VictoriaMetrics (one per bulk
+/// reading): `presence_radar_presence`, `wearable_heart_rate`, ...
 async fn database_points(vm: &VictoriaMetrics) -> Result<u64> {
+    let names: Vec<String> = LoadClass::ALL
+        .iter()
+        .map(|c| {
+            let metric = match c {
+                LoadClass::PresenceRadar => "presence",
+                LoadClass::Wearable => "heart_rate",
+                LoadClass::BedSensor => "bed_occupied",
+                LoadClass::DoorContact => "contact_open",
+                LoadClass::SmokeAlarm => "smoke",
+            };
+            format!("{}_{metric}", c.name())
+        })
+        .collect();
+    let selector = format!("{{__name__=~\"{}\",device=~\"load-.*\"}}", names.join("|"));
     let client = nh_e2e::http();
     client.get(format!("{}/internal/force_flush", vm.url())).send().await?;
     // CSV export, one short line per point: a million points are a few MB.
     let body = client
         .post(format!("{}/api/v1/export/csv", vm.url()))
         .form(&[
-            ("match[]", "{__name__=\"presence_radar_presence\"}"),
+            ("match[]", selector.as_str()),
             ("format", "__timestamp__"),
             ("start", "0"),
         ])
@@ -683,7 +712,7 @@ async fn main() -> Result<()> {
         "duration_s": round1(t.elapsed().as_secs_f64()),
         "settings": {
             "rates": a.rates, "seconds": a.seconds, "raw_rate": a.raw_rate, "raw_seconds": a.raw_seconds,
-            "devices": a.devices, "payload": a.payload, "journal_sync": a.sync, "probe_count": PROBE_COUNT,
+            "devices": a.devices, "payload": a.payload, "mix": a.mix, "journal_sync": a.sync, "probe_count": PROBE_COUNT,
         },
         "binary": binary,
         "modes": modes,
