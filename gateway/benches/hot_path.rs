@@ -221,5 +221,56 @@ fn rules(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decoders, normalize, line_protocol, rules);
+/// The alerts task's once-a-second work at the bench site's size (2,000 bulk devices and 2,500
+/// smoke alarms, each heard once): the engine's tick over every device, and the snapshot of its
+/// state serialized for saving.
+fn engine_tick_and_snapshot(c: &mut Criterion) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rules.toml"))
+        .expect("config/rules.toml");
+    let set = Arc::new(RuleSet::parse(Path::new("rules.toml"), &text).expect("shipped rules"));
+    let mut reg = String::from("site = \"nh-b\"\n");
+    for i in 0..2000 {
+        reg += &format!(
+            "[[devices]]\nid = \"load-{i:04}\"\nclass = \"presence_radar\"\nroom = \"L-{i}\"\ninterval_s = 86400\n"
+        );
+    }
+    for i in 0..2500 {
+        reg += &format!(
+            "[[devices]]\nid = \"smoke-{i:04}\"\nclass = \"smoke_alarm\"\nroom = \"S-{i}\"\ninterval_s = 86400\n"
+        );
+    }
+    let registry = Arc::new(Registry::parse(Path::new("devices.toml"), &reg).expect("registry"));
+    let mut engine = Engine::new(set, registry.clone(), T0);
+    let mut r = record();
+    for d in registry.devices() {
+        r.device = d.id.clone();
+        r.class = d.class.clone();
+        r.room = d.room.clone();
+        if d.class == "smoke_alarm" {
+            r.metrics = BTreeMap::from([("smoke".to_owned(), Value::Bool(false))]);
+        }
+        engine.observe(&r, T0 + 1);
+    }
+    let mut now = T0 + 1000;
+    let mut g = c.benchmark_group("alerts_tick_4500_devices");
+    g.bench_function("engine_tick", |b| {
+        b.iter(|| {
+            now += 1000;
+            engine.tick(black_box(now)).len()
+        })
+    });
+    g.bench_function("snapshot_to_json", |b| {
+        b.iter(|| serde_json::to_string(&engine.snapshot()).map(|s| s.len()).unwrap_or(0))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decoders,
+    normalize,
+    line_protocol,
+    rules,
+    engine_tick_and_snapshot
+);
 criterion_main!(benches);

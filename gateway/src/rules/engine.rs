@@ -14,6 +14,7 @@
 //! once, raised again only with a higher priority (or by a `reraise` entry), cleared when every
 //! entry that fired has cleared. Time is only ever the `now_ms` passed in.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -86,14 +87,16 @@ struct Episode {
 }
 
 /// What the engine knows about one device while evaluating it.
+/// Borrowed from the registry for registered devices (no allocation per device and tick), owned
+/// for the rare unregistered one.
 struct Context<'a> {
     device: &'a str,
-    class: String,
-    zone: String,
-    room: String,
-    resident: Option<String>,
-    own_flags: Vec<String>,
-    room_flags: Vec<String>,
+    class: Cow<'a, str>,
+    zone: Cow<'a, str>,
+    room: Cow<'a, str>,
+    resident: Option<&'a str>,
+    own_flags: &'a [String],
+    room_flags: &'a [String],
     interval_ms: Option<i64>,
     /// Where the device's silence counts from: its last reading, or the return of the serial
     /// link it hangs on if that came later; `None` while that link is down (the link-down alert
@@ -109,7 +112,8 @@ pub struct Engine {
     /// (id, entry indexes), in file order.
     groups: Vec<(String, Vec<usize>)>,
     /// Care flags of every resident of a (building, room).
-    room_flags: HashMap<(String, String), Vec<String>>,
+    /// Care flags of each room's devices: building -> room -> flags.
+    room_flags: HashMap<String, HashMap<String, Vec<String>>>,
     /// Metrics worth remembering: read by a rule or a suppression flag.
     used_metrics: Vec<String>,
     /// Longest rate window per rate metric.
@@ -161,12 +165,16 @@ impl Engine {
                 (id, idx)
             })
             .collect();
-        let mut room_flags: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut room_flags: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
         for d in registry.devices() {
             if d.room.is_empty() {
                 continue;
             }
-            let flags = room_flags.entry((d.building.clone(), d.room.clone())).or_default();
+            let flags = room_flags
+                .entry(d.building.clone())
+                .or_default()
+                .entry(d.room.clone())
+                .or_default();
             for f in &d.care_flags {
                 if !flags.contains(f) {
                     flags.push(f.clone());
@@ -307,7 +315,7 @@ impl Engine {
         &self.rules
     }
 
-    fn context<'a>(&self, device: &'a str, ds: &DeviceState) -> Context<'a> {
+    fn context<'a>(&'a self, registry: &'a Registry, device: &'a str, ds: &DeviceState) -> Context<'a> {
         let silence_from = match self.links.get(device).and_then(|l| self.state.devices.get(l)) {
             Some(link) => match link.values.get("link_up") {
                 Some(Value::Bool(false)) => None,
@@ -315,30 +323,30 @@ impl Engine {
             },
             None => Some(ds.last_seen_ms),
         };
-        match self.registry.get(device) {
+        match registry.get(device) {
             Some(d) => Context {
                 device,
-                class: d.class.clone(),
-                zone: d.zone.clone(),
-                room: d.room.clone(),
-                resident: d.resident.clone(),
-                own_flags: d.care_flags.clone(),
+                class: Cow::Borrowed(&d.class),
+                zone: Cow::Borrowed(&d.zone),
+                room: Cow::Borrowed(&d.room),
+                resident: d.resident.as_deref(),
+                own_flags: &d.care_flags,
                 room_flags: self
                     .room_flags
-                    .get(&(d.building.clone(), d.room.clone()))
-                    .cloned()
-                    .unwrap_or_default(),
+                    .get(&d.building)
+                    .and_then(|rooms| rooms.get(&d.room))
+                    .map_or(&[], Vec::as_slice),
                 interval_ms: Some(d.interval_s as i64 * 1000),
                 silence_from,
             },
             None => Context {
                 device,
-                class: ds.class.clone(),
-                zone: ds.zone.clone(),
-                room: ds.room.clone(),
+                class: Cow::Owned(ds.class.clone()),
+                zone: Cow::Owned(ds.zone.clone()),
+                room: Cow::Owned(ds.room.clone()),
                 resident: None,
-                own_flags: Vec::new(),
-                room_flags: Vec::new(),
+                own_flags: &[],
+                room_flags: &[],
                 interval_ms: None,
                 silence_from,
             },
@@ -351,7 +359,9 @@ impl Engine {
         let Some((key, mut ds)) = self.state.devices.remove_entry(device) else {
             return;
         };
-        let ctx = self.context(device, &ds);
+        // A handle of our own: the context borrows the registry, not `self`.
+        let registry = Arc::clone(&self.registry);
+        let ctx = self.context(&registry, device, &ds);
         let flagged = self
             .rules
             .suppress_flags()
@@ -675,7 +685,7 @@ fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigge
             .replace("{room}", &ctx.room)
             .replace("{device}", ctx.device)
             .replace("{value}", &shown)
-            .replace("{resident}", ctx.resident.as_deref().unwrap_or(""))
+            .replace("{resident}", ctx.resident.unwrap_or(""))
             .replace("{metric}", metric.as_deref().unwrap_or(""))
     };
     Trigger {
@@ -684,8 +694,8 @@ fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigge
         priority: rule.priority,
         upgrades: None,
         device: ctx.device.to_owned(),
-        room: ctx.room.clone(),
-        resident: ctx.resident.clone(),
+        room: ctx.room.to_string(),
+        resident: ctx.resident.map(str::to_owned),
         hazard: rule.hazard.clone(),
         metric: metric.clone(),
         value,
