@@ -26,6 +26,11 @@ pub const OBSERVED_ROW: &str = "rules_observed_row";
 /// Real-time period of the clock tick: escalation and absence rules need no message to fire.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// The engine state is saved every this many ticks (and at a stop): serializing it takes
+/// milliseconds with thousands of devices, and a life-safety reading arriving meanwhile waits.
+/// A crash loses nothing by it: the rows after the saved watermark are judged again at start.
+pub const TICKS_PER_SAVE: u32 = 5;
+
 /// Commands waiting for the task. The API awaits room (back-pressure), never drops: a nurse's
 /// acknowledgement is not something to lose.
 pub const COMMAND_CAPACITY: usize = 256;
@@ -161,6 +166,8 @@ pub struct AlertsTask<E: RulesEngine = Engine> {
     judged_ahead: BTreeMap<RowId, RowId>,
     /// The value of `observed_row` last written.
     saved_row: Option<RowId>,
+    /// Ticks since the engine state was last saved.
+    ticks_unsaved: u32,
 }
 
 impl<E: RulesEngine> AlertsTask<E> {
@@ -205,6 +212,7 @@ impl<E: RulesEngine> AlertsTask<E> {
             observed_row,
             judged_ahead: BTreeMap::new(),
             saved_row: observed_row,
+            ticks_unsaved: 0,
         }
     }
 
@@ -315,7 +323,11 @@ impl<E: RulesEngine> AlertsTask<E> {
             Ok(changed) => self.published(&changed),
             Err(e) => error!(error = %e, "escalation not recorded; retried next tick"),
         }
-        self.save_engine();
+        self.ticks_unsaved += 1;
+        if self.ticks_unsaved >= TICKS_PER_SAVE {
+            self.ticks_unsaved = 0;
+            self.save_engine();
+        }
     }
 
     /// Applies engine outputs in order, the ones a failed commit left first.
