@@ -246,7 +246,8 @@ async fn a_restart_mid_window_raises_at_the_original_deadline_and_keeps_open_ale
         tokio::time::sleep(Duration::from_millis(1500)).await;
         ts = clock.now_ms();
     }
-    // Let the engine persist its window (it saves on its 1 s tick), then kill -9.
+    // The engine has saved its window by now (it saves every 5 ticks of 1 s; the first high
+    // reading was 12 s ago), then kill -9.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     drop(client);
     drop(gw);
