@@ -29,7 +29,7 @@ use crate::journal::{spawn_writer, Store, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
-use crate::sources::mqtt::{topic_matches, Lane, MqttSource, MqttSourceConfig, Route};
+use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route};
 use crate::sources::serial::SerialSource;
 use crate::telemetry::Telemetry;
 
@@ -81,9 +81,17 @@ pub struct Running {
 /// Committed batches waiting for the rules engine; full = the journal writer waits.
 const OBSERVER_CAPACITY: usize = 1024;
 
-/// QoS 1 publishes rumqttd 0.20 sends a subscriber before it waits for acknowledgements (a
-/// constant of its router, not a setting).
-const EMBEDDED_BROKER_WINDOW: u16 = 100;
+/// When the gateway's subscribers acknowledge QoS 1 messages: on receipt with the embedded
+/// broker, which keeps nothing across a crash and whose window of 100 unacknowledged publishes
+/// (a constant of rumqttd 0.20's router) capped ingest when acknowledgements waited for commits;
+/// after the commit with an external, persistent broker, which delivers again what a crash left
+/// uncommitted.
+fn ack_policy(mode: MqttMode) -> AckPolicy {
+    match mode {
+        MqttMode::Embedded => AckPolicy::OnReceipt,
+        MqttMode::External => AckPolicy::AfterCommit,
+    }
+}
 
 /// How long start waits for the broker to confirm the subscriptions.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
@@ -291,14 +299,10 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         exit_on_corruption: true,
         bulk_linger: crate::journal::writer::BULK_LINGER,
         bulk_linger_gap: crate::journal::writer::BULK_LINGER_GAP,
-        // Half the MQTT window: acknowledgements wait for the commit, so a batch never grows
-        // past the window and must not wait for one that cannot. rumqttd 0.20 sends at most 100
-        // unacknowledged QoS 1 publishes per connection, whatever its `max_inflight_count`
-        // (`MAX_INFLIGHT` in its router), so the embedded broker's window is 100.
-        bulk_linger_messages: match config.mqtt.mode {
-            MqttMode::Embedded => usize::from(config.mqtt.inflight.min(EMBEDDED_BROKER_WINDOW) / 2),
-            MqttMode::External => usize::from(config.mqtt.inflight / 2),
-        }
+        // Half the MQTT window: where acknowledgements wait for the commit (external mode), a
+        // batch never grows past the window and must not wait for one that cannot. The embedded
+        // broker's subscribers acknowledge on receipt, so its window (100) does not stop the flow.
+        bulk_linger_messages: usize::from(config.mqtt.inflight / 2)
         .max(1),
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
@@ -432,6 +436,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         keep_alive: Duration::from_secs(config.mqtt.keep_alive_s),
         max_packet_bytes: config.mqtt.max_packet_bytes,
         inflight: config.mqtt.inflight,
+        ack: ack_policy(config.mqtt.mode),
         routes: Vec::new(),
         lane: Lane::Bulk,
         skip_topics: Arc::default(),

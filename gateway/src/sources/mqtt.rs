@@ -1,7 +1,8 @@
 //! The MQTT source: subscribes with rumqttc, decodes and normalizes each message, and queues it
-//! for the journal. QoS 1 messages are acknowledged (manual acks) only after the journal commit,
-//! from a separate task: rumqttc deadlocks when the task that polls the event loop awaits a
-//! client call. rumqttc neither backs off nor resubscribes on reconnect: both are done here.
+//! for the journal. On an external broker QoS 1 messages are acknowledged (manual acks) only
+//! after the journal commit, from a separate task: rumqttc deadlocks when the task that polls the
+//! event loop awaits a client call. On the embedded broker they are acknowledged on receipt (see
+//! [`AckPolicy`]). rumqttc neither backs off nor resubscribes on reconnect: both are done here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,22 @@ impl Lane {
     }
 }
 
+/// When a QoS 1 message is acknowledged to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// After its readings are committed to the journal: a persistent broker keeps what the
+    /// gateway had not committed when it crashed and delivers it again (external mode).
+    AfterCommit,
+    /// As soon as it is read from the connection (embedded mode). The embedded broker lives
+    /// in the gateway's process and keeps nothing across a crash, so a later acknowledgement
+    /// protects nothing a crash does not take anyway: the broker's RAM log dies with the
+    /// journal queue. It only cost throughput, since rumqttd 0.20 sends a subscriber at most
+    /// 100 unacknowledged publishes (a constant of its router): acknowledging after each
+    /// commit capped ingest at 100 readings per commit round trip. Back-pressure is unchanged:
+    /// a full journal queue stops the subscriber reading, and the broker holds the rest.
+    OnReceipt,
+}
+
 #[derive(Debug, Clone)]
 pub struct MqttSourceConfig {
     pub host: String,
@@ -55,6 +72,7 @@ pub struct MqttSourceConfig {
     pub keep_alive: Duration,
     pub max_packet_bytes: usize,
     pub inflight: u16,
+    pub ack: AckPolicy,
     pub routes: Vec<Route>,
     pub lane: Lane,
     /// Bulk lane: topics the priority lane takes; their messages are acknowledged unprocessed.
@@ -112,7 +130,7 @@ impl MqttSource {
         options
             .set_keep_alive(cfg.keep_alive)
             .set_clean_session(cfg.clean_session)
-            .set_manual_acks(true)
+            .set_manual_acks(cfg.ack == AckPolicy::AfterCommit)
             .set_inflight(cfg.inflight)
             .set_request_channel_capacity(REQUEST_CAPACITY)
             .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
@@ -235,7 +253,8 @@ impl MqttSource {
                 }
             }
         };
-        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+        // On receipt, rumqttc's event loop has acknowledged the message already.
+        let ack = (p.qos != QoS::AtMostOnce && self.cfg.ack == AckPolicy::AfterCommit).then(|| {
             let tx = ack_tx.clone();
             Ack::new(move || {
                 let _ = tx.send(p);

@@ -259,12 +259,22 @@ async fn external_mode_loses_nothing_under_kills_and_outages() -> Result<()> {
     assert_eq!(by_device.len(), DEVICES);
     let points: u64 = db.values().map(|n| u64::from(*n)).sum();
     let duplicates = points - db.len() as u64;
-    let devices = gw.get_json("/api/v1/devices").await?;
-    let seq_dups: u64 = devices
-        .as_array()
-        .map(|a| a.iter().filter_map(|d| d["seq_duplicates"].as_u64()).sum())
-        .unwrap_or(0);
     let replayed = gw.metric("nh_influx_replayed_lines_total").await? as u64;
+    // The devices table follows the journal within a second (`journal::writer::DEVICES_EVERY`):
+    // its duplicate count is read until it accounts for the duplicates, 10 s at most (then the
+    // assertion below fails with the last count).
+    let seq_duplicates = || async {
+        let devices = gw.get_json("/api/v1/devices").await.ok()?;
+        Some(devices.as_array()?.iter().filter_map(|d| d["seq_duplicates"].as_u64()).sum::<u64>())
+    };
+    let seq_dups = match wait_for("the devices table to count the duplicates", Duration::from_secs(10), Duration::from_millis(100), || async {
+        seq_duplicates().await.filter(|dups| duplicates <= dups + replayed)
+    })
+    .await
+    {
+        Ok(dups) => dups,
+        Err(_) => seq_duplicates().await.unwrap_or(0),
+    };
     eprintln!(
         "acknowledged {} readings, stored {} points ({} distinct), {} duplicates in the database; the gateway counted {} duplicate seqs (broker redeliveries) and {} lines written again after crashes",
         acked.len(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use nh_e2e::sim::{self, Sent};
-use nh_e2e::{workspace_root, write_config, Gateway, Mosquitto, TempDir, VictoriaMetrics};
+use nh_e2e::{wait_for, workspace_root, write_config, Gateway, Mosquitto, TempDir, VictoriaMetrics};
 use nh_gateway::registry::Registry;
 use nh_gateway::vocabulary::{self, Kind};
 
@@ -212,9 +212,14 @@ async fn without_influx_the_local_history_api_answers() -> Result<()> {
     let sent = sim::run(&registry_path(), broker, 1800, 7, dir.path())?;
     gw.wait_forwarded(sent.len() as u64, false, FORWARD_TIMEOUT).await?;
 
-    // Devices: every registered one, with its last reception and last values.
-    let devices = gw.get_json("/api/v1/devices").await?;
-    let devices = devices.as_array().cloned().unwrap_or_default();
+    // Devices: every registered one, with its last reception and last values. The journal's
+    // devices table follows the rows within a second (`journal::writer::DEVICES_EVERY`).
+    let devices = wait_for("every device seen in /api/v1/devices", Duration::from_secs(10), Duration::from_millis(100), || async {
+        let devices = gw.get_json("/api/v1/devices").await.ok()?;
+        let devices = devices.as_array().cloned().unwrap_or_default();
+        devices.iter().all(|d| d["last_seen"].as_i64().is_some()).then_some(devices)
+    })
+    .await?;
     assert_eq!(devices.len(), registry.len());
     for d in &devices {
         for key in ["id", "site", "class", "room", "last_seen"] {
