@@ -11,6 +11,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::{Alert, AlertEvent, AlertState, AuditEntry};
+use crate::journal::store::WriteTurns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertStoreError {
@@ -108,6 +109,8 @@ pub struct Change {
 
 pub struct AlertStore {
     conn: Connection,
+    /// Writes take a turn: the journal writer lets them go before its next transaction.
+    turns: WriteTurns,
 }
 
 impl std::fmt::Debug for AlertStore {
@@ -135,7 +138,10 @@ impl AlertStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(AlertStore { conn })
+        Ok(AlertStore {
+            conn,
+            turns: WriteTurns::of(path),
+        })
     }
 
     /// The highest alert seq ever written (0 when none).
@@ -151,6 +157,7 @@ impl AlertStore {
         if changes.is_empty() {
             return Ok(());
         }
+        let _turn = self.turns.ask();
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
@@ -225,6 +232,7 @@ impl AlertStore {
         detail: Option<&serde_json::Value>,
     ) -> Result<(), AlertStoreError> {
         let detail = detail.map(serde_json::to_string).transpose()?;
+        let _turn = self.turns.ask();
         self.conn.execute(
             "INSERT INTO access_audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
             params![at, actor, action, detail],
@@ -335,6 +343,7 @@ impl AlertStore {
     }
 
     pub fn save_state(&self, name: &str, json: &str) -> Result<(), AlertStoreError> {
+        let _turn = self.turns.ask();
         self.conn.execute(
             "INSERT INTO engine_state (name, json) VALUES (?1, ?2)
              ON CONFLICT(name) DO UPDATE SET json = excluded.json",

@@ -37,7 +37,7 @@ use rusqlite::{params, OptionalExtension};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, WriteTurns};
 use super::{budget, recovery, Record, RowId};
 use crate::clock::Clock;
 use crate::telemetry::Telemetry;
@@ -190,6 +190,7 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
             .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)?;
         spawn_checkpointer(path, committed.clone());
     }
+    let turns = store.path().map(|p| WriteTurns::of(&p));
     let rt = tokio::runtime::Handle::current();
     let thread = std::thread::Builder::new()
         .name("journal-writer".into())
@@ -202,6 +203,7 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
                 seqs,
                 pending: HashMap::new(),
                 devices_at: Instant::now(),
+                turns,
                 rx,
                 rx_priority,
                 rt,
@@ -279,6 +281,8 @@ struct Writer {
     pending: HashMap<String, DeviceDelta>,
     /// When the `devices` table was last brought up to date.
     devices_at: Instant,
+    /// The small writers of the same file (alerts) go first at each transaction.
+    turns: Option<WriteTurns>,
     rx: mpsc::Receiver<Ingest>,
     rx_priority: mpsc::Receiver<Ingest>,
     rt: tokio::runtime::Handle,
@@ -645,6 +649,7 @@ impl Writer {
         // A priority transaction stays as small as it can be: its devices wait for the next
         // update of the table.
         let update_devices = lane == Lane::Bulk && self.devices_at.elapsed() >= DEVICES_EVERY;
+        self.let_others_go_first();
         let conn = self.store.conn_mut();
         let tx = conn.transaction()?;
         {
@@ -715,6 +720,13 @@ impl Writer {
         self.store.last_id()
     }
 
+    /// Lets the alert store and the other small writers of the file take the write lock first.
+    fn let_others_go_first(&self) {
+        if let Some(turns) = &self.turns {
+            turns.let_others_go_first();
+        }
+    }
+
     /// Writes the pending device changes into the `devices` table in a transaction of their
     /// own (the writer is idle, or stopping). A failure keeps them pending for the next try.
     fn update_devices(&mut self) {
@@ -723,6 +735,7 @@ impl Writer {
             return;
         }
         let through = *self.committed.borrow();
+        self.let_others_go_first();
         let result = (|| -> Result<(), StoreError> {
             let tx = self.store.conn_mut().transaction()?;
             upsert_devices(&tx, self.pending.iter().map(|(k, v)| (k.as_str(), v)), through)?;
@@ -866,6 +879,7 @@ mod tests {
             seqs: HashMap::new(),
             pending: HashMap::new(),
             devices_at: Instant::now(),
+            turns: Some(WriteTurns::of(path)),
             rx: mpsc::channel(1).1,
             rx_priority: mpsc::channel(1).1,
             rt: tokio::runtime::Builder::new_current_thread()

@@ -55,6 +55,8 @@ impl AlertEvent {
 /// One connection to the event log.
 pub struct EventLog {
     conn: Connection,
+    /// Cursor writes take a turn at the write lock (see `journal::store::WriteTurns`).
+    turns: crate::journal::store::WriteTurns,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -81,7 +83,10 @@ impl EventLog {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(EventLog { conn })
+        Ok(EventLog {
+            conn,
+            turns: crate::journal::store::WriteTurns::of(path),
+        })
     }
 
     /// Up to `limit` events with `seq > after`, in seq order.
@@ -123,6 +128,7 @@ impl EventLog {
 
     /// Persists a channel's cursor (durable when this returns).
     pub fn set_cursor(&self, channel: &str, seq: u64) -> Result<(), LogError> {
+        let _turn = self.turns.ask();
         self.conn.execute(
             "INSERT INTO delivery_cursors (channel, seq) VALUES (?1, ?2)
              ON CONFLICT (channel) DO UPDATE SET seq = excluded.seq",
