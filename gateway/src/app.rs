@@ -302,8 +302,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         // Half the MQTT window: where acknowledgements wait for the commit (external mode), a
         // batch never grows past the window and must not wait for one that cannot. The embedded
         // broker's subscribers acknowledge on receipt, so its window (100) does not stop the flow.
-        bulk_linger_messages: usize::from(config.mqtt.inflight / 2)
-        .max(1),
+        bulk_linger_messages: usize::from(config.mqtt.inflight / 2).max(1),
     };
     let writer = spawn_writer(store, writer_cfg, telemetry.clone())?;
     info!(

@@ -9,6 +9,7 @@
 //! - [`vocabulary`]: the canonical metric names, types, ranges and enum codes.
 //! - [`decode`]: pure decoders (canonical, Zigbee2MQTT, generic JSON mapping).
 //! - [`normalize`]: decode + registry + time checks for one message, with rejection counters.
+//! - [`buttons`]: what a button press means per device model (which presses call for help).
 //! - [`sources`]: the MQTT subscriber and the embedded broker.
 //! - [`journal`]: the durable local store (SQLite), group commit, history queries.
 //! - [`influx`]: the InfluxDB v2 forwarder (cursor, batches, retries, quarantine).
@@ -31,6 +32,7 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod buttons;
 pub mod clock;
 pub mod config;
 pub mod decode;

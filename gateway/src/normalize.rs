@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
+use crate::buttons::ButtonTable;
 use crate::clock::Clock;
 use crate::config::{DecodeConfig, UnknownDevicePolicy};
 use crate::decode::{Decoder, Limits};
@@ -42,7 +43,15 @@ const SWEEP_EVERY_MS: i64 = 1000;
 /// Alarm states: each is an edge a device reports once (smoke on, an SOS press, a fall, a gas or
 /// CO alarm, a heat detector's own alarm level), so one dropped message can be a lost alarm. A
 /// reading carrying any of them is never dropped by the flood limit, whoever sends it.
-pub const LIFE_SAFETY_METRICS: &[&str] = &["alarm_level_dev", "co_alarm", "fall_state", "gas_alarm", "smoke", "sos"];
+pub const LIFE_SAFETY_METRICS: &[&str] = &[
+    "alarm_level_dev",
+    "co_alarm",
+    "fall_state",
+    "gas_alarm",
+    "heat_alarm",
+    "smoke",
+    "sos",
+];
 /// The measurements the fire, gas and CO rules (R12-R15 of `config/rules.toml`) read, exempt
 /// when a detector of those hazards sends them: a rising temperature or concentration is how a
 /// fire or a leak shows before the device's own alarm.
@@ -269,6 +278,7 @@ pub struct Normalizer {
     pub telemetry: Arc<Telemetry>,
     log_budget: Mutex<HashMap<&'static str, (i64, u32)>>,
     flood: Mutex<FloodTable>,
+    buttons: ButtonTable,
 }
 
 impl Normalizer {
@@ -291,6 +301,9 @@ impl Normalizer {
             telemetry,
             log_budget: Mutex::default(),
             flood: Mutex::new(FloodTable::new(FloodLimit::default(), MAX_UNREGISTERED_BUCKETS)),
+            // The shipped table is checked by `buttons::tests`; the defaults by class still hold
+            // without it.
+            buttons: ButtonTable::shipped().unwrap_or_default(),
         }
     }
 
@@ -386,6 +399,7 @@ impl Normalizer {
                     metrics: reading.metrics,
                 },
             };
+            self.mark_help_press(device.map(|d| &**d), &mut record);
             (record.ts, record.ts_replaced) = match reading.ts_ms {
                 Some(ts) if ts <= recv_ms + self.max_future_ms && ts >= recv_ms - self.max_past_ms => (ts, false),
                 Some(_) => (recv_ms, true),
@@ -404,6 +418,17 @@ impl Normalizer {
             out.push(record);
         }
         out
+    }
+
+    /// A button press that means a call for help on this device's model adds `sos = true` (the
+    /// press itself is kept: history shows what was pressed). A press wins over an `sos: false`
+    /// state sent in the same message.
+    fn mark_help_press(&self, device: Option<&crate::registry::Device>, record: &mut Record) {
+        if let Some(Value::Text(press)) = record.metrics.get("button") {
+            if self.buttons.is_help(device, press) {
+                record.metrics.insert("sos".to_owned(), Value::Bool(true));
+            }
+        }
     }
 
     /// Applies the flood limit to one record; false when it is dropped (and counted).
@@ -536,6 +561,94 @@ interval_s = 60
     }
 
     const RECV: i64 = 1_700_000_000_000;
+
+    /// Zigbee2MQTT button presses of each model of the button table (and the defaults by
+    /// class) through the real decoder and normalization: `sos` is added exactly for the presses
+    /// that call for help, and the press itself is kept.
+    #[test]
+    fn zigbee2mqtt_presses_call_for_help_per_model() {
+        let registry = r#"
+site = "nh-t"
+[[devices]]
+id = "hs1eb"
+class = "sos_button"
+zigbee_name = "hs1eb"
+interval_s = 60
+model = "Heiman HS1EB"
+[[devices]]
+id = "ws101"
+class = "sos_button"
+zigbee_name = "ws101"
+interval_s = 60
+model = "Milesight WS101"
+[[devices]]
+id = "pendant"
+class = "wearable"
+zigbee_name = "pendant"
+interval_s = 60
+model = "Climax pendant"
+[[devices]]
+id = "cord"
+class = "sos_button"
+zigbee_name = "cord"
+interval_s = 60
+model = "unknown pull cord"
+[[devices]]
+id = "remote"
+class = "door_contact"
+zigbee_name = "remote"
+interval_s = 60
+[[devices]]
+id = "own"
+class = "sos_button"
+zigbee_name = "own"
+interval_s = 60
+model = "Heiman HS1EB"
+help_presses = ["long"]
+"#;
+        let registry = Arc::new(Registry::parse(Path::new("d.toml"), registry).expect("registry"));
+        let n = Normalizer::new(
+            registry,
+            UnknownDevicePolicy::Accept,
+            Limits::default(),
+            300_000,
+            3_600_000,
+            Clock::system(),
+            Arc::new(Telemetry::default()),
+        );
+        let press = |name: &str, action: &str| {
+            let payload = format!(r#"{{"action":"{action}","battery":90,"sos":false}}"#);
+            let r = n.process(
+                &Decoder::Zigbee2Mqtt,
+                &format!("zigbee2mqtt/{name}"),
+                payload.as_bytes(),
+                RECV,
+            );
+            assert_eq!(r.len(), 1, "{name} {action}");
+            assert!(r[0].metrics.contains_key("button"), "the press is kept");
+            r[0].metrics.get("sos") == Some(&Value::Bool(true))
+        };
+        for (device, action, help) in [
+            ("hs1eb", "single", true),
+            ("hs1eb", "double", true),
+            ("hs1eb", "hold", true),
+            ("hs1eb", "emergency", true),
+            ("ws101", "hold", true),
+            ("ws101", "double", false),
+            ("ws101", "single", false),
+            ("pendant", "single", true),
+            ("pendant", "hold", false),
+            ("cord", "double", true),
+            ("remote", "single", false),
+            ("remote", "emergency", true),
+            ("own", "single", false),
+            ("own", "hold", true),
+            ("never_registered", "single", false),
+            ("never_registered", "emergency", true),
+        ] {
+            assert_eq!(press(device, action), help, "{device} {action}");
+        }
+    }
 
     #[test]
     fn attaches_registry_location_and_keeps_sane_device_time() {

@@ -96,9 +96,18 @@ pub struct Device {
     pub care_flags: Vec<String>,
     /// Expected reporting interval in seconds (offline supervision derives from it).
     pub interval_s: u64,
-    /// Vendor and model, free text.
+    /// Vendor and model, free text. Some models' button presses are looked up by it (see
+    /// `normalize::buttons`).
     #[serde(default)]
     pub model: String,
+    /// Warm-up time of a gas or CO detector after power-on, seconds, when its model differs from
+    /// the rules' default (rule entries with `hold_from_warmup`).
+    #[serde(default)]
+    pub warmup_s: Option<u64>,
+    /// Button presses (`single`, `double`, `long`, `emergency`) that mean a call for help on this
+    /// device, overriding its model's entry in the button table.
+    #[serde(default)]
+    pub help_presses: Option<Vec<String>>,
 }
 
 /// The registry, indexed.

@@ -32,7 +32,9 @@ pub const MAX_TEXT_LEN: usize = 128;
 pub const FALL_STATES: &[&str] = &["none", "suspected", "fall", "confirmed", "exit"];
 pub const MOTION_STATES: &[&str] = &["none", "stationary", "moving"];
 pub const POSTURES: &[&str] = &["standing", "sitting", "lying", "on_bed", "low_posture"];
-pub const BUTTONS: &[&str] = &["none", "single", "double", "long"];
+/// Button presses; `emergency` is a press the device itself reports as a call for help. Which
+/// presses mean help on a given model is the button table's (`normalize::buttons`).
+pub const BUTTONS: &[&str] = &["none", "single", "double", "long", "emergency"];
 pub const GAS_TYPES: &[&str] = &["unknown", "methane", "propane", "lpg", "town_gas", "co", "h2"];
 pub const ALARM_LEVELS: &[&str] = &["none", "low", "high", "test"];
 
@@ -82,6 +84,7 @@ pub const METRICS: &[MetricSpec] = &[
     choice("gas_type", GAS_TYPES),
     num("heart_rate", "beat/min", 0.0, 300.0),
     flag("heartbeat"),
+    flag("heat_alarm"),
     text("indoor_zone"),
     flag("journal_budget_high"),
     flag("journal_dropping"),

@@ -7,6 +7,8 @@
 //! [scenario]
 //! name = "R1 fall confirmed by the bedroom radar"
 //! registry = "../test/devices.toml"   # relative to this file
+//! gateway_registry = "gw.toml"        # optional: the gateway's registry, when it lacks devices
+//!                                     # of the fleet (a device nobody registered)
 //! rules = "../rules.toml"             # the gateway's rules file (informational; the runner never reads it)
 //! start = "2026-05-01T21:30:00+08:00" # virtual start: --test-clock-start (night rules apply)
 //! duration_s = 90                     # virtual seconds observed at least
@@ -68,6 +70,9 @@ pub struct Scenario {
     pub path: Option<PathBuf>,
     pub registry_path: PathBuf,
     pub registry: Registry,
+    /// The registry the gateway runs with, when it differs from the fleet's (a scenario with a
+    /// device the gateway does not know).
+    pub gateway_registry_path: Option<PathBuf>,
     pub rules_path: Option<PathBuf>,
     /// Virtual start (ms since epoch), if the file sets one.
     pub start_ms: Option<i64>,
@@ -189,6 +194,7 @@ struct RawHeader {
     name: String,
     description: Option<String>,
     registry: String,
+    gateway_registry: Option<String>,
     rules: Option<String>,
     start: Option<Spanned<String>>,
     duration_s: Spanned<f64>,
@@ -296,6 +302,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
             None
         }
     };
+    let gateway_registry_path = h.gateway_registry.as_ref().map(|r| base.join(r));
+    if let Some(p) = &gateway_registry_path {
+        if let Err(e) = registry::load(p) {
+            errors.push((Some(header_line), format!("scenario.gateway_registry: {e}")));
+        }
+    }
     let rules_path = h.rules.as_ref().map(|r| base.join(r));
     if let Some(p) = &rules_path {
         if !p.is_file() {
@@ -554,6 +566,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
             description: h.description,
             path: None,
             registry_path,
+            gateway_registry_path,
             registry,
             rules_path,
             start_ms,

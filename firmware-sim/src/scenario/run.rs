@@ -153,6 +153,7 @@ pub fn info(sc: &Scenario) -> Json {
         "description": sc.description,
         "site": sc.registry.site,
         "registry": absolute(&sc.registry_path),
+        "gateway_registry": absolute(sc.gateway_registry_path.as_ref().unwrap_or(&sc.registry_path)),
         "rules": sc.rules_path.as_ref().map(|p| absolute(p)),
         "start_ms": sc.start_ms,
         "start": sc.start_ms.map(|s| time::format_rfc3339(s, sc.utc_offset_min)),

@@ -26,6 +26,7 @@ pub fn key_for(metric: &str) -> Option<&'static str> {
         "presence" => "occupancy",
         "fall_state" => "fall_down_status",
         "sos" => "sos",
+        "button" => "action",
         "battery_pct" => "battery",
         "battery_low" => "battery_low",
         "battery_v" => "voltage",
@@ -59,6 +60,12 @@ fn encode_value(metric: &str, value: &Value) -> Option<Json> {
             };
             Some(Json::String(z2m.to_owned()))
         }
+        // A press is Z2M's `action`; a held button says `hold`; "no press" is no action at all.
+        ("button", Value::Text(press)) => match *press {
+            "none" => None,
+            "long" => Some(Json::String("hold".to_owned())),
+            p => Some(Json::String(p.to_owned())),
+        },
         // Z2M reports battery voltage in millivolts, as an integer.
         ("battery_v", Value::Num(volts)) => Some(number_json((volts * 1000.0).round())),
         (_, v) => Some(to_json(v)),
@@ -125,6 +132,13 @@ mod tests {
                 "occupancy" => ("presence", v.clone()),
                 "battery" => ("battery_pct", v.clone()),
                 "trouble" => ("fault", v.clone()),
+                "action" => (
+                    "button",
+                    json!(match v.as_str().expect("str") {
+                        "hold" => "long",
+                        other => other,
+                    }),
+                ),
                 "silence" => ("silenced", v.clone()),
                 "linkquality" => ("lqi", v.clone()),
                 "smoke" | "sos" | "battery_low" | "tamper" | "test" | "preheat" | "temperature" => {

@@ -1154,7 +1154,41 @@ fn validate_serial(
                         );
                     }
                     if is_valid_bus(&p.bus) {
-                        registered(&u.device_id(&p.bus), &ukey("unit"), d);
+                        let id = u.device_id(&p.bus);
+                        registered(&id, &ukey("unit"), d);
+                        // Offline supervision counts from the registry's interval: a unit polled
+                        // less often than that looks offline while it answers every poll.
+                        if let Some(dev) = registry.get(&id) {
+                            if u.poll_ms > dev.interval_s.saturating_mul(1000) {
+                                d.at_key(
+                                    &ukey("poll_ms"),
+                                    format!(
+                                        "poll_ms {} is longer than the registry's interval_s {} for `{id}`: the unit \
+                                         would be reported offline while it answers every poll; poll at least \
+                                         every interval_s, or raise interval_s",
+                                        u.poll_ms, dev.interval_s
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                // Every unit timing out with all its retries in one cycle must still fit in the
+                // fastest unit's interval, or that unit's polls fall behind while others are dead.
+                let worst: u64 = p
+                    .units
+                    .iter()
+                    .map(|u| u.timeout_ms.saturating_mul(u64::from(u.retries) + 1))
+                    .sum();
+                if let Some(fastest) = p.units.iter().map(|u| u.poll_ms).min() {
+                    if p.units.len() > 1 && worst > fastest {
+                        d.at_key(
+                            &key("units"),
+                            format!(
+                                "worst-case bus cycle {worst} ms (every unit timing out with its retries) exceeds the \
+                                 fastest poll_ms {fastest}: lower timeout_ms or retries, or poll less often"
+                            ),
+                        );
                     }
                 }
             }
@@ -1225,6 +1259,56 @@ mod tests {
         ] {
             assert!(e.contains(expected), "missing {expected} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn a_unit_polled_slower_than_its_interval_and_a_bus_too_slow_for_its_dead_units_are_refused() {
+        let registry = "site = \"nh-s\"\n[[devices]]\nid = \"modbus:k:1\"\nclass = \"gas_detector\"\ninterval_s = 1\n\
+                        [[devices]]\nid = \"modbus:k:2\"\nclass = \"gas_detector\"\ninterval_s = 5\n\
+                        [[devices]]\nid = \"modbus:k:3\"\nclass = \"gas_detector\"\ninterval_s = 5\n";
+        let site = |units: &str| {
+            format!(
+                "[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[[serial]]\nbus = \"k\"\npath = \"/dev/ttyUSB0\"\n\
+                 protocol = \"modbus_rtu\"\n{units}"
+            )
+        };
+        let unit = |n: u32, poll: u64, timeout: u64, retries: u32| {
+            format!(
+                "[[serial.units]]\nunit = {n}\nmap = \"generic_gas_lel\"\npoll_ms = {poll}\ntimeout_ms = {timeout}\nretries = {retries}\n"
+            )
+        };
+        let load = |text: &str| {
+            load_str(
+                Path::new("s.toml"),
+                text,
+                Path::new("."),
+                &Env::default(),
+                Some(registry),
+            )
+        };
+        // Unit 1 is expected every second but polled every 2 s.
+        let e = load(&site(&(unit(1, 2000, 200, 1) + &unit(2, 5000, 200, 1))))
+            .expect_err("slow poll")
+            .to_string();
+        assert!(
+            e.contains("serial.0.units.0.poll_ms") && e.contains("interval_s 1") && !e.contains("units.1.poll_ms"),
+            "{e}"
+        );
+        // Three units timing out with one retry each: 3 x 2 x 200 = 1200 ms > the fastest 1000 ms.
+        let e = load(&site(
+            &(unit(1, 1000, 200, 1) + &unit(2, 5000, 200, 1) + &unit(3, 5000, 200, 1)),
+        ))
+        .expect_err("slow bus")
+        .to_string();
+        assert!(
+            e.contains("serial.0.units") && e.contains("worst-case bus cycle 1200 ms"),
+            "{e}"
+        );
+        // The same bus without retries fits (600 ms): valid.
+        load(&site(
+            &(unit(1, 1000, 200, 0) + &unit(2, 5000, 200, 0) + &unit(3, 5000, 200, 0)),
+        ))
+        .expect("valid bus");
     }
 
     #[test]

@@ -83,12 +83,14 @@ pub fn decode(topic: &str, payload: &[u8], limits: &Limits) -> Result<Vec<Readin
         metrics.insert("fall_state".to_owned(), Value::Text(state.to_owned()));
     }
     // `action` is shared by every kind of remote and switch: only the button presses we know are
-    // kept, whatever else it carries (`""`, `arm_away`, a number) is ignored.
+    // kept, whatever else it carries (`""`, `arm_away`, a number) is ignored. Which presses call
+    // for help depends on the model: normalization decides (`buttons`).
     if let Some(Json::String(action)) = doc.get("action") {
         let button = match action.as_str() {
             "single" => Some("single"),
             "double" => Some("double"),
             "hold" | "long" => Some("long"),
+            "emergency" | "sos" => Some("emergency"),
             _ => None,
         };
         if let Some(button) = button {

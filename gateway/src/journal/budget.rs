@@ -46,7 +46,15 @@ pub const PROTECTED_CLASSES: &[&str] = &[
 
 /// Metrics that make a reading life-safety from any class when active (true, or an enum value
 /// other than `none`).
-pub const ALARM_METRICS: &[&str] = &["alarm_level_dev", "co_alarm", "fall_state", "gas_alarm", "smoke", "sos"];
+pub const ALARM_METRICS: &[&str] = &[
+    "alarm_level_dev",
+    "co_alarm",
+    "fall_state",
+    "gas_alarm",
+    "heat_alarm",
+    "smoke",
+    "sos",
+];
 
 /// Whether a reading is never deleted for the disk budget (see the module documentation).
 pub fn is_life_safety(record: &Record) -> bool {

@@ -168,6 +168,16 @@ impl WriteTurns {
     }
 }
 
+/// Sets a cursor on `conn` (a connection or a transaction of the journal).
+pub(crate) fn write_cursor(conn: &Connection, name: &str, position: RowId) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO cursors (name, position) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+        params![name, position],
+    )?;
+    Ok(())
+}
+
 /// A journal row as the InfluxDB forwarder reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadingRow {
@@ -261,20 +271,19 @@ impl Store {
 
     /// A persisted cursor position (0 when never set).
     pub fn cursor(&self, name: &str) -> Result<RowId, StoreError> {
-        let pos: Option<i64> = self
+        Ok(self.cursor_if_set(name)?.unwrap_or(0))
+    }
+
+    /// A cursor's position, or `None` when it was never set.
+    pub fn cursor_if_set(&self, name: &str) -> Result<Option<RowId>, StoreError> {
+        Ok(self
             .conn
             .query_row("SELECT position FROM cursors WHERE name = ?1", [name], |r| r.get(0))
-            .optional()?;
-        Ok(pos.unwrap_or(0))
+            .optional()?)
     }
 
     pub fn set_cursor(&self, name: &str, position: RowId) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO cursors (name, position) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-            params![name, position],
-        )?;
-        Ok(())
+        write_cursor(&self.conn, name, position)
     }
 
     /// Rows after `after`, in id order, at most `limit`.
@@ -447,7 +456,10 @@ mod tests {
         let writer = WriteTurns::of(&a);
         // One counter per file, whichever handle asks.
         let turn = WriteTurns::of(&a).ask();
-        assert!(WriteTurns::of(&b).let_others_go_first() < YIELD_MAX, "another file's turn holds nobody back");
+        assert!(
+            WriteTurns::of(&b).let_others_go_first() < YIELD_MAX,
+            "another file's turn holds nobody back"
+        );
         // A turn held past the limit: the writer waits the limit, then goes on.
         assert!(writer.let_others_go_first() >= YIELD_MAX);
         // A turn that ends: the writer goes on right after it.

@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -318,6 +318,16 @@ impl DeviceDelta {
     }
 }
 
+/// Adds a device's delta to the pending ones.
+fn merge_into(pending: &mut HashMap<String, DeviceDelta>, id: &str, d: DeviceDelta) {
+    match pending.get_mut(id) {
+        Some(p) => p.merge(d),
+        None => {
+            pending.insert(id.to_owned(), d);
+        }
+    }
+}
+
 /// One committed row's share of its device's delta, with the seq checks against the batch's
 /// own seqs, then the last known ones.
 fn account<'a>(
@@ -392,11 +402,7 @@ fn upsert_devices<'a>(
             d.resets as i64
         ])?;
     }
-    tx.execute(
-        "INSERT INTO cursors (name, position) VALUES (?1, ?2)
-         ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-        params![DEVICES_MARK, through],
-    )?;
+    super::store::write_cursor(tx, DEVICES_MARK, through)?;
     Ok(())
 }
 
@@ -404,15 +410,8 @@ fn upsert_devices<'a>(
 /// after the last update before a crash) are counted again, their seq checks included. A
 /// journal without the mark (written before the mark existed, when every commit updated the
 /// table) is current: the mark is set to its last row.
-fn catch_up_devices(
-    store: &mut Store,
-    seqs: &mut HashMap<String, u64>,
-    last: RowId,
-) -> Result<(), StoreError> {
-    let mark: Option<RowId> = store
-        .conn()
-        .query_row("SELECT position FROM cursors WHERE name = ?1", [DEVICES_MARK], |r| r.get(0))
-        .optional()?;
+fn catch_up_devices(store: &mut Store, seqs: &mut HashMap<String, u64>, last: RowId) -> Result<(), StoreError> {
+    let mark = store.cursor_if_set(DEVICES_MARK)?;
     let mut after = mark.unwrap_or(last);
     let mut replayed = 0u64;
     while after < last {
@@ -438,7 +437,11 @@ fn catch_up_devices(
         tx.commit()?;
     }
     if replayed > 0 {
-        info!(rows = replayed, through = last, "devices table brought up to date after an unclean stop");
+        info!(
+            rows = replayed,
+            through = last,
+            "devices table brought up to date after an unclean stop"
+        );
     }
     Ok(())
 }
@@ -683,12 +686,7 @@ impl Writer {
             // commit holds (a failed commit is retried with the same batch).
             let mut all = self.pending.clone();
             for (id, d) in &deltas {
-                match all.get_mut(*id) {
-                    Some(p) => p.merge(d.clone()),
-                    None => {
-                        all.insert((*id).to_owned(), d.clone());
-                    }
-                }
+                merge_into(&mut all, id, d.clone());
             }
             upsert_devices(&tx, all.iter().map(|(k, v)| (k.as_str(), v)), last)?;
         }
@@ -701,12 +699,7 @@ impl Writer {
             self.devices_at = Instant::now();
         } else {
             for (id, d) in deltas {
-                match self.pending.get_mut(id) {
-                    Some(p) => p.merge(d),
-                    None => {
-                        self.pending.insert(id.to_owned(), d);
-                    }
-                }
+                merge_into(&mut self.pending, id, d);
             }
         }
         remember_seqs(&mut self.seqs, seqs);
@@ -961,7 +954,12 @@ mod tests {
     fn the_devices_table_follows_at_most_every_second_and_a_crash_loses_none_of_it() {
         let path = temp_db("devices-mark");
         let mut w = manual(&path, SyncPolicy::Full, config(None), Arc::new(Telemetry::default()));
-        let ingest = |rows: Vec<Record>| vec![Ingest { records: rows, ack: None }];
+        let ingest = |rows: Vec<Record>| {
+            vec![Ingest {
+                records: rows,
+                ack: None,
+            }]
+        };
         let hr = |v: f64| [("heart_rate", Value::Num(v))];
         let devices = |path: &std::path::Path| {
             let mut d = Store::open_secondary(path).expect("reader").devices().expect("devices");
@@ -975,13 +973,26 @@ mod tests {
         };
 
         // Within the second: committed, acknowledged, but not yet in the table.
-        w.commit(&ingest((1..=3).map(|s| record("a", 1000 + s as i64, Some(s), &hr(60.0))).collect()), Lane::Bulk)
-            .expect("commit");
+        w.commit(
+            &ingest(
+                (1..=3)
+                    .map(|s| record("a", 1000 + s as i64, Some(s), &hr(60.0)))
+                    .collect(),
+            ),
+            Lane::Bulk,
+        )
+        .expect("commit");
         assert_eq!(devices(&path), vec![]);
         // A second later the next bulk commit brings everything pending along.
         w.devices_at -= DEVICES_EVERY;
-        w.commit(&ingest(vec![record("a", 1004, Some(3), &hr(61.0)), record("b", 1004, Some(1), &hr(70.0))]), Lane::Bulk)
-            .expect("commit");
+        w.commit(
+            &ingest(vec![
+                record("a", 1004, Some(3), &hr(61.0)),
+                record("b", 1004, Some(1), &hr(70.0)),
+            ]),
+            Lane::Bulk,
+        )
+        .expect("commit");
         let expected = vec![
             ("a".to_owned(), 4, 1, 0, Some(3), Some(61.0)),
             ("b".to_owned(), 1, 0, 0, Some(1), Some(70.0)),
@@ -1032,10 +1043,13 @@ mod tests {
         let left: Vec<i64> = w.store.rows_after(0, 100).expect("rows").iter().map(|r| r.id).collect();
         assert_eq!(left, vec![5, 6, 7, 8, 9, 10], "rows not yet forwarded must stay");
         // Ids are never reused after deletes (the forwarder's cursor relies on it).
-        w.commit(&[Ingest {
-            records: vec![record("d", 2000, None, &[("spo2", Value::Num(96.0))])],
-            ack: None,
-        }], Lane::Bulk)
+        w.commit(
+            &[Ingest {
+                records: vec![record("d", 2000, None, &[("spo2", Value::Num(96.0))])],
+                ack: None,
+            }],
+            Lane::Bulk,
+        )
         .expect("commit");
         assert_eq!(w.store.last_id().expect("last"), 11);
     }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::output::Priority;
 use crate::config::diagnostics::{parse_all, ConfigError, ConfigErrors, Diagnostics};
 use crate::reading::Value;
-use crate::registry::{is_valid_id, CARE_FLAGS, CLASSES};
+use crate::registry::{is_valid_id, CARE_FLAGS, CLASSES, UNREGISTERED_CLASS};
 use crate::vocabulary::{self, Kind as MetricKind};
 
 /// Escalation tiers (s after raising, while unacknowledged) per priority: domain.md 4, R19.
@@ -39,6 +39,10 @@ pub const DEFAULT_NIGHT_END: &str = "06:00";
 pub const DEFAULT_UTC_OFFSET_MIN: i32 = 480;
 /// Boolean metrics that, while true, suppress threshold, rate and CO-curve rules (domain.md 1.8).
 pub const DEFAULT_SUPPRESS_FLAGS: &[&str] = &["preheat", "test"];
+/// Readings that must show a condition before its hold completes: the condition seen when its
+/// window starts and confirmed by at least one later reading. One reading followed by silence is
+/// not a condition that held; a silent device is the absence rule's business.
+pub const DEFAULT_MIN_READINGS: u32 = 2;
 /// Span over which a rate of rise is measured when the rule does not say.
 pub const DEFAULT_RATE_WINDOW_S: u64 = 60;
 /// Placeholders a message may use.
@@ -89,6 +93,10 @@ struct DefaultsFile {
     /// CO-curve rules: the suppressed reading neither starts nor continues a window.
     #[serde(default)]
     suppress_flags: Option<Vec<String>>,
+    /// Readings that must show a condition before its hold (`for_s`) completes, for entries
+    /// with a hold that do not say (default 2).
+    #[serde(default)]
+    min_readings: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +278,29 @@ struct RuleFile {
     /// same device while this one is open (the alert keeps its id).
     #[serde(default)]
     upgrade_to: Option<String>,
+    /// Boolean metrics that hold this entry back while the device reports them true. Default:
+    /// `defaults.suppress_flags` for threshold, rate and co_curve entries, none for the others.
+    #[serde(default)]
+    suppressed_by: Option<Vec<String>>,
+    /// A flag of `suppressed_by` holds the entry back for at most this many seconds after it
+    /// turned true; then the entry is judged as if the flag were not there (a detector left in
+    /// test mode is not silenced for ever). Default: as long as the flag lasts.
+    #[serde(default)]
+    suppress_max_s: Option<u64>,
+    /// Boolean metrics the device must report true for this entry to apply (a level while the
+    /// detector preheats, a smoke alarm during a self-test). They never suppress the entry; once
+    /// one of them ends, the entry clears.
+    #[serde(default)]
+    while_flags: Vec<String>,
+    /// Readings that must show the condition before the hold completes (numeric kinds count
+    /// readings carrying the metric; state kinds any reading of the device, since states are
+    /// reported on change). Default: `defaults.min_readings` with a hold, 1 without one.
+    #[serde(default)]
+    min_readings: Option<u32>,
+    /// The hold is the device's registry `warmup_s` when it sets one (a detector's warm-up time
+    /// differs per model), else `for_s`.
+    #[serde(default)]
+    hold_from_warmup: bool,
 }
 
 /// Which devices an entry applies to.
@@ -286,7 +317,12 @@ pub struct Selector {
 impl Selector {
     /// Whether a device of `class` in `zone`, with the care flags of its resident and of its
     /// room, is selected.
+    /// A device missing from the registry (class `unregistered`) is selected only by entries
+    /// that name that class: it has no room, resident or expected interval a rule could use.
     pub fn matches(&self, class: &str, zone: &str, own_flags: &[String], room_flags: &[String]) -> bool {
+        if class == UNREGISTERED_CLASS && !self.classes.iter().any(|c| c == class) {
+            return false;
+        }
         let flags = match self.care_flags_scope {
             Scope::Device => own_flags,
             Scope::Room => room_flags,
@@ -372,6 +408,16 @@ pub struct Rule {
     pub clear_for_ms: i64,
     pub upgrade_to: Option<String>,
     pub upgrade_after_ms: Option<i64>,
+    /// Flags that hold the entry back while true (see `suppress_max_ms`).
+    pub suppressed_by: Vec<String>,
+    /// How long after a flag of `suppressed_by` turned true it stops holding the entry back.
+    pub suppress_max_ms: Option<i64>,
+    /// Flags that must all be true for the entry to apply.
+    pub while_flags: Vec<String>,
+    /// Readings that must show the condition before the hold completes.
+    pub min_readings: u32,
+    /// The hold is the device's registry `warmup_s` when it sets one.
+    pub hold_from_warmup: bool,
 }
 
 /// A maintenance window.
@@ -398,6 +444,7 @@ pub struct RuleSet {
     night_end_min: i64,
     utc_offset_min: i32,
     suppress_flags: Vec<String>,
+    min_readings: u32,
 }
 
 impl Default for RuleSet {
@@ -419,6 +466,7 @@ impl Default for RuleSet {
             night_end_min: 6 * 60,
             utc_offset_min: DEFAULT_UTC_OFFSET_MIN,
             suppress_flags: DEFAULT_SUPPRESS_FLAGS.iter().map(|s| (*s).to_owned()).collect(),
+            min_readings: DEFAULT_MIN_READINGS,
         }
     }
 }
@@ -607,6 +655,12 @@ impl RuleSet {
             }
             self.suppress_flags = flags;
         }
+        if let Some(n) = f.min_readings {
+            if n == 0 {
+                d.at_key("defaults.min_readings", "must be at least 1");
+            }
+            self.min_readings = n.max(1);
+        }
     }
 
     fn validate_maintenance(&self, i: usize, m: MaintenanceFile, d: &mut Diagnostics<'_>) -> Option<Maintenance> {
@@ -673,8 +727,14 @@ impl RuleSet {
         }
         for (k, list) in [("classes", &r.classes), ("except_classes", &r.except_classes)] {
             for c in list {
-                if !CLASSES.contains(&c.as_str()) {
-                    d.at_key(&key(k), format!("unknown class `{c}`; one of {}", CLASSES.join(", ")));
+                if !CLASSES.contains(&c.as_str()) && c != UNREGISTERED_CLASS {
+                    d.at_key(
+                        &key(k),
+                        format!(
+                            "unknown class `{c}`; one of {}, {UNREGISTERED_CLASS}",
+                            CLASSES.join(", ")
+                        ),
+                    );
                 }
             }
         }
@@ -693,6 +753,44 @@ impl RuleSet {
         }
         if r.upgrade_after_s.is_some() && r.upgrade_to.is_none() {
             d.at_key(&key("upgrade_after_s"), "needs `upgrade_to`");
+        }
+        for (k, list) in [
+            ("suppressed_by", r.suppressed_by.as_deref().unwrap_or_default()),
+            ("while_flags", r.while_flags.as_slice()),
+        ] {
+            for flag in list {
+                if vocabulary::metric(flag).map(|m| m.kind) != Some(MetricKind::Bool) {
+                    d.at_key(&key(k), format!("`{flag}` is not a boolean metric of the vocabulary"));
+                }
+            }
+        }
+        let flag_kinds = matches!(
+            r.kind,
+            KindFile::Threshold | KindFile::State | KindFile::Rate | KindFile::CoCurve
+        );
+        for (k, given) in [
+            ("suppressed_by", r.suppressed_by.is_some()),
+            ("suppress_max_s", r.suppress_max_s.is_some()),
+            ("while_flags", !r.while_flags.is_empty()),
+        ] {
+            if given && !flag_kinds {
+                d.at_key(&key(k), format!("`{k}` does not apply to this kind of rule"));
+            }
+        }
+        if r.suppress_max_s.is_some() && r.suppressed_by.as_ref().is_some_and(Vec::is_empty) {
+            d.at_key(&key("suppress_max_s"), "needs a flag in `suppressed_by`");
+        }
+        if r.min_readings == Some(0) {
+            d.at_key(&key("min_readings"), "must be at least 1");
+        }
+        if (r.min_readings.is_some() || r.hold_from_warmup) && matches!(r.kind, KindFile::Absence) {
+            d.at_key(&key("min_readings"), "an absence rule counts silence, not readings");
+        }
+        if r.hold_from_warmup && r.for_s.is_none() {
+            d.at_key(
+                &key("hold_from_warmup"),
+                "needs `for_s`, the hold of devices without `warmup_s`",
+            );
         }
 
         // Which optional fields each kind takes; any other is an error.
@@ -949,7 +1047,25 @@ impl RuleSet {
             except_care_flags: r.except_care_flags,
             care_flags_scope: r.care_flags_scope,
         };
+        let suppressible = matches!(r.kind, KindFile::Threshold | KindFile::Rate | KindFile::CoCurve);
+        let mut suppressed_by = r.suppressed_by.clone().unwrap_or_else(|| {
+            if suppressible {
+                self.suppress_flags.clone()
+            } else {
+                Vec::new()
+            }
+        });
+        // A flag the entry is about never holds it back.
+        suppressed_by.retain(|f| !r.while_flags.contains(f));
         for (suffix, condition, priority, for_ms) in conditions {
+            let min_readings = r
+                .min_readings
+                .unwrap_or(if for_ms > 0 || r.hold_from_warmup {
+                    self.min_readings
+                } else {
+                    1
+                })
+                .max(1);
             self.rules.push(Rule {
                 id: r.id.clone(),
                 key: format!("{}#{part}{suffix}", r.id),
@@ -968,6 +1084,11 @@ impl RuleSet {
                 clear_for_ms,
                 upgrade_to: r.upgrade_to.clone(),
                 upgrade_after_ms: r.upgrade_after_s.map(|s| s as i64 * 1000),
+                suppressed_by: suppressed_by.clone(),
+                suppress_max_ms: r.suppress_max_s.map(|s| s as i64 * 1000),
+                while_flags: r.while_flags.clone(),
+                min_readings,
+                hold_from_warmup: r.hold_from_warmup,
             });
         }
     }

@@ -58,6 +58,9 @@ struct DeviceState {
     parts: BTreeMap<String, PartState>,
     /// Per rule id, only while open.
     episodes: BTreeMap<String, Episode>,
+    /// Gateway time each flag a rule reads (`preheat`, `test`, ...) turned true, while true.
+    #[serde(default)]
+    flags_since: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -71,6 +74,9 @@ struct PartState {
     holds: bool,
     /// The trigger condition (with window and suppression) is true now.
     triggered: bool,
+    /// Readings that showed the trigger condition since `since_ms` (see `Rule::min_readings`).
+    #[serde(default)]
+    readings: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,6 +104,8 @@ struct Context<'a> {
     own_flags: &'a [String],
     room_flags: &'a [String],
     interval_ms: Option<i64>,
+    /// The device's own warm-up time (registry `warmup_s`).
+    warmup_ms: Option<i64>,
     /// Where the device's silence counts from: its last reading, or the return of the serial
     /// link it hangs on if that came later; `None` while that link is down (the link-down alert
     /// speaks for every device on it).
@@ -142,6 +150,7 @@ impl Engine {
             if !by_id.contains_key(&r.id) {
                 order.push(r.id.clone());
             }
+            used_metrics.extend(r.suppressed_by.iter().chain(&r.while_flags).cloned());
             by_id.entry(r.id.clone()).or_default().push(i);
             match &r.condition {
                 Condition::LowBattery { .. } => {
@@ -252,6 +261,13 @@ impl Engine {
         ds.zone.clone_from(&record.zone);
         for (name, value) in &record.metrics {
             if self.used_metrics.binary_search(name).is_ok() {
+                if let Value::Bool(on) = value {
+                    if *on {
+                        ds.flags_since.entry(name.clone()).or_insert(now_ms);
+                    } else {
+                        ds.flags_since.remove(name);
+                    }
+                }
                 ds.values.insert(name.clone(), value.clone());
             }
             if let (Some(window), Some(v)) = (self.rate_windows.get(name), value.as_f64()) {
@@ -270,7 +286,7 @@ impl Engine {
             }
         }
         let mut out = Vec::new();
-        self.step(&record.device, now_ms, &mut out);
+        self.step(&record.device, now_ms, Some(&record.metrics), &mut out);
         out
     }
 
@@ -281,7 +297,7 @@ impl Engine {
         let devices: Vec<String> = self.state.devices.keys().cloned().collect();
         let mut out = Vec::new();
         for d in devices {
-            self.step(&d, now_ms, &mut out);
+            self.step(&d, now_ms, None, &mut out);
         }
         out
     }
@@ -337,6 +353,7 @@ impl Engine {
                     .and_then(|rooms| rooms.get(&d.room))
                     .map_or(&[], Vec::as_slice),
                 interval_ms: Some(d.interval_s as i64 * 1000),
+                warmup_ms: d.warmup_s.map(|s| s as i64 * 1000),
                 silence_from,
             },
             None => Context {
@@ -348,13 +365,15 @@ impl Engine {
                 own_flags: &[],
                 room_flags: &[],
                 interval_ms: None,
+                warmup_ms: None,
                 silence_from,
             },
         }
     }
 
-    /// Evaluates every entry for one device at `now`, then its episodes.
-    fn step(&mut self, device: &str, now: i64, out: &mut Vec<RuleOutput>) {
+    /// Evaluates every entry for one device at `now`, then its episodes. `reading` is the
+    /// metrics of the reading being observed (`None` on a clock tick).
+    fn step(&mut self, device: &str, now: i64, reading: Option<&BTreeMap<String, Value>>, out: &mut Vec<RuleOutput>) {
         // The key goes back in with the state: no allocation per reading.
         let Some((key, mut ds)) = self.state.devices.remove_entry(device) else {
             return;
@@ -362,11 +381,6 @@ impl Engine {
         // A handle of our own: the context borrows the registry, not `self`.
         let registry = Arc::clone(&self.registry);
         let ctx = self.context(&registry, device, &ds);
-        let flagged = self
-            .rules
-            .suppress_flags()
-            .iter()
-            .any(|f| ds.values.get(f) == Some(&Value::Bool(true)));
         let maintenance = self.rules.in_maintenance(device, &ctx.room, now);
         let night = self.rules.is_night(now);
         let mut fired: Vec<usize> = Vec::new();
@@ -380,28 +394,63 @@ impl Engine {
                 ds.parts.remove(&rule.key);
                 continue;
             }
-            let (trigger, clear) = evaluate(&rule.condition, &ds, &ctx, now);
-            let suppressed = match rule.condition {
-                Condition::Absence { .. } => maintenance,
-                ref c if c.suppressible() => flagged || maintenance,
-                _ => false,
-            };
-            let in_window = rule.window == Window::Always || night;
-            let trigger_now = trigger && !suppressed && in_window;
             // Worked on a copy: most rules hold no state for most devices, and an entry made
             // and removed again for each reading would allocate its key every time.
             let mut state = ds.parts.get(&rule.key).copied().unwrap_or_default();
             let part = &mut state;
+            let (trigger, clear) = evaluate(&rule.condition, &ds, &ctx, part.active, now);
+            let flag_on = |f: &String| ds.values.get(f) == Some(&Value::Bool(true));
+            // A flag holds the entry back while it lasts, or for at most `suppress_max_ms`.
+            let flagged = rule.suppressed_by.iter().any(|f| {
+                flag_on(f)
+                    && rule.suppress_max_ms.map_or(true, |max| {
+                        ds.flags_since.get(f).map_or(true, |since| now - since < max)
+                    })
+            });
+            let suppressed = match rule.condition {
+                Condition::Absence { .. } => maintenance,
+                ref c if c.suppressible() => flagged || maintenance,
+                _ => flagged,
+            };
+            let applies = rule.while_flags.iter().all(flag_on);
+            let clear = clear || !applies;
+            let in_window = rule.window == Window::Always || night;
+            let trigger_now = trigger && applies && !suppressed && in_window;
+            // Whether this step is a reading that shows the condition: a state is reported on
+            // change, so any reading of the device confirms it; a measurement must be in it.
+            let confirms = reading.is_some_and(|m| match &rule.condition {
+                Condition::Threshold { metric, .. } | Condition::Rate { metric, .. } => m.contains_key(metric),
+                _ => true,
+            });
+            let hold = match (rule.hold_from_warmup, ctx.warmup_ms) {
+                (true, Some(w)) => w,
+                _ => rule.for_ms,
+            };
             if !part.active {
                 if trigger_now {
-                    let since = *part.since_ms.get_or_insert(now);
-                    if now - since >= rule.for_ms {
+                    if part.since_ms.is_none() {
+                        part.since_ms = Some(now);
+                        part.readings = 0;
+                    }
+                    if confirms {
+                        part.readings = part.readings.saturating_add(1);
+                    }
+                    let since = part.since_ms.unwrap_or(now);
+                    // Readings count only for a hold: a condition without one is met by the
+                    // reading (or the clock) that made it true; silence has no readings.
+                    let needed = match rule.condition {
+                        Condition::Absence { .. } => 0,
+                        _ if hold > 0 => rule.min_readings,
+                        _ => 0,
+                    };
+                    if now - since >= hold && part.readings >= needed {
                         part.active = true;
                         part.clear_since_ms = None;
                         fired.push(i);
                     }
                 } else {
                     part.since_ms = None;
+                    part.readings = 0;
                 }
             }
             // Checked right after firing too: a state rule whose clear is "any other value" never
@@ -590,7 +639,8 @@ impl Engine {
 }
 
 /// (trigger, clear) of one condition for one device at `now`, before windows and suppression.
-fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> (bool, bool) {
+/// `active`: the entry has fired and not cleared.
+fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, active: bool, now: i64) -> (bool, bool) {
     let num = |m: &str| ds.values.get(m).and_then(Value::as_f64);
     match c {
         Condition::Threshold {
@@ -649,11 +699,21 @@ fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> (bo
             (trigger, clear)
         }
         Condition::Absence { multiple } => {
-            let offline = match (ctx.interval_ms, ctx.silence_from) {
-                (Some(i), Some(from)) => now - from > i * *multiple as i64,
-                _ => false,
+            // A device already offline stays so until it is heard itself: a serial link that
+            // went down and came back meanwhile neither clears nor renews its alert. Otherwise,
+            // while its link is down the link's alert speaks for it (no trigger, no clear).
+            let from = if active {
+                Some(ds.last_seen_ms)
+            } else {
+                ctx.silence_from
             };
-            (offline, !offline)
+            match (ctx.interval_ms, from) {
+                (Some(i), Some(from)) => {
+                    let offline = now - from > i * *multiple as i64;
+                    (offline, !offline)
+                }
+                _ => (false, false),
+            }
         }
         Condition::LowBattery {
             below_pct,

@@ -145,7 +145,13 @@ fn t(v: &str) -> Value {
 struct Bench {
     engine: Engine,
     registry: Arc<Registry>,
+    /// With [`Bench::reporting`]: the last reading of each device seen, which `run` repeats
+    /// every [`REPORT_EVERY_MS`] as a device reporting on its own cadence does.
+    last: Option<BTreeMap<String, Vec<(String, Value)>>>,
 }
+
+/// How often a reporting device repeats its last reading in [`Bench::run`].
+const REPORT_EVERY_MS: i64 = 5_000;
 
 impl Bench {
     fn new() -> Bench {
@@ -156,9 +162,22 @@ impl Bench {
         Bench {
             engine: Engine::new(catalog(), registry.clone(), now),
             registry,
+            last: None,
         }
     }
+    /// Devices keep reporting their last reading while the clock runs (holds need readings;
+    /// the tests of silence use a bench without it).
+    fn reporting(mut self) -> Bench {
+        self.last = Some(BTreeMap::new());
+        self
+    }
     fn see(&mut self, device: &str, now: i64, metrics: &[(&str, Value)]) -> Vec<RuleOutput> {
+        if let Some(last) = &mut self.last {
+            last.insert(
+                device.to_owned(),
+                metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            );
+        }
         let d = self.registry.get(device).expect("registered test device");
         let record = Record {
             device: device.to_owned(),
@@ -186,6 +205,18 @@ impl Bench {
         let mut out = Vec::new();
         let mut now = from;
         while now <= to {
+            if (now - T0).rem_euclid(REPORT_EVERY_MS) == 0 {
+                let repeats: Vec<(String, Vec<(String, Value)>)> = self
+                    .last
+                    .iter()
+                    .flatten()
+                    .map(|(d, m)| (d.clone(), m.clone()))
+                    .collect();
+                for (device, metrics) in repeats {
+                    let m: Vec<(&str, Value)> = metrics.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                    out.extend(self.see(&device, now, &m));
+                }
+            }
             out.extend(self.tick(now));
             now += 1000;
         }
@@ -245,7 +276,10 @@ fn shipped_catalog_parses_and_contains_r1_to_r18_and_s1() {
     for id in ["S2", "S3", "S4", "S5", "S6", "S7"] {
         assert!(ids.contains(&id), "missing {id} (self-supervision): {ids:?}");
     }
-    assert_eq!(set.len(), 25);
+    for id in ["R21", "R22", "R23", "R24"] {
+        assert!(ids.contains(&id), "missing {id}: {ids:?}");
+    }
+    assert_eq!(set.len(), 29);
     assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
     assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
     assert_eq!(set.escalation_s(Priority::P3), &[1800]);
@@ -336,7 +370,7 @@ for_s = 3
 
 #[test]
 fn gas_above_10_lel_for_10s_raises_p1() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     assert!(raised(&b.see("gas-1", at(0), &[("gas_lel", n(12.0))]), "R14").is_empty());
     assert!(raised(&b.run(at(1), at(9)), "R14").is_empty());
     let out = b.tick(at(10));
@@ -359,7 +393,7 @@ fn gas_above_10_lel_for_10s_raises_p1() {
 
 #[test]
 fn gas_window_interrupted_restarts_from_zero() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
     b.run(at(1), at(8));
     b.see("gas-1", at(8), &[("gas_lel", n(9.9))]);
@@ -370,17 +404,17 @@ fn gas_window_interrupted_restarts_from_zero() {
 
 #[test]
 fn gas_just_at_the_level_raises_just_below_does_not() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(10.0))]);
     assert_eq!(raised(&b.run(at(1), at(10)), "R14").len(), 1);
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(9.99))]);
     assert!(raised(&b.run(at(1), at(60)), "R14").is_empty());
 }
 
 #[test]
 fn gas_clears_only_below_5_lel_held_5_min() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
     b.run(at(1), at(10));
     // Exactly at the clear level is not below it: no clear, however long.
@@ -396,7 +430,7 @@ fn gas_clears_only_below_5_lel_held_5_min() {
 
 #[test]
 fn gas_clear_hold_interrupted_restarts() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
     b.run(at(1), at(10));
     b.see("gas-1", at(100), &[("gas_lel", n(4.0))]);
@@ -411,7 +445,7 @@ fn gas_clear_hold_interrupted_restarts() {
 
 #[test]
 fn gas_at_25_lel_raises_again_with_the_evacuate_message() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
     b.run(at(1), at(10));
     let out = b.see("gas-1", at(20), &[("gas_lel", n(26.0))]);
@@ -433,7 +467,7 @@ fn gas_device_alarm_flag_raises_p1_at_once() {
 
 #[test]
 fn gas_prealarm_is_upgraded_into_the_gas_alarm() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(6.0))]);
     assert_eq!(raised(&b.run(at(1), at(30)), ""), vec![r("R13", Priority::P3, at(30))]);
     b.see("gas-1", at(40), &[("gas_lel", n(12.0))]);
@@ -452,7 +486,7 @@ fn gas_prealarm_is_upgraded_into_the_gas_alarm() {
 
 #[test]
 fn gas_prealarm_does_not_open_a_second_alert_under_the_gas_alarm() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(15.0))]);
     let out = b.run(at(1), at(120));
     assert_eq!(raised(&out, ""), vec![r("R14", Priority::P1, at(10))]);
@@ -460,7 +494,7 @@ fn gas_prealarm_does_not_open_a_second_alert_under_the_gas_alarm() {
 
 #[test]
 fn gas_suppressed_during_preheat() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(15.0)), ("preheat", flag(true))]);
     // The flag stays in force for readings that do not repeat it.
     b.see("gas-1", at(30), &[("gas_lel", n(15.0))]);
@@ -473,7 +507,7 @@ fn gas_suppressed_during_preheat() {
 
 #[test]
 fn gas_suppression_in_the_middle_of_a_window_resets_it() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
     b.see("gas-1", at(5), &[("gas_lel", n(12.0)), ("test", flag(true))]);
     b.see("gas-1", at(6), &[("gas_lel", n(12.0)), ("test", flag(false))]);
@@ -489,7 +523,7 @@ fn maintenance_window_suppresses_thresholds_of_the_device() {
         at(600)
     );
     let rules = Arc::new(RuleSet::parse(Path::new("r.toml"), &text).expect("valid"));
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.engine = Engine::new(rules, b.registry.clone(), T0);
     b.see("gas-1", at(0), &[("gas_lel", n(15.0))]);
     assert!(raised(&b.run(at(1), at(599)), "").is_empty());
@@ -716,7 +750,7 @@ fn co_300_ppm_raises_p1_at_once() {
 
 #[test]
 fn co_100_ppm_sustained_10_min_raises_p1() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
     assert!(raised(&b.run(at(1), at(599)), "R15").is_empty());
     assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
@@ -724,7 +758,7 @@ fn co_100_ppm_sustained_10_min_raises_p1() {
 
 #[test]
 fn co_50_ppm_sustained_60_min_raises_p1_and_99_ppm_does_not_take_the_10_min_branch() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("co-1", at(0), &[("co_ppm", n(99.0))]);
     assert!(raised(&b.run(at(1), at(3599)), "R15").is_empty());
     assert_eq!(raised(&b.tick(at(3600)), "R15"), vec![r("R15", Priority::P1, at(3600))]);
@@ -732,7 +766,7 @@ fn co_50_ppm_sustained_60_min_raises_p1_and_99_ppm_does_not_take_the_10_min_bran
 
 #[test]
 fn co_30_ppm_sustained_120_min_is_a_p3_advisory_then_p1_at_50_for_60_min() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("co-1", at(0), &[("co_ppm", n(35.0))]);
     let out = b.run(at(60), at(7200));
     assert_eq!(raised(&out, "R15"), vec![r("R15", Priority::P3, at(7200))]);
@@ -811,7 +845,7 @@ fn suspected_then_real_fall_upgrades_the_same_alert() {
 
 #[test]
 fn wearable_not_worn_for_10_min_raises_p3_and_a_wear_restarts_the_window() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("watch-1", at(0), &[("worn", flag(false))]);
     b.see("watch-1", at(300), &[("worn", flag(true))]);
     b.see("watch-1", at(310), &[("worn", flag(false))]);
@@ -825,7 +859,7 @@ fn wearable_not_worn_for_10_min_raises_p3_and_a_wear_restarts_the_window() {
 
 #[test]
 fn very_low_heart_rate_raises_p2_at_5_min_and_the_p3_band_does_not_repeat_it() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("watch-1", at(0), &[("heart_rate", n(38.0))]);
     let out = b.run(at(1), at(900));
     assert_eq!(raised(&out, "R8"), vec![r("R8", Priority::P2, at(300))]);
@@ -841,7 +875,7 @@ fn very_low_heart_rate_raises_p2_at_5_min_and_the_p3_band_does_not_repeat_it() {
 
 #[test]
 fn spo2_scale_1_raises_p2_then_p1_while_copd_residents_use_scale_2() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("watch-1", at(0), &[("spo2", n(90.0))]);
     b.see("watch-copd", at(0), &[("spo2", n(86.0))]);
     let out = b.run(at(1), at(120));
@@ -861,7 +895,7 @@ fn spo2_scale_1_raises_p2_then_p1_while_copd_residents_use_scale_2() {
 
 #[test]
 fn bed_exit_at_night_for_high_fall_risk_raises_after_15_min_inside_the_night_window() {
-    let mut b = Bench::starting(local(21, 0));
+    let mut b = Bench::starting(local(21, 0)).reporting();
     b.see("bed-1", local(21, 50), &[("bed_occupied", flag(false))]);
     b.see("bed-2", local(21, 50), &[("bed_occupied", flag(false))]);
     // The window starts at 22:00, not at the 21:50 reading.
@@ -973,7 +1007,7 @@ fn low_battery_is_p4_generally_p3_for_smoke_and_clears_above_30() {
 
 #[test]
 fn snapshot_restore_mid_window_raises_at_the_original_deadline() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
     b.run(at(1), at(480));
     let json = serde_json::to_string(&b.engine.snapshot()).expect("serializable");
@@ -984,6 +1018,7 @@ fn snapshot_restore_mid_window_raises_at_the_original_deadline() {
     let mut b = Bench {
         engine: Engine::restore(catalog(), registry.clone(), state, at(540)),
         registry,
+        last: None,
     };
     assert!(raised(&b.run(at(540), at(599)), "R15").is_empty());
     assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
@@ -1001,6 +1036,7 @@ fn restore_does_not_count_the_gateway_outage_as_device_silence() {
     let mut b = Bench {
         engine: Engine::restore(catalog(), registry.clone(), state, at(320)),
         registry,
+        last: None,
     };
     assert!(raised(&b.tick(at(330)), "R17").is_empty());
     assert_eq!(raised(&b.run(at(331), at(360)), "R17").len(), 2);
@@ -1015,6 +1051,7 @@ fn restored_open_episode_does_not_raise_again() {
     let mut b = Bench {
         engine: Engine::restore(catalog(), registry.clone(), state, at(10)),
         registry,
+        last: None,
     };
     assert!(raised(&b.see("smoke-1", at(11), &[("smoke", flag(true))]), "R11").is_empty());
     assert!(b.engine.holds("R11", "smoke-1"));
@@ -1022,14 +1059,361 @@ fn restored_open_episode_does_not_raise_again() {
 
 #[test]
 fn load_state_into_a_fresh_engine_continues_the_window() {
-    let mut b = Bench::new();
+    let mut b = Bench::new().reporting();
     b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
     b.run(at(1), at(480));
     let state = b.engine.snapshot();
     let registry = registry();
     let mut engine = Engine::new(catalog(), registry.clone(), at(540));
     engine.load_state(state);
-    let mut b = Bench { engine, registry };
+    let mut b = Bench {
+        engine,
+        registry,
+        last: None,
+    };
     assert!(raised(&b.run(at(540), at(599)), "R15").is_empty());
     assert_eq!(raised(&b.tick(at(600)), "R15"), vec![r("R15", Priority::P1, at(600))]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarms the catalog missed or invented (R21-R24, holds that need readings, serial outages)
+
+/// A reading of a device missing from the registry, as normalization tags it.
+fn unregistered(b: &mut Bench, device: &str, now: i64, metrics: &[(&str, Value)]) -> Vec<RuleOutput> {
+    let record = Record {
+        device: device.into(),
+        class: crate::registry::UNREGISTERED_CLASS.into(),
+        building: String::new(),
+        floor: String::new(),
+        room: String::new(),
+        zone: String::new(),
+        ts: now,
+        ts_recv: now,
+        ts_replaced: false,
+        seq: None,
+        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+    };
+    b.engine.observe(&record, now)
+}
+
+#[test]
+fn one_qualifying_reading_then_silence_raises_nothing_for_each_kind_with_a_hold() {
+    // threshold (R14, 10 s): one reading of 12 %LEL, then nothing from the detector.
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    assert!(raised(&b.run(at(1), at(300)), "R14").is_empty(), "threshold");
+    // ... but the reading repeated within the hold raises at the hold's end, as before.
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.see("gas-1", at(5), &[("gas_lel", n(12.5))]);
+    assert!(raised(&b.run(at(6), at(9)), "R14").is_empty());
+    assert_eq!(raised(&b.tick(at(10)), "R14"), vec![r("R14", Priority::P1, at(10))]);
+    // A reading without the metric does not confirm a measurement.
+    let mut b = Bench::new();
+    b.see("gas-1", at(0), &[("gas_lel", n(12.0))]);
+    b.see("gas-1", at(5), &[("battery_pct", n(80.0))]);
+    assert!(
+        raised(&b.run(at(6), at(60)), "R14").is_empty(),
+        "a battery report is not a gas reading"
+    );
+
+    // co_curve (R15, 100 ppm for 10 min).
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
+    assert!(raised(&b.run(at(60), at(1200)), "R15").is_empty(), "co_curve");
+    let mut b = Bench::new();
+    b.see("co-1", at(0), &[("co_ppm", n(120.0))]);
+    b.see("co-1", at(300), &[("co_ppm", n(118.0))]);
+    assert_eq!(
+        raised(&b.run(at(301), at(600)), "R15"),
+        vec![r("R15", Priority::P1, at(600))]
+    );
+
+    // state (R5, out of bed at night for 15 min): states are reported on change, so any later
+    // reading of the device confirms it; none at all is silence.
+    let night = local(23, 0);
+    let mut b = Bench::starting(night);
+    b.see("bed-1", night, &[("bed_occupied", flag(false))]);
+    assert!(
+        raised(&b.run(night + 1000, night + 1_800_000), "R5").is_empty(),
+        "state"
+    );
+    let mut b = Bench::starting(night);
+    b.see("bed-1", night, &[("bed_occupied", flag(false))]);
+    b.see("bed-1", night + 600_000, &[("battery_pct", n(90.0))]);
+    assert_eq!(
+        raised(&b.run(night + 601_000, night + 900_000), "R5"),
+        vec![r("R5", Priority::P2, night + 900_000)]
+    );
+
+    // rate with a hold (none in the catalog has one): a rule file of its own.
+    let rules = r#"
+[[rules]]
+id = "X1"
+name = "FAST_RISE"
+kind = "rate"
+priority = "P1"
+hazard = "fire"
+classes = ["heat_detector"]
+metric = "temperature"
+rise_per_min = 4
+for_s = 30
+message = "m"
+message_en = "m"
+"#;
+    let set = Arc::new(RuleSet::parse(Path::new("x.toml"), rules).expect("rules"));
+    assert_eq!(set.rules()[0].min_readings, 2);
+    let registry = registry();
+    let mut e = Engine::new(set.clone(), registry.clone(), T0);
+    let heat = |e: &mut Engine, s: i64, v: f64| {
+        let d = registry.get("heat-1").expect("heat-1");
+        let rec = Record {
+            device: "heat-1".into(),
+            class: d.class.clone(),
+            building: String::new(),
+            floor: String::new(),
+            room: d.room.clone(),
+            zone: d.zone.clone(),
+            ts: at(s),
+            ts_recv: at(s),
+            ts_replaced: false,
+            seq: None,
+            metrics: BTreeMap::from([("temperature".to_owned(), n(v))]),
+        };
+        e.observe(&rec, at(s))
+    };
+    heat(&mut e, 0, 30.0);
+    // The rise is measured (30 -> 40 over 20 s), then the detector falls silent.
+    heat(&mut e, 20, 40.0);
+    let mut out = Vec::new();
+    for s in 21..=120 {
+        out.extend(e.tick(at(s)));
+    }
+    assert!(
+        raised(&out, "X1").is_empty(),
+        "rate: one qualifying reading, then silence"
+    );
+    let mut e = Engine::new(set, registry.clone(), T0);
+    heat(&mut e, 0, 30.0);
+    heat(&mut e, 20, 40.0);
+    heat(&mut e, 35, 45.0);
+    let mut out = Vec::new();
+    for s in 36..=60 {
+        out.extend(e.tick(at(s)));
+    }
+    assert_eq!(
+        raised(&out, "X1"),
+        vec![r("X1", Priority::P1, at(50))],
+        "rate: confirmed"
+    );
+}
+
+#[test]
+fn spo2_needs_three_readings_over_its_two_minutes() {
+    // The case a nurse saw: one reading of 86 %, then silence. Nothing, however long.
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("spo2", n(86.0))]);
+    assert!(raised(&b.run(at(1), at(600)), "R9").is_empty());
+    // Two readings over the two minutes are not the three the rule asks for.
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("spo2", n(86.0))]);
+    b.see("watch-1", at(60), &[("spo2", n(86.0))]);
+    assert!(raised(&b.run(at(61), at(600)), "R9").is_empty());
+    // Three: P1 (<= 88) at the end of the hold.
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("spo2", n(86.0))]);
+    b.see("watch-1", at(60), &[("spo2", n(87.0))]);
+    b.see("watch-1", at(90), &[("spo2", n(86.0))]);
+    assert!(raised(&b.run(at(91), at(119)), "R9").is_empty());
+    assert_eq!(raised(&b.tick(at(120)), "R9"), vec![r("R9", Priority::P1, at(120))]);
+}
+
+#[test]
+fn an_unregistered_device_in_alarm_raises_r21_and_its_routine_readings_stay_quiet() {
+    let mut b = Bench::new();
+    // Routine readings, a low battery included: nothing (no room, no resident to page about).
+    let out = unregistered(
+        &mut b,
+        "zigbee:hall_smoke",
+        at(0),
+        &[("battery_pct", n(5.0)), ("smoke", flag(false))],
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let quiet = b.run(at(1), at(7200));
+    assert!(
+        !quiet
+            .iter()
+            .any(|o| matches!(o, RuleOutput::Raise(t) if t.subject == "zigbee:hall_smoke")),
+        "no offline supervision without an interval: {quiet:?}"
+    );
+    // Its alarm: R21 P2, latching, naming the device; no resident alert (R11 is for registered).
+    let out = unregistered(&mut b, "zigbee:hall_smoke", at(7300), &[("smoke", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R21", Priority::P2, at(7300))]);
+    let trig = triggers(&out)[0];
+    assert!(trig.latching);
+    assert!(
+        trig.message.contains("zigbee:hall_smoke") && trig.message_en.contains("register"),
+        "{}",
+        trig.message_en
+    );
+    // Each alarm kind of the issue raises it.
+    for (i, (metric, value)) in [
+        ("gas_alarm", flag(true)),
+        ("co_alarm", flag(true)),
+        ("sos", flag(true)),
+        ("fall_state", t("fall")),
+        ("heat_alarm", flag(true)),
+        ("alarm_level_dev", t("high")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("unknown-{i}");
+        let out = unregistered(&mut b, &id, at(8000), &[(metric, value)]);
+        assert_eq!(raised(&out, ""), vec![r("R21", Priority::P2, at(8000))], "{metric}");
+    }
+}
+
+#[test]
+fn a_detector_stuck_in_preheat_or_test_raises_r22() {
+    let mut b = Bench::new();
+    // Preheat for 5 min with readings every 30 s: R22 at 300 s, thresholds held back meanwhile.
+    let mut out = Vec::new();
+    for s in (0..=400).step_by(30) {
+        out.extend(b.see("gas-1", at(s), &[("gas_lel", n(7.0)), ("preheat", flag(true))]));
+        out.extend(b.run(at(s + 1), at(s + 29)));
+    }
+    assert_eq!(raised(&out, ""), vec![r("R22", Priority::P2, at(300))]);
+    // Warm-up over: R22 clears, and the level is judged again (R13 pre-alarm after 30 s).
+    let out = b.see("gas-1", at(450), &[("gas_lel", n(7.0)), ("preheat", flag(false))]);
+    assert_eq!(cleared(&out, "R22"), vec![("R22".to_owned(), at(450))]);
+    b.see("gas-1", at(470), &[("gas_lel", n(7.0))]);
+    assert_eq!(
+        raised(&b.run(at(471), at(480)), "R13"),
+        vec![r("R13", Priority::P3, at(480))]
+    );
+
+    // A smoke alarm holding its test flag past 60 s.
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for s in (0..=90).step_by(10) {
+        out.extend(b.see("smoke-1", at(s), &[("test", flag(true))]));
+    }
+    assert_eq!(raised(&out, ""), vec![r("R22", Priority::P2, at(60))]);
+}
+
+#[test]
+fn a_device_warm_up_time_from_the_registry_replaces_the_default_hold() {
+    let registry = Arc::new(
+        Registry::parse(
+            Path::new("d.toml"),
+            "site = \"s\"\n[[devices]]\nid = \"gas-9\"\nclass = \"gas_detector\"\nroom = \"K\"\ninterval_s = 3600\nwarmup_s = 120\n",
+        )
+        .expect("registry"),
+    );
+    let mut e = Engine::new(catalog(), registry, T0);
+    let mut out = Vec::new();
+    for s in (0..=200).step_by(20) {
+        let rec = Record {
+            device: "gas-9".into(),
+            class: "gas_detector".into(),
+            building: String::new(),
+            floor: String::new(),
+            room: "K".into(),
+            zone: String::new(),
+            ts: at(s),
+            ts_recv: at(s),
+            ts_replaced: false,
+            seq: None,
+            metrics: BTreeMap::from([("preheat".to_owned(), flag(true))]),
+        };
+        out.extend(e.observe(&rec, at(s)));
+    }
+    assert_eq!(raised(&out, "R22"), vec![r("R22", Priority::P2, at(120))]);
+}
+
+#[test]
+fn a_high_level_while_preheating_raises_r23_at_once_and_a_low_one_does_not() {
+    let mut b = Bench::new();
+    let out = b.see("gas-1", at(0), &[("gas_lel", n(12.0)), ("preheat", flag(true))]);
+    assert!(out.is_empty(), "below the high level: held back during preheat");
+    let out = b.see("gas-1", at(10), &[("gas_lel", n(30.0)), ("preheat", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R23", Priority::P2, at(10))]);
+    assert!(triggers(&out)[0].message_en.contains("30 %LEL"));
+    let out = b.see("co-1", at(20), &[("co_ppm", n(350.0)), ("preheat", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R23", Priority::P2, at(20))]);
+    // Preheat over at 30 %LEL: R23 clears, R14 takes over as a real gas alarm.
+    let out = b.see("gas-1", at(30), &[("gas_lel", n(30.0)), ("preheat", flag(false))]);
+    assert_eq!(cleared(&out, "R23"), vec![("R23".to_owned(), at(30))]);
+    assert_eq!(raised(&out, "R14"), vec![r("R14", Priority::P1, at(30))]);
+}
+
+#[test]
+fn a_self_test_is_an_r24_record_and_past_60_s_a_real_fire() {
+    // Test button: smoke with the test flag for 10 s, then back to normal.
+    let mut b = Bench::new();
+    let out = b.see("smoke-1", at(0), &[("smoke", flag(true)), ("test", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R24", Priority::P4, at(0))]);
+    assert!(!triggers(&out)[0].latching);
+    let mut out = b.see("smoke-1", at(5), &[("smoke", flag(true)), ("test", flag(true))]);
+    out.extend(b.see("smoke-1", at(10), &[("smoke", flag(false)), ("test", flag(false))]));
+    out.extend(b.run(at(11), at(200)));
+    assert!(raised(&out, "").is_empty(), "no fire for a self-test: {out:?}");
+    assert_eq!(cleared(&out, "R24"), vec![("R24".to_owned(), at(10))]);
+
+    // Smoke still reported with the test flag after 60 s: a fire (R11 P1), and the stuck test.
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for s in (0..=70).step_by(5) {
+        out.extend(b.see("smoke-1", at(s), &[("smoke", flag(true)), ("test", flag(true))]));
+    }
+    let mut got = raised(&out, "");
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            r("R11", Priority::P1, at(60)),
+            r("R22", Priority::P2, at(60)),
+            r("R24", Priority::P4, at(0))
+        ]
+    );
+    // Smoke without the test flag is a fire at once, as before.
+    let mut b = Bench::new();
+    let out = b.see("smoke-1", at(0), &[("smoke", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R11", Priority::P1, at(0))]);
+    // A heat detector's own alarm during a test: a record, then a fire past 60 s.
+    let mut b = Bench::new();
+    let out = b.see("heat-1", at(0), &[("heat_alarm", flag(true)), ("test", flag(true))]);
+    assert_eq!(raised(&out, ""), vec![r("R24", Priority::P4, at(0))]);
+    let out = b.see("heat-1", at(61), &[("heat_alarm", flag(true)), ("test", flag(true))]);
+    assert_eq!(raised(&out, "R12"), vec![r("R12", Priority::P1, at(61))]);
+}
+
+#[test]
+fn a_unit_offline_before_a_bus_outage_stays_offline_through_it() {
+    let mut b = Bench::new();
+    b.engine = Engine::new(catalog(), b.registry.clone(), T0)
+        .with_links(HashMap::from([("radar-fast".to_owned(), "serial:kitchen".to_owned())]));
+    link(&mut b, true, at(0));
+    b.see("radar-fast", at(0), &[("presence", flag(true))]);
+    // The radar dies: offline after 3 x 10 s.
+    let out = b.run(at(1), at(40));
+    assert_eq!(raised(&out, "R17").len(), 2, "the radar and the MQTT door: {out:?}");
+    // The bus goes down for 20 s and returns: the radar's alert neither clears nor is raised
+    // again (a fresh alert would restart its escalation).
+    let mut out = link(&mut b, false, at(50));
+    out.extend(b.run(at(51), at(69)));
+    out.extend(link(&mut b, true, at(70)));
+    out.extend(b.run(at(71), at(200)));
+    let about_radar: Vec<&RuleOutput> = out
+        .iter()
+        .filter(|o| match o {
+            RuleOutput::Raise(t) => t.subject == "radar-fast",
+            RuleOutput::Clear { subject, .. } => subject == "radar-fast",
+        })
+        .collect();
+    assert!(about_radar.is_empty(), "{about_radar:?}");
+    // Heard again: it clears.
+    let out = b.see("radar-fast", at(201), &[("presence", flag(true))]);
+    assert_eq!(cleared(&out, "R17"), vec![("R17".to_owned(), at(201))]);
 }

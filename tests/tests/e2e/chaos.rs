@@ -265,11 +265,20 @@ async fn external_mode_loses_nothing_under_kills_and_outages() -> Result<()> {
     // assertion below fails with the last count).
     let seq_duplicates = || async {
         let devices = gw.get_json("/api/v1/devices").await.ok()?;
-        Some(devices.as_array()?.iter().filter_map(|d| d["seq_duplicates"].as_u64()).sum::<u64>())
+        Some(
+            devices
+                .as_array()?
+                .iter()
+                .filter_map(|d| d["seq_duplicates"].as_u64())
+                .sum::<u64>(),
+        )
     };
-    let seq_dups = match wait_for("the devices table to count the duplicates", Duration::from_secs(10), Duration::from_millis(100), || async {
-        seq_duplicates().await.filter(|dups| duplicates <= dups + replayed)
-    })
+    let seq_dups = match wait_for(
+        "the devices table to count the duplicates",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { seq_duplicates().await.filter(|dups| duplicates <= dups + replayed) },
+    )
     .await
     {
         Ok(dups) => dups,

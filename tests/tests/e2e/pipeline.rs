@@ -214,11 +214,19 @@ async fn without_influx_the_local_history_api_answers() -> Result<()> {
 
     // Devices: every registered one, with its last reception and last values. The journal's
     // devices table follows the rows within a second (`journal::writer::DEVICES_EVERY`).
-    let devices = wait_for("every device seen in /api/v1/devices", Duration::from_secs(10), Duration::from_millis(100), || async {
-        let devices = gw.get_json("/api/v1/devices").await.ok()?;
-        let devices = devices.as_array().cloned().unwrap_or_default();
-        devices.iter().all(|d| d["last_seen"].as_i64().is_some()).then_some(devices)
-    })
+    let devices = wait_for(
+        "every device seen in /api/v1/devices",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let devices = gw.get_json("/api/v1/devices").await.ok()?;
+            let devices = devices.as_array().cloned().unwrap_or_default();
+            devices
+                .iter()
+                .all(|d| d["last_seen"].as_i64().is_some())
+                .then_some(devices)
+        },
+    )
     .await?;
     assert_eq!(devices.len(), registry.len());
     for d in &devices {

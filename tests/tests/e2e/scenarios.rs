@@ -66,7 +66,11 @@ fn now_ms() -> i64 {
 async fn run_one(file: &Path) -> Result<(bool, String)> {
     let info = info(file)?;
     let site = info["site"].as_str().context("site")?.to_owned();
-    let registry = info["registry"].as_str().context("registry")?.to_owned();
+    let registry = info["gateway_registry"]
+        .as_str()
+        .or(info["registry"].as_str())
+        .context("registry")?
+        .to_owned();
     let start = info["start_ms"].as_i64().context("scenario without start")?;
     let scale = info["time_scale"].as_f64().context("time_scale")?;
     let rules = workspace_root().join("config/rules.toml");

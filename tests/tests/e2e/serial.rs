@@ -265,7 +265,7 @@ fn kitchen_port(link: &Path) -> String {
             "generic_gas_lel"
         };
         s += &format!(
-            "[[serial.units]]\nunit = {unit}\nmap = \"{map}\"\npoll_ms = 1000\ntimeout_ms = 200\nretries = 1\n"
+            "[[serial.units]]\nunit = {unit}\nmap = \"{map}\"\npoll_ms = 1000\ntimeout_ms = 190\nretries = 0\n"
         );
     }
     s
