@@ -292,6 +292,7 @@ impl Lifecycle {
             members: vec![member_of(&t)],
             escalation_from: now,
             notified_at: now,
+            lead_text: None,
         };
         let detail = json!({ "rule": t.rule, "subject": t.subject, "device": t.device });
         batch.push_with_seq(a, now, SYSTEM_ACTOR, "raised", None, Some(detail));
@@ -428,6 +429,8 @@ fn correlate(batch: &mut Batch, mut a: Alert, t: Trigger, now: i64) {
     a.members.push(member_of(&t));
     if t.priority < a.priority {
         take_lead(&mut a, &t, now);
+    } else {
+        name_incident(&mut a);
     }
     a.latching |= t.latching;
     a.person_centred &= t.person_centred;
@@ -449,6 +452,41 @@ fn take_lead(a: &mut Alert, t: &Trigger, now: i64) {
     a.value = t.value.clone();
     a.message = t.message.clone();
     a.message_en = t.message_en.clone();
+    a.lead_text = None;
+    if a.incident_id.is_some() {
+        name_incident(a);
+    }
+}
+
+/// What an incident of a correlation group is called, in Chinese and English.
+fn incident_name(group: &str) -> (&'static str, &'static str) {
+    match group {
+        "fire" => ("火情", "Fire"),
+        "fall" => ("跌倒事件", "Fall"),
+        "gas" => ("燃气泄漏", "Gas leak"),
+        "vitals" => ("生命体征异常", "Abnormal vital signs"),
+        "wander" => ("走失风险", "Wandering"),
+        _ => ("多设备报警", "Incident"),
+    }
+}
+
+/// Names what an incident became (smoke and heat in A-203: a fire in A-203) in front of the
+/// leading condition's own text, which says what to do.
+fn name_incident(a: &mut Alert) {
+    let (lead, lead_en) = a
+        .lead_text
+        .take()
+        .unwrap_or_else(|| (a.message.clone(), a.message_en.clone()));
+    let (zh, en) = incident_name(correlation_group(&a.hazard).unwrap_or(&a.hazard));
+    let n = a.devices.len();
+    let (place, place_en) = if a.room.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{}，", a.room), format!(" in {}", a.room))
+    };
+    a.message = format!("{zh}（{place}{n} 个设备报警）：{lead}");
+    a.message_en = format!("{en}{place_en} ({n} devices in alarm): {lead_en}");
+    a.lead_text = Some((lead, lead_en));
 }
 
 fn member_of(t: &Trigger) -> Member {
@@ -728,9 +766,17 @@ mod tests {
         assert_eq!(joined.priority, Priority::P1);
         assert_eq!(joined.rule, "R11");
         assert!(joined.latching);
+        // The text names what it became, then the leading condition's own text.
+        assert_eq!(first.message_en, "R12 alarm");
+        assert_eq!(joined.message, "火情（3-12，2 个设备报警）：R11 告警");
+        assert_eq!(joined.message_en, "Fire in 3-12 (2 devices in alarm): R11 alarm");
         let all = raise(&mut l, co).remove(0);
         assert_eq!(all.id, first.id);
         assert_eq!(all.devices, ["heat-1", "smoke-1", "co-1"]);
+        assert_eq!(
+            all.message_en, "Fire in 3-12 (3 devices in alarm): R11 alarm",
+            "named once, not twice"
+        );
         assert_eq!(all.seq, 3);
         assert_eq!(actions(&l, &first.id), ["raised", "correlated", "correlated"]);
         // Another room, or the same room after the window: separate alerts.

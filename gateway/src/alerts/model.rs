@@ -138,6 +138,10 @@ pub struct Alert {
     pub escalation_from: i64,
     /// Last time this alert was published (renotification suppression, R20).
     pub notified_at: i64,
+    /// Once the alert is an incident, its `message` and `message_en` name what it became (fire
+    /// in A-203, 2 devices in alarm) before the leading condition's own texts, kept here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_text: Option<(String, String)>,
 }
 
 impl Alert {

@@ -148,6 +148,7 @@ enum KindFile {
     CoCurve,
     Absence,
     LowBattery,
+    Missing,
 }
 
 /// Whose care flags a rule's `care_flags` selector looks at.
@@ -191,7 +192,7 @@ struct RuleFile {
     id: String,
     /// Short upper-case name (`GAS_ALARM`).
     name: String,
-    /// `threshold`, `state`, `rate`, `co_curve`, `absence` or `low_battery`.
+    /// `threshold`, `state`, `rate`, `co_curve`, `absence`, `low_battery` or `missing`.
     kind: KindFile,
     /// `P1`..`P4`.
     priority: Priority,
@@ -301,6 +302,10 @@ struct RuleFile {
     /// differs per model), else `for_s`.
     #[serde(default)]
     hold_from_warmup: bool,
+    /// The entry applies only while the resident is at rest: the device does not report
+    /// `motion_state = moving` and counted fewer than 100 steps over the last 10 minutes.
+    #[serde(default)]
+    at_rest: bool,
 }
 
 /// Which devices an entry applies to.
@@ -367,6 +372,14 @@ pub enum Condition {
     /// Trigger: `battery_low` true or `battery_pct` <= `below_pct`. Clear: `battery_low` not
     /// true and `battery_pct` > `clear_above_pct` (or not reported).
     LowBattery { below_pct: f64, clear_above_pct: f64 },
+    /// Trigger: a device that reported `metric` before has not for `after_ms`, while it is
+    /// otherwise heard (not offline by `offline_multiple` x its interval): a wearable online
+    /// without heart rate is not on a wrist. Clear: the metric is reported again.
+    Missing {
+        metric: String,
+        after_ms: i64,
+        offline_multiple: u32,
+    },
 }
 
 impl Condition {
@@ -381,6 +394,7 @@ impl Condition {
             Condition::Threshold { metric, .. } | Condition::State { metric, .. } | Condition::Rate { metric, .. } => {
                 Some(metric)
             }
+            Condition::Missing { metric, .. } => Some(metric),
             Condition::Absence { .. } => None,
             Condition::LowBattery { .. } => Some("battery_pct"),
         }
@@ -418,6 +432,8 @@ pub struct Rule {
     pub min_readings: u32,
     /// The hold is the device's registry `warmup_s` when it sets one.
     pub hold_from_warmup: bool,
+    /// Applies only while the resident is at rest (no movement, few steps).
+    pub at_rest: bool,
 }
 
 /// A maintenance window.
@@ -832,6 +848,7 @@ impl RuleSet {
             KindFile::CoCurve => &["metric", "clear_below", "clear_for_s", "stages"],
             KindFile::Absence => &["offline_multiple"],
             KindFile::LowBattery => &["below", "clear_above", "for_s", "clear_for_s"],
+            KindFile::Missing => &["metric", "for_s"],
         };
         for (k, present) in given {
             if present && !allowed.contains(&k) {
@@ -1011,6 +1028,23 @@ impl RuleSet {
                 }
                 _ => d.at_key(&key("stages"), "a co_curve rule needs at least one stage"),
             },
+            KindFile::Missing => match r.for_s {
+                Some(after) if after > 0 => conditions.push((
+                    String::new(),
+                    Condition::Missing {
+                        metric: metric.clone(),
+                        after_ms: after as i64 * 1000,
+                        offline_multiple: self.offline_multiple,
+                    },
+                    r.priority,
+                    // The silence is the condition; no hold and no readings on top of it.
+                    0,
+                )),
+                _ => d.at_key(
+                    &key("for_s"),
+                    "a missing rule needs `for_s`, how long the metric is missing",
+                ),
+            },
             KindFile::Absence => conditions.push((
                 String::new(),
                 Condition::Absence {
@@ -1089,6 +1123,7 @@ impl RuleSet {
                 while_flags: r.while_flags.clone(),
                 min_readings,
                 hold_from_warmup: r.hold_from_warmup,
+                at_rest: r.at_rest,
             });
         }
     }

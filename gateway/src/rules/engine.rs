@@ -31,6 +31,12 @@ const MAX_RATE_SAMPLES: usize = 128;
 /// A rate of rise is not computed over less than this span: two samples a second apart with
 /// sensor noise would read as a fire.
 const MIN_RATE_SPAN_MS: i64 = 20_000;
+/// "At rest" (R8): steps counted over this span...
+const AT_REST_WINDOW_MS: i64 = 600_000;
+/// ... below this many. Walking is about 100 steps a minute; a resident shuffling to the
+/// bathroom and back stays under it, one walking for a minute does not (project default, after
+/// the 10 minutes of inactivity consumer watches wait before a heart-rate notification).
+const AT_REST_MAX_STEPS: f64 = 100.0;
 
 /// The engine's whole state: serializable, so a restarted gateway continues its windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,6 +67,9 @@ struct DeviceState {
     /// Gateway time each flag a rule reads (`preheat`, `test`, ...) turned true, while true.
     #[serde(default)]
     flags_since: BTreeMap<String, i64>,
+    /// Gateway time each metric of a `missing` rule was last reported.
+    #[serde(default)]
+    metric_seen: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -126,6 +135,8 @@ pub struct Engine {
     used_metrics: Vec<String>,
     /// Longest rate window per rate metric.
     rate_windows: BTreeMap<String, i64>,
+    /// Metrics of `missing` rules, whose last report time is kept per device.
+    missing_metrics: Vec<String>,
     /// Device id to the id of the serial link it hangs on (`serial:<bus>`).
     links: Arc<HashMap<String, String>>,
     state: EngineState,
@@ -146,7 +157,16 @@ impl Engine {
         // Serial links' state, for the absence of the devices on them.
         used_metrics.push("link_up".to_owned());
         let mut rate_windows: BTreeMap<String, i64> = BTreeMap::new();
+        let mut missing_metrics: Vec<String> = Vec::new();
         for (i, r) in rules.rules().iter().enumerate() {
+            if r.at_rest {
+                used_metrics.push("motion_state".to_owned());
+                let w = rate_windows.entry("steps".to_owned()).or_insert(0);
+                *w = (*w).max(AT_REST_WINDOW_MS);
+            }
+            if let Condition::Missing { metric, .. } = &r.condition {
+                missing_metrics.push(metric.clone());
+            }
             if !by_id.contains_key(&r.id) {
                 order.push(r.id.clone());
             }
@@ -200,6 +220,9 @@ impl Engine {
         let ids = rules.ids();
         for ds in state.devices.values_mut() {
             ds.last_seen_ms += outage;
+            for seen in ds.metric_seen.values_mut() {
+                *seen += outage;
+            }
             // Entries the rules file no longer has cannot be evaluated.
             ds.parts.retain(|k, _| keys.contains(&k.as_str()));
             ds.episodes.retain(|k, _| ids.contains(&k.as_str()));
@@ -222,6 +245,7 @@ impl Engine {
             room_flags,
             used_metrics,
             rate_windows,
+            missing_metrics,
             links: Arc::default(),
             state,
         }
@@ -260,6 +284,9 @@ impl Engine {
         ds.room.clone_from(&record.room);
         ds.zone.clone_from(&record.zone);
         for (name, value) in &record.metrics {
+            if self.missing_metrics.contains(name) {
+                ds.metric_seen.insert(name.clone(), now_ms);
+            }
             if self.used_metrics.binary_search(name).is_ok() {
                 if let Value::Bool(on) = value {
                     if *on {
@@ -408,11 +435,11 @@ impl Engine {
                     })
             });
             let suppressed = match rule.condition {
-                Condition::Absence { .. } => maintenance,
+                Condition::Absence { .. } | Condition::Missing { .. } => maintenance,
                 ref c if c.suppressible() => flagged || maintenance,
                 _ => flagged,
             };
-            let applies = rule.while_flags.iter().all(flag_on);
+            let applies = rule.while_flags.iter().all(flag_on) && (!rule.at_rest || resting(&ds));
             let clear = clear || !applies;
             let in_window = rule.window == Window::Always || night;
             let trigger_now = trigger && applies && !suppressed && in_window;
@@ -639,6 +666,27 @@ impl Engine {
 }
 
 /// (trigger, clear) of one condition for one device at `now`, before windows and suppression.
+/// Whether the device's resident is at rest: not reported moving, and fewer than
+/// [`AT_REST_MAX_STEPS`] steps over the last [`AT_REST_WINDOW_MS`] (scaled down when the oldest
+/// sample kept is older). A device that reports neither counts as at rest: no data is no reason
+/// to hold an alarm back.
+fn resting(ds: &DeviceState) -> bool {
+    if ds.values.get("motion_state") == Some(&Value::Text("moving".to_owned())) {
+        return false;
+    }
+    let Some((t0, v0, t1, v1)) = ds
+        .samples
+        .get("steps")
+        .and_then(|s| Some((s.front()?, s.back()?)))
+        .map(|(a, b)| (a.0, a.1, b.0, b.1))
+    else {
+        return true;
+    };
+    let span = (t1 - t0).max(1);
+    let steps = (v1 - v0) * (AT_REST_WINDOW_MS as f64 / span.max(AT_REST_WINDOW_MS) as f64);
+    steps < AT_REST_MAX_STEPS
+}
+
 /// `active`: the entry has fired and not cleared.
 fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, active: bool, now: i64) -> (bool, bool) {
     let num = |m: &str| ds.values.get(m).and_then(Value::as_f64);
@@ -715,6 +763,22 @@ fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, active: bool, no
                 _ => (false, false),
             }
         }
+        Condition::Missing {
+            metric,
+            after_ms,
+            offline_multiple,
+        } => {
+            // Only a device that reported the metric before: one that never does does not
+            // measure it.
+            let Some(seen) = ds.metric_seen.get(metric) else {
+                return (false, false);
+            };
+            let missing = now - seen >= *after_ms;
+            let online = ctx
+                .interval_ms
+                .is_some_and(|i| now - ds.last_seen_ms <= i * i64::from(*offline_multiple));
+            (missing && online, !missing)
+        }
         Condition::LowBattery {
             below_pct,
             clear_above_pct,
@@ -732,6 +796,10 @@ fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigge
     let metric = rule.condition.metric().map(str::to_owned);
     let value = match &rule.condition {
         Condition::Absence { .. } => Some(Value::Num(((now - ds.last_seen_ms) / 1000) as f64)),
+        Condition::Missing { metric, .. } => ds
+            .metric_seen
+            .get(metric)
+            .map(|seen| Value::Num(((now - seen) / 60_000) as f64)),
         Condition::LowBattery { .. } => ds
             .values
             .get("battery_pct")
@@ -740,11 +808,18 @@ fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigge
         _ => metric.as_ref().and_then(|m| ds.values.get(m).cloned()),
     };
     let shown = value.as_ref().map(display).unwrap_or_default();
-    let fill = |template: &str| {
+    // A battery level is a percentage, or only the device's own low-battery flag: the unit (or
+    // the word for the flag) comes with the value, since the template cannot know which.
+    let (shown_zh, shown_en) = match (&rule.condition, &value) {
+        (Condition::LowBattery { .. }, Some(Value::Num(_))) => (format!("{shown}%"), format!("{shown} %")),
+        (Condition::LowBattery { .. }, _) => ("低电量告警".to_owned(), "low-battery warning".to_owned()),
+        _ => (shown.clone(), shown),
+    };
+    let fill = |template: &str, shown: &str| {
         template
             .replace("{room}", &ctx.room)
             .replace("{device}", ctx.device)
-            .replace("{value}", &shown)
+            .replace("{value}", shown)
             .replace("{resident}", ctx.resident.unwrap_or(""))
             .replace("{metric}", metric.as_deref().unwrap_or(""))
     };
@@ -761,8 +836,8 @@ fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigge
         value,
         latching: rule.latching,
         person_centred: rule.person_centred,
-        message: fill(&rule.message),
-        message_en: fill(&rule.message_en),
+        message: fill(&rule.message, &shown_zh),
+        message_en: fill(&rule.message_en, &shown_en),
         at: now,
     }
 }

@@ -1417,3 +1417,207 @@ fn a_unit_offline_before_a_bus_outage_stays_offline_through_it() {
     let out = b.see("radar-fast", at(201), &[("presence", flag(true))]);
     assert_eq!(cleared(&out, "R17"), vec![("R17".to_owned(), at(201))]);
 }
+
+#[test]
+fn a_wearable_online_without_heart_rate_for_30_min_raises_r7_and_one_that_never_measured_it_does_not() {
+    let mut b = Bench::new();
+    b.see("watch-1", at(0), &[("heart_rate", n(72.0)), ("worn", flag(true))]);
+    // Online (battery and step reports every 5 min), but no heart rate any more.
+    let mut out = Vec::new();
+    for m in 1..=40 {
+        out.extend(b.run(at(m * 60 - 59), at(m * 60)));
+        if m % 5 == 0 {
+            out.extend(b.see("watch-1", at(m * 60), &[("battery_pct", n(80.0)), ("worn", flag(true))]));
+        }
+    }
+    assert_eq!(raised(&out, "R7"), vec![r("R7", Priority::P3, at(1800))]);
+    let t = out
+        .iter()
+        .find_map(|o| match o {
+            RuleOutput::Raise(t) if t.rule == "R7" => Some(t),
+            _ => None,
+        })
+        .expect("R7");
+    assert!(t.message_en.contains("30 min"), "{}", t.message_en);
+    // Heart rate back: cleared.
+    let out = b.see("watch-1", at(2500), &[("heart_rate", n(70.0))]);
+    assert_eq!(cleared(&out, "R7"), vec![("R7".to_owned(), at(2500))]);
+    // A wearable that never reported a heart rate does not measure it: nothing.
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for m in (0..=60).step_by(5) {
+        out.extend(b.see("watch-copd", at(m * 60), &[("battery_pct", n(80.0))]));
+    }
+    assert!(raised(&out, "R7").is_empty());
+}
+
+#[test]
+fn heart_rate_bands_apply_at_rest_and_not_to_a_resident_walking() {
+    // 135 beat/min while walking (steps climbing ~100 a minute) for 10 min: nothing.
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for s in (0..=600).step_by(30) {
+        out.extend(b.see(
+            "watch-1",
+            at(s),
+            &[("heart_rate", n(135.0)), ("steps", n(1000.0 + s as f64 * 1.7))],
+        ));
+        out.extend(b.run(at(s + 1), at(s + 29)));
+    }
+    assert!(raised(&out, "R8").is_empty(), "{:?}", raised(&out, "R8"));
+    // Sitting down (steps stop) with the same heart rate: the 5 min hold counts from when the
+    // last 10 min hold fewer than 100 steps, and P2 follows.
+    let mut out = Vec::new();
+    for s in (630..=1800).step_by(30) {
+        out.extend(b.see("watch-1", at(s), &[("heart_rate", n(135.0)), ("steps", n(2020.0))]));
+        out.extend(b.run(at(s + 1), at(s + 29)));
+    }
+    let got = raised(&out, "R8");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, Priority::P2);
+    // At rest from the start: P2 after 5 min, as before.
+    let mut b = Bench::new();
+    let mut out = Vec::new();
+    for s in (0..=400).step_by(30) {
+        out.extend(b.see("watch-1", at(s), &[("heart_rate", n(135.0)), ("steps", n(500.0))]));
+        out.extend(b.run(at(s + 1), at(s + 29)));
+    }
+    assert_eq!(raised(&out, "R8"), vec![r("R8", Priority::P2, at(300))]);
+}
+
+/// A sample value per metric a message shows, and the unit its text must carry after
+/// `{value}` (Chinese, English).
+fn sample(
+    metric: Option<&str>,
+    condition: &Condition,
+) -> (Option<Value>, &'static [&'static str], &'static [&'static str]) {
+    match (condition, metric) {
+        (Condition::Absence { .. }, _) => (None, &["秒"], &[" s"]),
+        (Condition::Missing { .. }, _) => (None, &["分钟"], &[" min"]),
+        (Condition::LowBattery { .. }, _) => (Some(n(15.0)), &[], &[]),
+        (_, Some("gas_lel")) => (Some(n(12.5)), &["%LEL"], &[" %LEL"]),
+        (_, Some("co_ppm")) => (Some(n(120.0)), &[" ppm"], &[" ppm"]),
+        (_, Some("temperature")) => (Some(n(59.0)), &["°C"], &[" degC"]),
+        (_, Some("heart_rate")) => (Some(n(38.0)), &[" 次/分"], &[" beat/min"]),
+        (_, Some("resp_rate")) => (Some(n(27.0)), &[" 次/分"], &["/min"]),
+        (_, Some("spo2")) => (Some(n(86.0)), &["%"], &[" %"]),
+        (_, Some("dwell_s" | "motionless_s")) => (Some(n(720.0)), &[" 秒"], &[" s"]),
+        (_, Some("alarm_level_dev")) => (Some(t("high")), &[], &[]),
+        (_, Some(m)) => match crate::vocabulary::metric(m).map(|s| s.kind) {
+            Some(crate::vocabulary::Kind::Number { .. }) => panic!("no sample with a unit for number metric {m}"),
+            _ => (None, &[], &[]),
+        },
+        (_, None) => (None, &[], &[]),
+    }
+}
+
+/// The docs' table of every rule's texts, rendered with sample values (room A-203).
+fn message_table() -> String {
+    let set = catalog();
+    let mut out = String::from(
+        "# What the control room reads: every rule's texts\n\n\
+         Generated from `config/rules.toml` by the test `rules::tests::every_message_carries_its_units_and_the_docs_table_is_current`\n\
+         (`NH_UPDATE_DOCS=1 cargo test -p nh-gateway --lib rules::tests::every_message` rewrites it),\n\
+         with sample values in room A-203. An incident (several alerts of one room and hazard within\n\
+         the correlation window) is named before the leading text: `火情（A-203，2 个设备报警）：...` /\n\
+         `Fire in A-203 (2 devices in alarm): ...`.\n\n\
+         | rule | entry | priority | 中文 | English |\n|---|---|---|---|---|\n",
+    );
+    for rule in set.rules() {
+        let (value, _, _) = sample(rule.condition.metric(), &rule.condition);
+        let (zh, en) = render(rule, value.as_ref());
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            rule.id,
+            rule.key,
+            rule.priority.as_str(),
+            zh.replace('|', "\\|"),
+            en.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// A rule's texts with `{value}` filled as the engine fills it.
+fn render(rule: &crate::rules::Rule, value: Option<&Value>) -> (String, String) {
+    let shown = match value {
+        Some(Value::Num(v)) => format!("{v}"),
+        Some(Value::Text(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        None => match rule.condition {
+            Condition::Absence { .. } => "5400".to_owned(),
+            Condition::Missing { .. } => "30".to_owned(),
+            _ => String::new(),
+        },
+    };
+    let (zh_v, en_v) = match rule.condition {
+        Condition::LowBattery { .. } => (format!("{shown}%"), format!("{shown} %")),
+        _ => (shown.clone(), shown),
+    };
+    let fill = |t: &str, v: &str| {
+        t.replace("{room}", "A-203")
+            .replace("{device}", "dev-a-203")
+            .replace("{value}", v)
+            .replace("{resident}", "r-0203")
+            .replace("{metric}", rule.condition.metric().unwrap_or(""))
+    };
+    (fill(&rule.message, &zh_v), fill(&rule.message_en, &en_v))
+}
+
+#[test]
+fn every_message_carries_its_units_and_the_docs_table_is_current() {
+    let set = catalog();
+    for rule in set.rules() {
+        let (_, zh_units, en_units) = sample(rule.condition.metric(), &rule.condition);
+        for (template, units) in [(&rule.message, zh_units), (&rule.message_en, en_units)] {
+            if let Some(i) = template.find("{value}") {
+                let after = &template[i + "{value}".len()..];
+                assert!(
+                    units.is_empty() || units.iter().any(|u| after.trim_start().starts_with(u.trim_start())),
+                    "{}: `{template}` must follow {{value}} with one of {units:?}",
+                    rule.key
+                );
+            }
+        }
+        // Every paging text says what to do (a verb after the facts).
+        if rule.priority <= Priority::P2 && rule.id.starts_with('R') {
+            assert!(
+                rule.message.contains('请') || rule.message.contains("立即"),
+                "{}: `{}` says what to do",
+                rule.key,
+                rule.message
+            );
+            assert!(
+                rule.message_en.contains(':') || rule.message_en.contains(';'),
+                "{}: `{}` says what to do",
+                rule.key,
+                rule.message_en
+            );
+        }
+    }
+    // A low battery shows its percentage with the unit, or the flag in words.
+    let r18 = set.rules().iter().find(|r| r.id == "R18").expect("R18");
+    assert!(render(r18, Some(&n(15.0))).1.contains("15 %"));
+    let mut b = Bench::new();
+    let out = b.see("watch-1", at(0), &[("battery_low", flag(true))]);
+    let trig = triggers(&out).into_iter().find(|t| t.rule == "R18").expect("R18");
+    assert!(trig.message_en.contains("low-battery warning") && trig.message.contains("低电量告警"));
+    let out = b.see("smoke-1", at(1), &[("battery_pct", n(8.0))]);
+    let trig = triggers(&out).into_iter().find(|t| t.rule == "R18").expect("R18");
+    assert!(
+        trig.message_en.contains("8 %") && trig.message.contains("8%"),
+        "{}",
+        trig.message_en
+    );
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rule-messages.md");
+    let table = message_table();
+    if std::env::var_os("NH_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &table).expect("write docs/rule-messages.md");
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == table,
+        "docs/rule-messages.md is not current: rerun with NH_UPDATE_DOCS=1"
+    );
+}
