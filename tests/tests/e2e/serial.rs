@@ -417,6 +417,17 @@ async fn modbus_bus_of_five_detectors_leaks_dead_unit_cadence_and_reconnect() ->
         },
     )
     .await?;
+    // Unit 5 was offline before the outage: its alert stayed open through it, the same alert,
+    // neither cleared by the outage nor raised again after it with a fresh escalation.
+    let r17_unit5: Vec<J> = alerts(&gw)
+        .await?
+        .into_iter()
+        .filter(|a| a["rule"] == "R17" && a["device"] == "modbus:kitchen:5")
+        .collect();
+    assert_eq!(r17_unit5.len(), 1, "one offline alert for unit 5: {r17_unit5:?}");
+    assert_eq!(r17_unit5[0]["id"], a5["id"]);
+    assert_eq!(r17_unit5[0]["state"], "active");
+    assert_eq!(r17_unit5[0]["raised_at"], a5["raised_at"]);
     let m = gw.metrics().await?;
     let bus = "bus=\"kitchen\",protocol=\"modbus_rtu\"";
     assert!(m[&format!("nh_serial_link_outages_total{{{bus}}}")] >= 1.0);
