@@ -86,6 +86,15 @@ impl ButtonTable {
         Ok(ButtonTable { help })
     }
 
+    /// How many models the table lists.
+    pub fn len(&self) -> usize {
+        self.help.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.help.is_empty()
+    }
+
     /// Whether `press` on `device` (`None`: not in the registry) is a call for help.
     pub fn is_help(&self, device: Option<&Device>, press: &str) -> bool {
         if press == EMERGENCY {

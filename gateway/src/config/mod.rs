@@ -1380,6 +1380,17 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
         let summary = format!("{} Modbus register maps ({})", names.len(), names.join(" "));
         return d.into_result(summary);
     }
+    if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[models]]")) {
+        return match crate::buttons::ButtonTable::parse(&text) {
+            Ok(t) => Ok(format!("button table, {} models", t.len())),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: 0,
+                key: String::new(),
+                message: e.to_string(),
+            }])),
+        };
+    }
     if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[residents]]")) {
         let (file, d) = diagnostics::parse_all::<ResidentsFile>(path, &text);
         let n = file.map_or(0, |f| f.residents.len());

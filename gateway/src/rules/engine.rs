@@ -439,10 +439,14 @@ impl Engine {
                 ref c if c.suppressible() => flagged || maintenance,
                 _ => flagged,
             };
-            let applies = rule.while_flags.iter().all(flag_on) && (!rule.at_rest || resting(&ds));
+            // An entry about a flag (R23 during preheat, R24 during a test) ends with the flag.
+            let applies = rule.while_flags.iter().all(flag_on);
             let clear = clear || !applies;
+            // At rest (R8): a resident walking starts no window, but an alert already raised
+            // stays until the value itself clears.
+            let at_rest = !rule.at_rest || resting(&ds);
             let in_window = rule.window == Window::Always || night;
-            let trigger_now = trigger && applies && !suppressed && in_window;
+            let trigger_now = trigger && applies && at_rest && !suppressed && in_window;
             // Whether this step is a reading that shows the condition: a state is reported on
             // change, so any reading of the device confirms it; a measurement must be in it.
             let confirms = reading.is_some_and(|m| match &rule.condition {

@@ -1483,6 +1483,18 @@ fn heart_rate_bands_apply_at_rest_and_not_to_a_resident_walking() {
         out.extend(b.run(at(s + 1), at(s + 29)));
     }
     assert_eq!(raised(&out, "R8"), vec![r("R8", Priority::P2, at(300))]);
+    // Getting up and walking does not clear it while the heart rate stays abnormal.
+    let mut out = Vec::new();
+    for s in (430..=1200).step_by(30) {
+        out.extend(b.see(
+            "watch-1",
+            at(s),
+            &[("heart_rate", n(135.0)), ("steps", n(500.0 + (s - 400) as f64 * 1.7))],
+        ));
+        out.extend(b.run(at(s + 1), at(s + 29)));
+    }
+    assert!(cleared(&out, "R8").is_empty(), "{out:?}");
+    assert!(b.engine.holds("R8", "watch-1"));
 }
 
 /// A sample value per metric a message shows, and the unit its text must carry after

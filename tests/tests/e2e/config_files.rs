@@ -20,7 +20,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Which program reads a config file: registries are read by both (`nh-sim` builds its fleet
 /// from them), site configurations, rule catalogs and register maps by the gateway, simulator
-/// scenarios and serial benches by `nh-sim`.
+/// scenarios and serial benches by `nh-sim`; the button table by the gateway.
 #[test]
 fn every_file_in_config_is_valid() -> Result<()> {
     let mut files = Vec::new();
@@ -33,7 +33,14 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let is_rules = text.lines().any(|l| l.trim() == "[[rules]]");
         let is_maps = text.lines().any(|l| l.trim() == "[[modbus_maps]]");
         let is_residents = text.lines().any(|l| l.trim() == "[[residents]]");
-        if is_registry || is_rules || is_maps || is_residents || text.lines().any(|l| l.trim() == "[site]") {
+        let is_buttons = text.lines().any(|l| l.trim() == "[[models]]");
+        if is_registry
+            || is_rules
+            || is_maps
+            || is_residents
+            || is_buttons
+            || text.lines().any(|l| l.trim() == "[site]")
+        {
             programs.push("nh-gateway");
         }
         // Serial benches (`nh-sim serial`) list their buses.
