@@ -558,21 +558,27 @@ fn absence_raises_after_3_intervals_and_clears_on_the_next_reading() {
     assert!(!b.engine.holds("R17", "radar-fast"));
 }
 
-/// The journal record of a serial link's state, as the serial source writes it.
-fn link(b: &mut Bench, up: bool, now: i64) -> Vec<RuleOutput> {
-    let record = Record {
-        device: "serial:kitchen".into(),
-        class: "gateway".into(),
+/// A record of `device` (class, room) at `now`, built the way the journal hands it to the
+/// engine; the other location tags are empty.
+fn record_of(device: &str, class: &str, room: &str, now: i64, metrics: &[(&str, Value)]) -> Record {
+    Record {
+        device: device.into(),
+        class: class.into(),
         building: String::new(),
         floor: String::new(),
-        room: "K-1".into(),
+        room: room.into(),
         zone: String::new(),
         ts: now,
         ts_recv: now,
         ts_replaced: false,
         seq: None,
-        metrics: BTreeMap::from([("link_up".to_owned(), flag(up))]),
-    };
+        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+    }
+}
+
+/// The journal record of a serial link's state, as the serial source writes it.
+fn link(b: &mut Bench, up: bool, now: i64) -> Vec<RuleOutput> {
+    let record = record_of("serial:kitchen", "gateway", "K-1", now, &[("link_up", flag(up))]);
     b.engine.observe(&record, now)
 }
 
@@ -618,19 +624,7 @@ fn a_serial_link_down_speaks_for_its_devices_and_raises_s1_after_its_hold() {
 
 /// A self-supervision flag as `supervise.rs` journals it.
 fn gateway_flag(b: &mut Bench, device: &str, metric: &str, value: bool, now: i64) -> Vec<RuleOutput> {
-    let record = Record {
-        device: device.into(),
-        class: "gateway".into(),
-        building: String::new(),
-        floor: String::new(),
-        room: String::new(),
-        zone: String::new(),
-        ts: now,
-        ts_recv: now,
-        ts_replaced: false,
-        seq: None,
-        metrics: BTreeMap::from([(metric.to_owned(), flag(value))]),
-    };
+    let record = record_of(device, "gateway", "", now, &[(metric, flag(value))]);
     b.engine.observe(&record, now)
 }
 
@@ -1080,19 +1074,7 @@ fn load_state_into_a_fresh_engine_continues_the_window() {
 
 /// A reading of a device missing from the registry, as normalization tags it.
 fn unregistered(b: &mut Bench, device: &str, now: i64, metrics: &[(&str, Value)]) -> Vec<RuleOutput> {
-    let record = Record {
-        device: device.into(),
-        class: crate::registry::UNREGISTERED_CLASS.into(),
-        building: String::new(),
-        floor: String::new(),
-        room: String::new(),
-        zone: String::new(),
-        ts: now,
-        ts_recv: now,
-        ts_replaced: false,
-        seq: None,
-        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
-    };
+    let record = record_of(device, crate::registry::UNREGISTERED_CLASS, "", now, metrics);
     b.engine.observe(&record, now)
 }
 
@@ -1167,19 +1149,7 @@ message_en = "m"
     let mut e = Engine::new(set.clone(), registry.clone(), T0);
     let heat = |e: &mut Engine, s: i64, v: f64| {
         let d = registry.get("heat-1").expect("heat-1");
-        let rec = Record {
-            device: "heat-1".into(),
-            class: d.class.clone(),
-            building: String::new(),
-            floor: String::new(),
-            room: d.room.clone(),
-            zone: d.zone.clone(),
-            ts: at(s),
-            ts_recv: at(s),
-            ts_replaced: false,
-            seq: None,
-            metrics: BTreeMap::from([("temperature".to_owned(), n(v))]),
-        };
+        let rec = record_of("heat-1", &d.class, &d.room, at(s), &[("temperature", n(v))]);
         e.observe(&rec, at(s))
     };
     heat(&mut e, 0, 30.0);
@@ -1314,19 +1284,7 @@ fn a_device_warm_up_time_from_the_registry_replaces_the_default_hold() {
     let mut e = Engine::new(catalog(), registry, T0);
     let mut out = Vec::new();
     for s in (0..=200).step_by(20) {
-        let rec = Record {
-            device: "gas-9".into(),
-            class: "gas_detector".into(),
-            building: String::new(),
-            floor: String::new(),
-            room: "K".into(),
-            zone: String::new(),
-            ts: at(s),
-            ts_recv: at(s),
-            ts_replaced: false,
-            seq: None,
-            metrics: BTreeMap::from([("preheat".to_owned(), flag(true))]),
-        };
+        let rec = record_of("gas-9", "gas_detector", "K", at(s), &[("preheat", flag(true))]);
         out.extend(e.observe(&rec, at(s)));
     }
     assert_eq!(raised(&out, "R22"), vec![r("R22", Priority::P2, at(120))]);
