@@ -358,27 +358,6 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         info!("no [influx] section: the embedded journal is the only store");
     }
 
-    // MQTT: the embedded broker, or an external one.
-    let (mqtt, broker, host, port) = match config.mqtt.mode {
-        MqttMode::Embedded => {
-            let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
-            let b = broker::start(listen, config.mqtt.max_packet_bytes, usize::from(config.mqtt.inflight)).await?;
-            let addr = b.addr;
-            info!(%addr, "embedded MQTT broker listening");
-            let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                addr.ip().to_string()
-            };
-            (MqttEndpoint::Embedded(addr), Some(b), host, addr.port())
-        }
-        MqttMode::External => (
-            MqttEndpoint::External,
-            None,
-            config.mqtt.host.clone().unwrap_or_default(),
-            config.mqtt.port,
-        ),
-    };
     let limits = Limits {
         max_payload_bytes: config.decode.max_payload_bytes,
         max_json_depth: config.decode.max_json_depth,
@@ -425,6 +404,56 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         .client_id
         .clone()
         .unwrap_or_else(|| format!("nh-gateway-{}", config.site.id));
+    // The priority lane: exact topics of life-safety devices on a connection of their own.
+    let priority_routes = if config.mqtt.priority_lane {
+        priority_routes(&routes, &registry, &config.site.id)
+    } else {
+        Vec::new()
+    };
+    // MQTT: the embedded broker, or an external one.
+    let (mqtt, broker, host, port) = match config.mqtt.mode {
+        MqttMode::Embedded => {
+            let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
+            let bulk_filters = routes.len().max(1);
+            let budget = config.mqtt.broker_log_mb as usize * 1_000_000;
+            let mut limits = broker::BrokerLimits {
+                log_ram_bytes: 0,
+                priority_topics: priority_routes.iter().map(|r| r.filter.clone()).collect(),
+            };
+            // The priority lane's small per-device logs come out of the cap first; the rest is
+            // shared by the subscriptions' logs (each filter keeps a log of its own).
+            let bulk_budget = budget.saturating_sub(limits.priority_ram_bytes());
+            if bulk_budget < budget / 4 {
+                warn!(
+                    broker_log_mb = config.mqtt.broker_log_mb,
+                    priority_mb = limits.priority_ram_bytes() / 1_000_000,
+                    "the priority lane's logs take most of mqtt.broker_log_mb: raise it"
+                );
+            }
+            limits.log_ram_bytes = (bulk_budget / bulk_filters).max(budget / 4 / bulk_filters);
+            let b = broker::start(
+                listen,
+                config.mqtt.max_packet_bytes,
+                usize::from(config.mqtt.inflight),
+                &limits,
+            )
+            .await?;
+            let addr = b.addr;
+            info!(%addr, "embedded MQTT broker listening");
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            (MqttEndpoint::Embedded(addr), Some(b), host, addr.port())
+        }
+        MqttMode::External => (
+            MqttEndpoint::External,
+            None,
+            config.mqtt.host.clone().unwrap_or_default(),
+            config.mqtt.port,
+        ),
+    };
     let base_cfg = MqttSourceConfig {
         host: host.clone(),
         port,
@@ -439,12 +468,6 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         routes: Vec::new(),
         lane: Lane::Bulk,
         skip_topics: Arc::default(),
-    };
-    // The priority lane: exact topics of life-safety devices on a connection of their own.
-    let priority_routes = if config.mqtt.priority_lane {
-        priority_routes(&routes, &registry, &config.site.id)
-    } else {
-        Vec::new()
     };
     let mut subscribed = Vec::new();
     if !priority_routes.is_empty() {

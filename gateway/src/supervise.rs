@@ -10,6 +10,7 @@
 //! | `gateway:journal` | `journal_budget_high` | true: at or above [`BUDGET_HIGH_PCT`] % of the disk budget (false under [`BUDGET_LOW_PCT`] %) | S4, P3 |
 //! | `gateway:journal` | `journal_dropping` | true: the budget dropped readings not yet in InfluxDB within [`DROP_QUIET_MS`] (5 min) | S5, P2, latching |
 //! | `gateway:journal` | `journal_recovered` | true: a damaged journal was salvaged at this start (false at the next check) | S6, P2, latching |
+//! | `gateway:mqtt` | `broker_log_overrun` | true: a subscriber of the embedded broker lost messages its filter's log had dropped, within [`DROP_QUIET_MS`] (5 min) | S10, P2, latching |
 //! | `gateway:clock` | `clock_jumped` | true: the clock stepped more than [`CLOCK_JUMP_MS`] (2 min) against the monotonic clock between two checks (false at the next) | S7, P3, latching |
 //!
 //! Durations are on the gateway clock (the monotonic clock times the test clock's scale), so a
@@ -64,6 +65,7 @@ pub const CLASS: &str = "gateway";
 /// The flags, with the device they belong to and their healthy value.
 const FLAGS: &[(&str, &str, bool)] = &[
     (MQTT, "mqtt_receiving", true),
+    (MQTT, "broker_log_overrun", false),
     (INFLUX, "db_writes_ok", true),
     (JOURNAL, "journal_budget_high", false),
     (JOURNAL, "journal_dropping", false),
@@ -89,6 +91,7 @@ pub struct Sample {
     pub journal_budget_bytes: u64,
     pub dropped_unforwarded: u64,
     pub recoveries: u64,
+    pub broker_log_overruns: u64,
 }
 
 impl Sample {
@@ -108,6 +111,7 @@ impl Sample {
             journal_budget_bytes: load(&telemetry.journal_budget_bytes),
             dropped_unforwarded: load(&telemetry.journal_dropped_unforwarded),
             recoveries: load(&telemetry.journal_recoveries),
+            broker_log_overruns: crate::sources::broker::log_overruns(),
         }
     }
 }
@@ -140,6 +144,7 @@ pub struct Detector {
     db_progress_at: i64,
     budget_high: bool,
     last_drop_at: Option<i64>,
+    last_overrun_at: Option<i64>,
     recoveries_seen: u64,
 }
 
@@ -169,6 +174,7 @@ impl Detector {
             prev: None,
             t: 0,
             last_drop_at: None,
+            last_overrun_at: None,
             recoveries_seen: 0,
         }
     }
@@ -248,6 +254,17 @@ impl Detector {
             "journal_dropping",
             self.last_drop_at.is_some_and(|d| t - d < DROP_QUIET_MS),
             format!("dropped_total={}", s.dropped_unforwarded),
+        ));
+
+        // The embedded broker: a subscriber lost messages its log had dropped.
+        let overruns_before = prev.as_ref().map_or(0, |p| p.broker_log_overruns);
+        if s.broker_log_overruns > overruns_before {
+            self.last_overrun_at = Some(t);
+        }
+        now.push((
+            "broker_log_overrun",
+            self.last_overrun_at.is_some_and(|o| t - o < DROP_QUIET_MS),
+            format!("overruns_total={}", s.broker_log_overruns),
         ));
 
         // Journal: salvaged at start (an event: up at one check, down at the next).
@@ -416,6 +433,7 @@ mod tests {
             journal_budget_bytes: 10_000,
             dropped_unforwarded: 0,
             recoveries: 0,
+            broker_log_overruns: 0,
         }
     }
 
@@ -574,6 +592,28 @@ mod tests {
         s.wall_ms += 1;
         s.messages_received += 1;
         assert_eq!(flags(&d.check(&s)), vec![("journal_dropping", false)]);
+    }
+
+    #[test]
+    fn broker_log_overruns_raise_broker_log_overrun_until_five_quiet_minutes() {
+        let mut d = healthy();
+        let mut s = at(0);
+        assert!(d.check(&s).is_empty());
+        s = Sample {
+            broker_log_overruns: 2,
+            ..at(10_000)
+        };
+        assert_eq!(flags(&d.check(&s)), vec![("broker_log_overrun", true)]);
+        s = Sample {
+            broker_log_overruns: 2,
+            ..at(10_000 + DROP_QUIET_MS - 1_000)
+        };
+        assert!(d.check(&s).is_empty(), "still within the quiet time");
+        s = Sample {
+            broker_log_overruns: 2,
+            ..at(10_000 + DROP_QUIET_MS)
+        };
+        assert_eq!(flags(&d.check(&s)), vec![("broker_log_overrun", false)]);
     }
 
     #[test]

@@ -347,6 +347,12 @@ impl Telemetry {
                 load(&self.priority_skipped),
             );
         }
+        counter(
+            &mut out,
+            "nh_mqtt_broker_log_overruns_total",
+            "Times a subscriber of the embedded broker fell further behind than its filter's log and lost messages (mqtt.broker_log_mb).",
+            crate::sources::broker::log_overruns(),
+        );
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)

@@ -67,6 +67,7 @@ pub const METRICS: &[MetricSpec] = &[
     num("body_movement", "count", 0.0, 100.0),
     num("bp_dia", "mmHg", 0.0, 300.0),
     num("bp_sys", "mmHg", 0.0, 300.0),
+    flag("broker_log_overrun"),
     choice("button", BUTTONS),
     flag("clock_jumped"),
     flag("co_alarm"),

@@ -277,7 +277,14 @@ pub struct SiteConfig {
     /// IANA time zone of the facility (for displays and night windows).
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// RAM of the edge box in MB, when known: `validate` then checks that the embedded broker's
+    /// log cap and the gateway's own working set fit in half of it.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
 }
+
+/// The gateway's own working set without the broker's logs, MB (docs/memory.md).
+pub const GATEWAY_BASE_MB: u64 = 64;
 
 fn default_timezone() -> String {
     "Asia/Shanghai".to_owned()
@@ -360,6 +367,19 @@ pub struct MqttConfig {
     /// skips (acknowledges unprocessed) its copies of those messages.
     #[serde(default = "default_true")]
     pub priority_lane: bool,
+    /// Embedded mode: RAM in MB the broker may use for its logs of the messages the gateway
+    /// subscribes to (shared by the subscriptions and the priority lane's per-device logs). A
+    /// subscriber that falls further behind than this loses messages inside the broker (counted,
+    /// alert S10); more buys a longer stall at a higher memory bound (docs/memory.md).
+    #[serde(default = "default_broker_log_mb")]
+    pub broker_log_mb: u64,
+}
+
+/// See [`crate::sources::broker::DEFAULT_LOG_MB`].
+pub const DEFAULT_BROKER_LOG_MB: u64 = crate::sources::broker::DEFAULT_LOG_MB;
+
+fn default_broker_log_mb() -> u64 {
+    DEFAULT_BROKER_LOG_MB
 }
 
 fn default_true() -> bool {
@@ -382,6 +402,7 @@ impl Default for MqttConfig {
             inflight: default_inflight(),
             subscriptions: default_subscriptions(),
             priority_lane: true,
+            broker_log_mb: DEFAULT_BROKER_LOG_MB,
         }
     }
 }
@@ -940,6 +961,22 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     }
     if m.inflight == 0 {
         d.at_key("mqtt.inflight", "must be at least 1");
+    }
+    if m.broker_log_mb < 4 {
+        d.at_key("mqtt.broker_log_mb", "must be at least 4 MB");
+    }
+    if let (MqttMode::Embedded, Some(box_mb)) = (m.mode, config.site.memory_mb) {
+        let need = m.broker_log_mb + GATEWAY_BASE_MB;
+        if need > box_mb / 2 {
+            d.at_key(
+                "mqtt.broker_log_mb",
+                format!(
+                    "the broker's log cap ({} MB) and the gateway's own {GATEWAY_BASE_MB} MB need {need} MB, more than \
+                     half of the box's site.memory_mb ({box_mb} MB): lower broker_log_mb",
+                    m.broker_log_mb
+                ),
+            );
+        }
     }
     if m.subscriptions.is_empty() {
         d.at_key("mqtt.subscriptions", "at least one subscription is needed");

@@ -279,7 +279,8 @@ fn shipped_catalog_parses_and_contains_r1_to_r18_and_s1() {
     for id in ["R21", "R22", "R23", "R24"] {
         assert!(ids.contains(&id), "missing {id}: {ids:?}");
     }
-    assert_eq!(set.len(), 29);
+    assert!(ids.contains(&"S10"), "missing S10 (broker log overrun): {ids:?}");
+    assert_eq!(set.len(), 30);
     assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
     assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
     assert_eq!(set.escalation_s(Priority::P3), &[1800]);

@@ -12,10 +12,11 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings};
 use tracing::error;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +29,107 @@ pub enum BrokerError {
     NotReady { addr: SocketAddr, waited_ms: u64 },
 }
 
-/// The in-RAM log the router keeps per topic filter. A subscriber that falls further behind
-/// than this loses messages (crates.md), so the gateway's subscriber must keep up; 32 MiB x 4
-/// holds several hundred thousand typical readings while bounding memory.
-const SEGMENT_BYTES: usize = 32 * 1024 * 1024;
+/// rumqttd keeps an in-RAM log per topic filter, in segments; it frees the oldest segment only
+/// when a new message arrives and the log is full, never when subscribers have read it. It
+/// counts 4 bytes plus the topic and payload of each message against `max_segment_size`, while
+/// a message costs about three times that in RAM (the `PublishData` it keeps and the wire bytes
+/// it still references), so a log's RAM is about [`RAM_PER_COUNTED_BYTE`] x its counted size.
+/// A subscriber that falls further behind than its filter's log loses messages (the broker has
+/// already acknowledged them to the device): the gateway counts that ([`log_overruns`]).
+pub const RAM_PER_COUNTED_BYTE: usize = 3;
+/// Segments per filter log: the memory bound moves in steps of one segment.
 const SEGMENT_COUNT: usize = 4;
+/// The log of each life-safety device's exact topic (the priority lane): 2 x 16 KiB counted,
+/// at least 90 and at most 180 typical readings of that one device, at most about 100 KB of
+/// RAM. The priority subscriber reads as fast as they come: its lag would have to pass 90
+/// readings of one device (the bad-input test floods one wearable with 290 back to back and
+/// checks that none of its alarms is lost).
+const PRIORITY_SEGMENT_BYTES: usize = 16 * 1024;
+const PRIORITY_SEGMENT_COUNT: usize = 2;
+/// rumqttd refuses segments below this size (it panics).
+const MIN_SEGMENT_BYTES: usize = 1024;
+
+/// Times the broker reported a subscriber's read cursor jumping over messages that its log had
+/// already dropped: messages lost inside the broker.
+static LOG_OVERRUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How often a subscriber of the embedded broker lost messages because it fell further behind
+/// than its filter's log (see [`overrun_layer`]).
+pub fn log_overruns() -> u64 {
+    LOG_OVERRUNS.load(Ordering::Relaxed)
+}
+
+/// 160 MB. With the two default subscriptions and 500 life-safety devices on the priority lane,
+/// each subscription's log holds about 180,000 typical readings: 18 s of lag at 10,000
+/// readings/s, 3 minutes at 1,000/s (longer than a journal stall lasts), and the whole broker
+/// stays within a sixth of a 1 GB edge box (docs/memory.md).
+pub const DEFAULT_LOG_MB: u64 = 160;
+
+/// How much the embedded broker may keep in RAM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerLimits {
+    /// RAM for the log of each of the gateway's wildcard subscriptions, bytes.
+    pub log_ram_bytes: usize,
+    /// The exact topics the priority lane subscribes to, each given a small log of its own.
+    pub priority_topics: Vec<String>,
+}
+
+impl Default for BrokerLimits {
+    /// [`DEFAULT_LOG_MB`] for one subscription, no priority lane.
+    fn default() -> Self {
+        BrokerLimits {
+            log_ram_bytes: DEFAULT_LOG_MB as usize * 1_000_000,
+            priority_topics: Vec::new(),
+        }
+    }
+}
+
+impl BrokerLimits {
+    /// The bulk filters' segment size rumqttd is given, in its own (counted) bytes.
+    pub fn segment_bytes(&self) -> usize {
+        (self.log_ram_bytes / RAM_PER_COUNTED_BYTE / SEGMENT_COUNT).max(MIN_SEGMENT_BYTES)
+    }
+
+    /// RAM the priority lane's logs may take at most, bytes.
+    pub fn priority_ram_bytes(&self) -> usize {
+        self.priority_topics.len() * PRIORITY_SEGMENT_BYTES * PRIORITY_SEGMENT_COUNT * RAM_PER_COUNTED_BYTE
+    }
+}
+
+/// A tracing layer that counts rumqttd's "Read cursor start jumped" warnings (a subscriber lost
+/// messages its filter's log had dropped). rumqttd has no other way to tell: its alert log is
+/// only read by its own metrics timer. The layer sees these events whatever the log filter says.
+pub fn overrun_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    OverrunLayer.with_filter(tracing_subscriber::filter::Targets::new().with_target("rumqttd", tracing::Level::WARN))
+}
+
+struct OverrunLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OverrunLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        struct Jump(bool);
+        impl tracing::field::Visit for Jump {
+            fn record_str(&mut self, _field: &tracing::field::Field, value: &str) {
+                self.0 |= value.contains("Read cursor start jumped");
+            }
+            fn record_debug(&mut self, _field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if !self.0 {
+                    self.0 = format!("{value:?}").contains("Read cursor start jumped");
+                }
+            }
+        }
+        let mut jump = Jump(false);
+        event.record(&mut jump);
+        if jump.0 {
+            LOG_OVERRUNS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Connections the broker accepts (devices plus the gateway's own clients).
 const MAX_CONNECTIONS: usize = 10_000;
 /// How long a new connection may take to send CONNECT.
@@ -47,12 +144,13 @@ pub struct EmbeddedBroker {
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the broker on `listen` (port 0: a free port) with the given largest packet and
-/// QoS 1 window per connection.
+/// Starts the broker on `listen` (port 0: a free port) with the given largest packet, QoS 1
+/// window per connection and memory limits.
 pub async fn start(
     listen: SocketAddr,
     max_packet_bytes: usize,
     max_inflight: usize,
+    limits: &BrokerLimits,
 ) -> Result<EmbeddedBroker, BrokerError> {
     // Bind once ourselves: a taken port fails here with the real error, and port 0 becomes a
     // concrete free port rumqttd can be given.
@@ -62,12 +160,25 @@ pub async fn start(
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr: listen, source })?
     };
+    // rumqttd matches `custom_segment` keys against a filter as patterns: exact topics only, so
+    // no key matches the wildcard filters.
+    let priority: HashMap<String, SegmentConfig> = limits
+        .priority_topics
+        .iter()
+        .map(|t| {
+            let seg = SegmentConfig {
+                max_segment_size: PRIORITY_SEGMENT_BYTES,
+                max_segment_count: PRIORITY_SEGMENT_COUNT,
+            };
+            (t.clone(), seg)
+        })
+        .collect();
     let router_cfg = RouterConfig {
         max_connections: MAX_CONNECTIONS,
         max_outgoing_packet_count: max_inflight as u64,
-        max_segment_size: SEGMENT_BYTES,
+        max_segment_size: limits.segment_bytes(),
         max_segment_count: SEGMENT_COUNT,
-        custom_segment: None,
+        custom_segment: (!priority.is_empty()).then_some(priority),
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };

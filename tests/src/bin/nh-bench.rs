@@ -6,8 +6,8 @@
 //! 1. the raw broker: `nh-sim load` at a rate no broker here reaches, into a plain subscriber
 //!    (`nh-sim sink`), at QoS 0 and 1. The broker has the same settings as in the gateway runs:
 //!    in embedded mode a standalone rumqttd started through the gateway's own
-//!    [`nh_gateway::sources::broker::start`] with the gateway's default packet size and inflight
-//!    window; in external mode the very Mosquitto the gateway then uses (`max_inflight_messages
+//!    [`nh_gateway::sources::broker::start`] with the gateway's default packet size, inflight
+//!    window and log size; in external mode the very Mosquitto the gateway then uses (`max_inflight_messages
 //!    1000`), measured before the gateway subscribes;
 //! 2. the facility of the RSS targets: a gateway with the load's devices only, its
 //!    start-to-ready time, idle RSS, and peak RSS at 10,000 readings/s (its own database);
@@ -23,6 +23,16 @@
 //! ```sh
 //! cargo build --release --workspace --bins
 //! ./target/release/nh-bench --out bench-report.json
+//! ```
+//!
+//! `--soak MINUTES` measures memory over time instead: per mode, a gateway with `--devices`
+//! devices of `--mix` (default: the quiet-night facility mix) at a steady `--soak-rate` (default
+//! 1,000 readings/s) for MINUTES, RSS sampled every 30 s; it reports the RSS slope after the
+//! warm-up (5 min, or a third of a shorter run) in MB/hour, the peak, and the journal's growth
+//! on disk per reading. Target: slope <= 1 MB/hour.
+//!
+//! ```sh
+//! ./target/release/nh-bench --soak 20 --mode both --out soak-report.json
 //! ```
 
 use std::path::Path;
@@ -45,6 +55,9 @@ const MAX_STEPS: u32 = 12;
 
 /// The rate of the RSS target (2,000 devices at 10,000 readings/s).
 const FLEET_RATE: u64 = 10_000;
+
+/// `[mqtt] broker_log_mb` of the ramp's gateway (see `start_gateway`).
+const RAMP_BROKER_LOG_MB: u64 = 1024;
 
 /// A step keeps up when the journal takes at least this share of the offered rate.
 const KEEPS_UP: f64 = 0.9;
@@ -97,11 +110,23 @@ struct Args {
     out: Option<String>,
     /// Ramp with QoS 0 too in external mode.
     qos0: bool,
+    /// `--soak MINUTES`: the memory soak instead of the ramp.
+    soak_minutes: Option<f64>,
+    soak_rate: u64,
+    /// `[mqtt] broker_log_mb` of the gateways (default: the gateway's default).
+    broker_log_mb: Option<u64>,
 }
+
+/// The facility of the soak: the quiet night's device classes.
+const SOAK_MIX: &str = "presence_radar=6,wearable=2,bed_sensor=1,door_contact=1,smoke_alarm=1";
+/// RSS samples this far apart.
+const SOAK_SAMPLE: Duration = Duration::from_secs(30);
+/// The soak's target: RSS growth after the warm-up.
+const SOAK_MAX_SLOPE_MB_PER_H: f64 = 1.0;
 
 const USAGE: &str = "nh-bench [--mode embedded|external|both] [--rates R1,R2,..] [--seconds S] \
 [--raw-rate R] [--raw-seconds S] [--devices D] [--payload small|typical] [--mix CLASS=W,..] [--journal-sync full|normal] \
-[--qos0 true|false] [--out FILE]";
+[--qos0 true|false] [--soak MINUTES] [--soak-rate R] [--broker-log-mb MB] [--out FILE]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -116,7 +141,11 @@ fn args() -> Result<Args> {
         sync: "full".into(),
         out: None,
         qos0: true,
+        soak_minutes: None,
+        soak_rate: 1_000,
+        broker_log_mb: None,
     };
+    let mut mix_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
@@ -141,8 +170,12 @@ fn args() -> Result<Args> {
             "--payload" => a.payload = value,
             "--mix" => {
                 Mix::parse(&value).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+                mix_given = true;
                 a.mix = value
             }
+            "--soak" => a.soak_minutes = Some(value.parse()?),
+            "--soak-rate" => a.soak_rate = value.parse()?,
+            "--broker-log-mb" => a.broker_log_mb = Some(value.parse()?),
             "--journal-sync" => a.sync = value,
             "--qos0" => a.qos0 = value.parse()?,
             "--out" => a.out = Some(value),
@@ -151,6 +184,9 @@ fn args() -> Result<Args> {
     }
     if a.rates.len() as u32 > MAX_STEPS {
         bail!("at most {MAX_STEPS} rates");
+    }
+    if a.soak_minutes.is_some() && !mix_given {
+        a.mix = SOAK_MIX.to_owned();
     }
     Ok(a)
 }
@@ -371,7 +407,14 @@ async fn start_gateway(
         (Mode::External, Some(port)) => {
             format!("[mqtt]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n")
         }
-        _ => String::new(),
+        // The ramp (the gateway with the probes' smoke alarms) measures throughput at and past
+        // saturation, where the gateway falls behind the broker for seconds: its log is sized
+        // so that lag costs nothing (RAM is what the soak and the fleet measure).
+        _ => match (a.broker_log_mb, smoke) {
+            (Some(mb), _) => format!("[mqtt]\nbroker_log_mb = {mb}\n"),
+            (None, 0) => String::new(),
+            (None, _) => format!("[mqtt]\nbroker_log_mb = {RAMP_BROKER_LOG_MB}\n"),
+        },
     };
     let cfg = format!(
         "[site]\nid = \"{SITE}\"\n{mqtt}[registry]\nfile = \"{}\"\n[journal]\npath = \"{}\"\nsync = \"{}\"\n[influx]\nurl = \"{}\"\norg = \"nh\"\nbucket = \"nh\"\n",
@@ -422,6 +465,109 @@ async fn database_points(vm: &VictoriaMetrics) -> Result<u64> {
     Ok(body.lines().filter(|l| !l.trim().is_empty()).count() as u64)
 }
 
+/// Least-squares slope of (seconds, bytes) samples, MB per hour.
+fn slope_mb_per_hour(samples: &[(f64, u64)]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let my = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let sxy: f64 = samples.iter().map(|s| (s.0 - mx) * (s.1 as f64 - my)).sum();
+    let sxx: f64 = samples.iter().map(|s| (s.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    sxy / sxx * 3600.0 / 1_048_576.0
+}
+
+/// The journal's bytes on disk (the database file and its write-ahead log).
+fn journal_bytes(dir: &Path) -> u64 {
+    ["journal.db", "journal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The memory soak of one mode (see the module docs).
+async fn soak(mode: Mode, a: &Args, minutes: f64) -> Result<Value> {
+    let dir = TempDir::new(&format!("soak-{}", mode.as_str()))?;
+    let vm = VictoriaMetrics::start().await?;
+    let mosquitto = match mode {
+        Mode::External => Some(Mosquitto::start().await?),
+        Mode::Embedded => None,
+    };
+    let (gw, _) = start_gateway(dir.path(), mode, mosquitto.as_ref().map(|m| m.port), &vm, a, 0).await?;
+    let broker = match (&mosquitto, gw.mqtt) {
+        (Some(m), _) => format!("127.0.0.1:{}", m.port),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => bail!("embedded broker address"),
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seconds = minutes * 60.0;
+    let warmup_s = if minutes >= 15.0 { 300.0 } else { seconds / 3.0 };
+    let started = Instant::now();
+    let accepted = |m: &std::collections::HashMap<String, f64>| counter(m, "nh_readings_accepted_total") as u64;
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut at_warmup: Option<(u64, u64)> = None;
+    let sample = |samples: &mut Vec<(f64, u64)>| {
+        if let Some((_, rss)) = cpu_and_rss(gw.pid) {
+            let t = started.elapsed().as_secs_f64();
+            eprintln!("{} soak: {:.0} s, RSS {} MB", mode.as_str(), t, mb(rss));
+            samples.push((t, rss));
+        }
+    };
+    sample(&mut samples);
+    let run = load(&broker, a.soak_rate, seconds, 1, a, 30.0);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(SOAK_SAMPLE);
+    tick.tick().await;
+    let summary = loop {
+        tokio::select! {
+            s = &mut run => break s?,
+            _ = tick.tick() => {
+                sample(&mut samples);
+                if at_warmup.is_none() && started.elapsed().as_secs_f64() >= warmup_s {
+                    let m = gw.metrics().await?;
+                    at_warmup = Some((accepted(&m), journal_bytes(dir.path())));
+                }
+            }
+        }
+    };
+    let acked = summary["acked"].as_u64().unwrap_or(0);
+    gw.wait_forwarded(acked, false, Duration::from_secs(120)).await.ok();
+    sample(&mut samples);
+    let m = gw.metrics().await?;
+    let (acc0, bytes0) = at_warmup.unwrap_or((0, 0));
+    let readings = accepted(&m).saturating_sub(acc0);
+    let grown = journal_bytes(dir.path()).saturating_sub(bytes0);
+    let after: Vec<(f64, u64)> = samples.iter().copied().filter(|s| s.0 >= warmup_s).collect();
+    let slope = slope_mb_per_hour(&after);
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let r = json!({
+        "mode": mode.as_str(),
+        "minutes": minutes,
+        "rate": a.soak_rate,
+        "devices": a.devices,
+        "mix": a.mix,
+        "broker_log_mb": a.broker_log_mb,
+        "acked": acked,
+        "accepted": accepted(&m),
+        "broker_log_overruns": counter(&m, "nh_mqtt_broker_log_overruns_total"),
+        "warmup_s": warmup_s,
+        "rss_start_mb": mb(samples.first().map_or(0, |s| s.1)),
+        "rss_end_mb": mb(samples.last().map_or(0, |s| s.1)),
+        "rss_peak_mb": mb(peak),
+        "rss_slope_mb_per_hour": round1(slope),
+        "slope_target_met": slope <= SOAK_MAX_SLOPE_MB_PER_H,
+        "journal_bytes_per_reading": if readings > 0 { round1(grown as f64 / readings as f64) } else { 0.0 },
+        "samples": samples.iter().map(|s| json!([round1(s.0), mb(s.1)])).collect::<Vec<_>>(),
+    });
+    println!("{}", json!({ "soak": r }));
+    Ok(r)
+}
+
 async fn run_mode(mode: Mode, a: &Args) -> Result<Value> {
     let dir = TempDir::new(&format!("bench-{}", mode.as_str()))?;
     let vm = VictoriaMetrics::start().await?;
@@ -430,7 +576,13 @@ async fn run_mode(mode: Mode, a: &Args) -> Result<Value> {
     let raw_broker = match mode {
         Mode::Embedded => {
             // The gateway's defaults: mqtt.max_packet_bytes and mqtt.inflight.
-            let b = nh_gateway::sources::broker::start(([127, 0, 0, 1], 0).into(), 1_048_576, 1_000).await?;
+            let b = nh_gateway::sources::broker::start(
+                ([127, 0, 0, 1], 0).into(),
+                1_048_576,
+                1_000,
+                &nh_gateway::sources::broker::BrokerLimits::default(),
+            )
+            .await?;
             b.addr.to_string()
         }
         Mode::External => {
@@ -690,6 +842,28 @@ async fn main() -> Result<()> {
     let a = args()?;
     let t = Instant::now();
     let load_before = load_average();
+    if let Some(minutes) = a.soak_minutes {
+        let mut soaks = Vec::new();
+        for &mode in &a.modes {
+            soaks.push(
+                soak(mode, &a, minutes)
+                    .await
+                    .with_context(|| format!("{} soak", mode.as_str()))?,
+            );
+        }
+        let report = json!({
+            "date_utc_ms": wall_ms(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "duration_s": round1(t.elapsed().as_secs_f64()),
+            "soaks": soaks,
+        });
+        if let Some(out) = &a.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {out}"))?;
+        }
+        return Ok(());
+    }
     let mut modes = Vec::new();
     for &mode in &a.modes {
         modes.push(

@@ -408,7 +408,13 @@ mod tests {
     async fn publishes_every_event_in_order_and_persists_the_cursor() -> Result<(), Box<dyn std::error::Error>> {
         let dir = TempDir::new("mqtt");
         let db = dir.path().join("journal.db");
-        let broker = crate::sources::broker::start("127.0.0.1:0".parse()?, 1 << 20, 100).await?;
+        let broker = crate::sources::broker::start(
+            "127.0.0.1:0".parse()?,
+            1 << 20,
+            100,
+            &crate::sources::broker::BrokerLimits::default(),
+        )
+        .await?;
         let cfg = MqttAlertsConfig::new("s1", broker.addr.ip().to_string(), broker.addr.port());
         let mut rx = subscriber(broker.addr, &cfg.topic()).await;
 
@@ -500,7 +506,13 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = TempDir::new("mqtt-cut");
         let db = dir.path().join("journal.db");
-        let broker = crate::sources::broker::start("127.0.0.1:0".parse()?, 1 << 20, 100).await?;
+        let broker = crate::sources::broker::start(
+            "127.0.0.1:0".parse()?,
+            1 << 20,
+            100,
+            &crate::sources::broker::BrokerLimits::default(),
+        )
+        .await?;
         let relay = Relay::start(broker.addr).await?;
         let mut cfg = MqttAlertsConfig::new("s2", relay.addr.ip().to_string(), relay.addr.port());
         cfg.window = 10;
