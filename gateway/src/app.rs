@@ -29,7 +29,7 @@ use crate::journal::{spawn_writer, Store, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
 use crate::sources::broker::{self, EmbeddedBroker};
-use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route};
+use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route, Select};
 use crate::sources::serial::SerialSource;
 use crate::telemetry::Telemetry;
 
@@ -414,23 +414,9 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let (mqtt, broker, host, port) = match config.mqtt.mode {
         MqttMode::Embedded => {
             let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
-            let bulk_filters = routes.len().max(1);
-            let budget = config.mqtt.broker_log_mb as usize * 1_000_000;
-            let mut limits = broker::BrokerLimits {
-                log_ram_bytes: 0,
-                priority_topics: priority_routes.iter().map(|r| r.filter.clone()).collect(),
-            };
-            // The priority lane's small per-device logs come out of the cap first; the rest is
-            // shared by the subscriptions' logs (each filter keeps a log of its own).
-            let bulk_budget = budget.saturating_sub(limits.priority_ram_bytes());
-            if bulk_budget < budget / 4 {
-                warn!(
-                    broker_log_mb = config.mqtt.broker_log_mb,
-                    priority_mb = limits.priority_ram_bytes() / 1_000_000,
-                    "the priority lane's logs take most of mqtt.broker_log_mb: raise it"
-                );
-            }
-            limits.log_ram_bytes = (bulk_budget / bulk_filters).max(budget / 4 / bulk_filters);
+            // Each subscription filter keeps a log of its own; the priority lane shares the bulk
+            // lane's filters (below), so the cap is split between the subscriptions only.
+            let limits = broker::BrokerLimits::split(config.mqtt.broker_log_mb, routes.len());
             let b = broker::start(
                 listen,
                 config.mqtt.max_packet_bytes,
@@ -467,7 +453,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         ack: ack_policy(config.mqtt.mode),
         routes: Vec::new(),
         lane: Lane::Bulk,
-        skip_topics: Arc::default(),
+        select: Select::All,
     };
     let mut subscribed = Vec::new();
     if !priority_routes.is_empty() {
@@ -480,12 +466,29 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         );
         let (tx, rx) = tokio::sync::oneshot::channel();
         subscribed.push(rx);
-        let skip: std::collections::HashSet<String> = priority_routes.iter().map(|r| r.filter.clone()).collect();
+        let topics: Arc<std::collections::HashSet<String>> =
+            Arc::new(priority_routes.iter().map(|r| r.filter.clone()).collect());
+        // On the embedded broker every subscription filter keeps a log of its own, so one exact
+        // filter per device would cost a log per device: there the priority lane subscribes to
+        // the bulk lane's wildcard filters (sharing their logs) and takes only its topics. An
+        // external broker queues per client, not per filter: exact topics, nothing extra sent.
+        let (lane_routes, select) = match config.mqtt.mode {
+            MqttMode::Embedded => (
+                routes
+                    .iter()
+                    .filter(|r| priority_routes.iter().any(|p| topic_matches(&r.filter, &p.filter)))
+                    .cloned()
+                    .collect(),
+                Select::Only(topics.clone()),
+            ),
+            MqttMode::External => (priority_routes, Select::All),
+        };
         let priority = MqttSource::new(
             MqttSourceConfig {
                 client_id: format!("{client_id}-ls"),
-                routes: priority_routes,
+                routes: lane_routes,
                 lane: Lane::Priority,
+                select,
                 ..base_cfg.clone()
             },
             Some(tx),
@@ -499,7 +502,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         let bulk = MqttSource::new(
             MqttSourceConfig {
                 routes,
-                skip_topics: Arc::new(skip),
+                select: Select::Except(topics),
                 ..base_cfg
             },
             Some(tx),

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tracing::error;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +39,6 @@ pub enum BrokerError {
 pub const RAM_PER_COUNTED_BYTE: usize = 3;
 /// Segments per filter log: the memory bound moves in steps of one segment.
 const SEGMENT_COUNT: usize = 4;
-/// The log of each life-safety device's exact topic (the priority lane): 2 x 16 KiB counted,
-/// at least 90 and at most 180 typical readings of that one device, at most about 100 KB of
-/// RAM. The priority subscriber reads as fast as they come: its lag would have to pass 90
-/// readings of one device (the bad-input test floods one wearable with 290 back to back and
-/// checks that none of its alarms is lost).
-const PRIORITY_SEGMENT_BYTES: usize = 16 * 1024;
-const PRIORITY_SEGMENT_COUNT: usize = 2;
 /// rumqttd refuses segments below this size (it panics).
 const MIN_SEGMENT_BYTES: usize = 1024;
 
@@ -59,40 +52,37 @@ pub fn log_overruns() -> u64 {
     LOG_OVERRUNS.load(Ordering::Relaxed)
 }
 
-/// 160 MB. With the two default subscriptions and 500 life-safety devices on the priority lane,
-/// each subscription's log holds about 180,000 typical readings: 18 s of lag at 10,000
-/// readings/s, 3 minutes at 1,000/s (longer than a journal stall lasts), and the whole broker
-/// stays within a sixth of a 1 GB edge box (docs/memory.md).
+/// 160 MB. With the two default subscriptions each subscription's log holds about 180,000
+/// typical readings: 18 s of lag at 10,000 readings/s, 3 minutes at 1,000/s (longer than a
+/// journal stall lasts), and the whole broker stays within a sixth of a 1 GB edge box
+/// (docs/memory.md).
 pub const DEFAULT_LOG_MB: u64 = 160;
 
 /// How much the embedded broker may keep in RAM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BrokerLimits {
-    /// RAM for the log of each of the gateway's wildcard subscriptions, bytes.
+    /// RAM for the log of each subscription filter, bytes.
     pub log_ram_bytes: usize,
-    /// The exact topics the priority lane subscribes to, each given a small log of its own.
-    pub priority_topics: Vec<String>,
 }
 
 impl Default for BrokerLimits {
-    /// [`DEFAULT_LOG_MB`] for one subscription, no priority lane.
+    /// [`DEFAULT_LOG_MB`] for one subscription.
     fn default() -> Self {
-        BrokerLimits {
-            log_ram_bytes: DEFAULT_LOG_MB as usize * 1_000_000,
-            priority_topics: Vec::new(),
-        }
+        BrokerLimits::split(DEFAULT_LOG_MB, 1)
     }
 }
 
 impl BrokerLimits {
-    /// The bulk filters' segment size rumqttd is given, in its own (counted) bytes.
-    pub fn segment_bytes(&self) -> usize {
-        (self.log_ram_bytes / RAM_PER_COUNTED_BYTE / SEGMENT_COUNT).max(MIN_SEGMENT_BYTES)
+    /// `log_mb` shared by the logs of `filters` subscription filters (each filter keeps one).
+    pub fn split(log_mb: u64, filters: usize) -> Self {
+        BrokerLimits {
+            log_ram_bytes: log_mb as usize * 1_000_000 / filters.max(1),
+        }
     }
 
-    /// RAM the priority lane's logs may take at most, bytes.
-    pub fn priority_ram_bytes(&self) -> usize {
-        self.priority_topics.len() * PRIORITY_SEGMENT_BYTES * PRIORITY_SEGMENT_COUNT * RAM_PER_COUNTED_BYTE
+    /// The segment size rumqttd is given, in its own (counted) bytes.
+    pub fn segment_bytes(&self) -> usize {
+        (self.log_ram_bytes / RAM_PER_COUNTED_BYTE / SEGMENT_COUNT).max(MIN_SEGMENT_BYTES)
     }
 }
 
@@ -160,25 +150,12 @@ pub async fn start(
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr: listen, source })?
     };
-    // rumqttd matches `custom_segment` keys against a filter as patterns: exact topics only, so
-    // no key matches the wildcard filters.
-    let priority: HashMap<String, SegmentConfig> = limits
-        .priority_topics
-        .iter()
-        .map(|t| {
-            let seg = SegmentConfig {
-                max_segment_size: PRIORITY_SEGMENT_BYTES,
-                max_segment_count: PRIORITY_SEGMENT_COUNT,
-            };
-            (t.clone(), seg)
-        })
-        .collect();
     let router_cfg = RouterConfig {
         max_connections: MAX_CONNECTIONS,
         max_outgoing_packet_count: max_inflight as u64,
         max_segment_size: limits.segment_bytes(),
         max_segment_count: SEGMENT_COUNT,
-        custom_segment: (!priority.is_empty()).then_some(priority),
+        custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };

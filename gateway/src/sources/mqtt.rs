@@ -75,8 +75,32 @@ pub struct MqttSourceConfig {
     pub ack: AckPolicy,
     pub routes: Vec<Route>,
     pub lane: Lane,
-    /// Bulk lane: topics the priority lane takes; their messages are acknowledged unprocessed.
-    pub skip_topics: Arc<HashSet<String>>,
+    /// Which of the topics the subscriptions deliver this connection processes; the others
+    /// are acknowledged unprocessed.
+    pub select: Select,
+}
+
+/// Which delivered topics a connection processes.
+#[derive(Debug, Clone, Default)]
+pub enum Select {
+    /// Every topic its subscriptions match.
+    #[default]
+    All,
+    /// All but these (the bulk lane, beside a priority lane that takes them).
+    Except(Arc<HashSet<String>>),
+    /// Only these (the priority lane on the embedded broker: it subscribes to the same wildcard
+    /// filters as the bulk lane and so shares their logs, instead of one log per device).
+    Only(Arc<HashSet<String>>),
+}
+
+impl Select {
+    fn takes(&self, topic: &str) -> bool {
+        match self {
+            Select::All => true,
+            Select::Except(set) => !set.contains(topic),
+            Select::Only(set) => set.contains(topic),
+        }
+    }
 }
 
 /// Capacity of rumqttc's request channel (acks and subscribes to send).
@@ -235,9 +259,11 @@ impl MqttSource {
 
     async fn handle(&self, p: Publish, ack_tx: &mpsc::UnboundedSender<Publish>) {
         let recv_ms = self.normalizer.clock.now_ms();
-        let records = if self.cfg.skip_topics.contains(p.topic.as_str()) {
-            // The priority lane's connection has its own copy of this message.
-            self.telemetry.priority_skipped.fetch_add(1, Ordering::Relaxed);
+        let records = if !self.cfg.select.takes(&p.topic) {
+            // The other lane's connection has its own copy of this message.
+            if self.cfg.lane == Lane::Bulk {
+                self.telemetry.priority_skipped.fetch_add(1, Ordering::Relaxed);
+            }
             Vec::new()
         } else {
             let route = match self.exact.get(p.topic.as_str()) {
