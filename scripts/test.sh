@@ -28,6 +28,7 @@ cargo build --locked --workspace --bins
 # Everything but the time-scaled end-to-end tests, two at a time on 2 cores.
 cargo test --locked --workspace -- --test-threads "${NH_TEST_THREADS:-2}" --skip scenarios:: --skip alert_lifecycle:: --skip chaos:: --skip memory::
 # The time-scaled ones (virtual clock x10..x360), the chaos runs (2,000 readings/s for minutes)
-# and the memory run (1,000 readings/s for 180 s) alone, one at a time: a busy machine must not
-# make a silent device out of a stalled one.
+# and the memory run (1,000 readings/s for 180 s) apart from the rest, one test at a time: a busy
+# machine must not make a silent device out of a stalled one. (The scenarios test runs its light
+# scenarios two at a time itself: every window they rely on spans >= 10 s of real time.)
 cargo test --locked -p nh-e2e --test e2e -- --test-threads 1 scenarios:: alert_lifecycle:: chaos:: memory::

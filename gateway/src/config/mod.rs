@@ -361,14 +361,15 @@ pub struct MqttConfig {
     /// Topic filters and the decoder each one feeds.
     #[serde(default = "default_subscriptions")]
     pub subscriptions: Vec<Subscription>,
-    /// A second MQTT connection (client id `<client_id>-ls`) subscribed to the exact topics of
-    /// the registry's life-safety devices (smoke, heat, gas, CO, fall, SOS), which go to the
-    /// journal's priority queue: a fire never waits behind bulk telemetry. The bulk connection
-    /// skips (acknowledges unprocessed) its copies of those messages.
+    /// A second MQTT connection (client id `<client_id>-ls`) that takes the topics of the
+    /// registry's life-safety devices (smoke, heat, gas, CO, fall, SOS) into the journal's
+    /// priority queue: a fire never waits behind bulk telemetry. The bulk connection skips
+    /// (acknowledges unprocessed) its copies of those messages. Embedded mode: it subscribes to
+    /// the same wildcard filters (one broker log each, shared); external: to the exact topics.
     #[serde(default = "default_true")]
     pub priority_lane: bool,
     /// Embedded mode: RAM in MB the broker may use for its logs of the messages the gateway
-    /// subscribes to (shared by the subscriptions and the priority lane's per-device logs). A
+    /// subscribes to (shared by the subscriptions' filters, one log each). A
     /// subscriber that falls further behind than this loses messages inside the broker (counted,
     /// alert S10); more buys a longer stall at a higher memory bound (docs/memory.md).
     #[serde(default = "default_broker_log_mb")]

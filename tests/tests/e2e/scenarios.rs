@@ -3,9 +3,11 @@
 //! clock, runs `nh-sim scenario` against its embedded broker with the same three clock values,
 //! and asserts the scenario passed (expected alerts within their deadlines, nothing else).
 //!
-//! One test runs them one after another: they are time-scaled (issue 3: every window a scenario
-//! relies on spans >= 10 s of real time), so they must not share the machine with each other.
-//! `NH_SCENARIO=<substring>` runs only the matching files.
+//! One test runs them two at a time (`NH_SCENARIO_JOBS`, default 2), and the test itself runs
+//! apart from the other end-to-end tests: they are time-scaled, and every window a scenario
+//! relies on spans >= 10 s of real time, so two light scenarios side by side stall nothing that
+//! matters, while a machine loaded by other tests could. `NH_SCENARIO=<substring>` runs only the
+//! matching files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -131,20 +133,36 @@ async fn run_one(file: &Path) -> Result<(bool, String)> {
 async fn every_scenario_passes_against_the_gateway() -> Result<()> {
     let files = scenario_files()?;
     assert!(!files.is_empty(), "no scenarios in config/scenarios");
+    let jobs: usize = std::env::var("NH_SCENARIO_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut runs = tokio::task::JoinSet::new();
+    for f in files {
+        let slots = slots.clone();
+        runs.spawn(async move {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _slot = slots.acquire_owned().await?;
+            eprintln!("=== scenario {name} started");
+            let (passed, report) = run_one(&f).await.with_context(|| name.clone())?;
+            // One block per scenario, whole, as it ends.
+            eprintln!("=== scenario {name}\n{report}\n=== {name}: {}", if passed { "pass" } else { "FAIL" });
+            anyhow::Ok((name, passed))
+        });
+    }
     let mut failed = Vec::new();
-    for f in &files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        eprintln!("=== scenario {name}");
-        let (passed, report) = run_one(f).await.with_context(|| name.clone())?;
-        eprintln!("{report}");
-        eprintln!("=== {name}: {}", if passed { "pass" } else { "FAIL" });
+    while let Some(run) = runs.join_next().await {
+        let (name, passed) = run??;
         if !passed {
             failed.push(name);
         }
     }
+    failed.sort();
     assert!(failed.is_empty(), "failed scenarios: {failed:?}");
     Ok(())
 }
