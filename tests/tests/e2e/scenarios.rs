@@ -151,7 +151,10 @@ async fn every_scenario_passes_against_the_gateway() -> Result<()> {
             eprintln!("=== scenario {name} started");
             let (passed, report) = run_one(&f).await.with_context(|| name.clone())?;
             // One block per scenario, whole, as it ends.
-            eprintln!("=== scenario {name}\n{report}\n=== {name}: {}", if passed { "pass" } else { "FAIL" });
+            eprintln!(
+                "=== scenario {name}\n{report}\n=== {name}: {}",
+                if passed { "pass" } else { "FAIL" }
+            );
             anyhow::Ok((name, passed))
         });
     }
