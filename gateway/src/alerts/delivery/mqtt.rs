@@ -404,17 +404,17 @@ mod tests {
         }
     }
 
+    /// An embedded broker on a free port with the default limits.
+    async fn test_broker() -> Result<crate::sources::broker::EmbeddedBroker, crate::sources::broker::BrokerError> {
+        let limits = crate::sources::broker::BrokerLimits::default();
+        crate::sources::broker::start("127.0.0.1:0".parse().expect("address"), 1 << 20, 100, &limits).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publishes_every_event_in_order_and_persists_the_cursor() -> Result<(), Box<dyn std::error::Error>> {
         let dir = TempDir::new("mqtt");
         let db = dir.path().join("journal.db");
-        let broker = crate::sources::broker::start(
-            "127.0.0.1:0".parse()?,
-            1 << 20,
-            100,
-            &crate::sources::broker::BrokerLimits::default(),
-        )
-        .await?;
+        let broker = test_broker().await?;
         let cfg = MqttAlertsConfig::new("s1", broker.addr.ip().to_string(), broker.addr.port());
         let mut rx = subscriber(broker.addr, &cfg.topic()).await;
 
@@ -506,13 +506,7 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = TempDir::new("mqtt-cut");
         let db = dir.path().join("journal.db");
-        let broker = crate::sources::broker::start(
-            "127.0.0.1:0".parse()?,
-            1 << 20,
-            100,
-            &crate::sources::broker::BrokerLimits::default(),
-        )
-        .await?;
+        let broker = test_broker().await?;
         let relay = Relay::start(broker.addr).await?;
         let mut cfg = MqttAlertsConfig::new("s2", relay.addr.ip().to_string(), relay.addr.port());
         cfg.window = 10;
