@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::stages::{StageFailure, StageFailures, Stages};
+
 use crate::alerts::delivery::{MqttAlertPublisher, MqttAlertsConfig, NewEvents, SharedLog, StreamState, WebhookTask};
 use crate::alerts::lifecycle::Lifecycle;
 use crate::alerts::store::AlertStore;
@@ -55,6 +57,10 @@ pub enum StartError {
     AlertStore(#[from] crate::alerts::store::AlertStoreError),
     #[error(transparent)]
     Alerts(#[from] crate::alerts::lifecycle::AlertError),
+    #[error(transparent)]
+    JournalLock(#[from] crate::journal::lock::LockError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     #[error("HTTP API cannot listen on {addr}: {source}")]
     HttpBind { addr: SocketAddr, source: std::io::Error },
 }
@@ -74,8 +80,11 @@ pub struct Running {
     shutdown: CancellationToken,
     sources: TaskTracker,
     others: TaskTracker,
-    writer: std::thread::JoinHandle<()>,
+    /// Told when the journal writer's thread has ended.
+    writer_done: tokio::sync::oneshot::Receiver<()>,
+    failures: StageFailures,
     broker: Option<EmbeddedBroker>,
+    _journal_lock: crate::journal::lock::JournalLock,
 }
 
 /// Committed batches waiting for the rules engine; full = the journal writer waits.
@@ -108,6 +117,11 @@ impl Running {
         }
     }
 
+    /// The first stage that panics or ends while the gateway runs; pending while none does.
+    pub async fn stage_failed(&mut self) -> StageFailure {
+        self.failures.next().await
+    }
+
     /// Stops sources first, lets the journal commit what they queued, then the rest.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -116,9 +130,7 @@ impl Running {
             warn!("MQTT source did not stop in time");
         }
         // The sources held the journal senders; once they are gone the writer drains and ends.
-        let writer = self.writer;
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        if tokio::time::timeout(STAGE_DEADLINE, joined).await.is_err() {
+        if tokio::time::timeout(STAGE_DEADLINE, self.writer_done).await.is_err() {
             warn!("journal writer did not finish in time");
         }
         self.others.close();
@@ -268,13 +280,17 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         rules,
         modbus_maps,
         residents,
+        site_time,
     } = loaded;
+    // One gateway per journal: a second one refuses to start before it touches the file.
+    let journal_lock = crate::journal::lock::JournalLock::acquire(&journal_path)?;
     let clock = opts.clock.unwrap_or_else(Clock::system);
     let telemetry = Arc::new(Telemetry::default());
     let registry = Arc::new(registry);
     let shutdown = CancellationToken::new();
     let sources = TaskTracker::new();
     let others = TaskTracker::new();
+    let (stages, failures) = Stages::new(shutdown.clone());
 
     // The journal first: nothing is accepted before it can be committed. A damaged file is
     // salvaged onto a fresh one here, never a reason not to start.
@@ -314,6 +330,14 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         recovered = opened.recovery.is_some(),
         "journal open"
     );
+    if opened.unclean {
+        warn!(
+            path = %journal_path.display(),
+            check = ?opened.check,
+            recovered = opened.recovery.is_some(),
+            "the previous run did not stop cleanly (killed, crashed or power lost)"
+        );
+    }
 
     // The rules engine and the alert lifecycle: one task, its state restored from the journal.
     let alert_store = AlertStore::open(&journal_path)?;
@@ -329,16 +353,23 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let alert_seq = alerts_task.events();
     let (alerts_handle, alert_commands) = command_channel();
     info!(rules = rules.len(), "rules engine on");
-    others.spawn(alerts_task.run(
-        priority_observer_rx,
-        observer_rx,
-        alert_commands,
-        clock,
-        shutdown.clone(),
-    ));
+    stages.spawn(
+        &others,
+        "alerts",
+        alerts_task.run(
+            priority_observer_rx,
+            observer_rx,
+            alert_commands,
+            clock,
+            shutdown.clone(),
+        ),
+    );
     let delivery_stats = telemetry.delivery.clone();
-    for hook in WebhookTask::for_config(&config.alerts, &journal_path, &alert_seq, &delivery_stats) {
-        others.spawn(hook.run(shutdown.clone()));
+    for (i, hook) in WebhookTask::for_config(&config.alerts, &journal_path, &alert_seq, &delivery_stats)
+        .into_iter()
+        .enumerate()
+    {
+        stages.spawn(&others, format!("webhook:{i}"), hook.run(shutdown.clone()));
     }
 
     if let Some(icfg) = &config.influx {
@@ -353,7 +384,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             clock,
         };
         info!(url = %icfg.url, org = %icfg.org, bucket = %icfg.bucket, "InfluxDB forwarding on");
-        others.spawn(fwd.run(shutdown.clone()));
+        stages.spawn(&others, "influx-forwarder", fwd.run(shutdown.clone()));
     } else {
         info!("no [influx] section: the embedded journal is the only store");
     }
@@ -496,7 +527,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             writer.tx_priority.clone(),
             telemetry.clone(),
         );
-        sources.spawn(priority.run(shutdown.clone()));
+        stages.spawn(&sources, "mqtt-priority", priority.run(shutdown.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel();
         subscribed.push(rx);
         let bulk = MqttSource::new(
@@ -510,7 +541,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             writer.tx.clone(),
             telemetry.clone(),
         );
-        sources.spawn(bulk.run(shutdown.clone()));
+        stages.spawn(&sources, "mqtt-bulk", bulk.run(shutdown.clone()));
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         subscribed.push(rx);
@@ -521,7 +552,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             writer.tx.clone(),
             telemetry.clone(),
         );
-        sources.spawn(bulk.run(shutdown.clone()));
+        stages.spawn(&sources, "mqtt-bulk", bulk.run(shutdown.clone()));
     }
     for port in &config.serial {
         let protocol = SerialSource::protocol_label(port.protocol);
@@ -535,7 +566,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             clock,
         };
         info!(bus = %port.bus, path = %port.path.display(), protocol, "serial source on");
-        sources.spawn(serial.run(shutdown.clone()));
+        stages.spawn(&sources, format!("serial:{}", port.bus), serial.run(shutdown.clone()));
     }
     // Self-supervision (rules S2-S7) journals through the priority input: it stops with the
     // sources so that the writer can drain and end.
@@ -550,7 +581,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             !links.contains_key(&d.id) && d.interval_s.saturating_mul(1000) < crate::supervise::MQTT_SILENCE_MS as u64
         }),
     };
-    sources.spawn(supervisor.run(shutdown.clone()));
+    stages.spawn(&sources, "supervisor", supervisor.run(shutdown.clone()));
     // Alerts are published on the same broker, through their own connection and outbox.
     let mut alerts_mqtt = MqttAlertsConfig::new(config.site.id.clone(), host.clone(), port);
     if config.mqtt.mode == MqttMode::External {
@@ -563,7 +594,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         NewEvents::new(alert_seq.clone()),
         delivery_stats.clone(),
     );
-    others.spawn(publisher.run(shutdown.clone()));
+    stages.spawn(&others, "alert-publisher", publisher.run(shutdown.clone()));
     // `ready` promises that published readings are taken in: wait for the subscriptions. An
     // external broker that is down does not keep the rest of the gateway from starting.
     let all_subscribed = async {
@@ -586,6 +617,10 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         committed: _,
         thread: writer_thread,
     } = writer;
+    let (writer_done_tx, writer_done) = tokio::sync::oneshot::channel();
+    stages
+        .watch_thread("journal-writer", writer_thread, writer_done_tx)
+        .map_err(StartError::Thread)?;
 
     // HTTP last: `ready` means every stage is up.
     let http_listen = opts.http.unwrap_or(config.http.listen);
@@ -638,7 +673,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             .shifts
             .start_minutes()
             .unwrap_or_else(|| vec![7 * 60, 15 * 60, 23 * 60]),
-        rules.utc_offset_min(),
+        site_time,
         journal_path.clone(),
     );
     let app = http_app(
@@ -649,7 +684,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         auth_state,
     );
     let http_shutdown = shutdown.clone();
-    others.spawn(async move {
+    stages.spawn(&others, "http-api", async move {
         let serve = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -668,7 +703,9 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         shutdown,
         sources,
         others,
-        writer: writer_thread,
+        writer_done,
+        failures,
         broker,
+        _journal_lock: journal_lock,
     })
 }

@@ -64,7 +64,7 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
     let now = system_now_ms();
     let clock = opts.clock.unwrap_or_else(|| Clock::test(now, now, speed));
     opts.clock = Some(clock);
-    let running = app::start(loaded, opts).await?;
+    let mut running = app::start(loaded, opts).await?;
     println!("{}", running.ready_line());
     let MqttEndpoint::Embedded(broker) = running.mqtt else {
         anyhow::bail!("the demo runs on the embedded broker")
@@ -101,9 +101,14 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
     let mut last = (Instant::now(), telemetry.readings_accepted.load(Ordering::Relaxed));
     let signal = wait_for_signal();
     tokio::pin!(signal);
+    let mut failed = None;
     loop {
         tokio::select! {
             _ = &mut signal => break,
+            f = running.stage_failed() => {
+                failed = Some(f);
+                break;
+            }
             _ = ticker.tick() => {
                 let accepted = telemetry.readings_accepted.load(Ordering::Relaxed);
                 let rate = (accepted - last.1) as f64 / last.0.elapsed().as_secs_f64();
@@ -124,7 +129,10 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
         Err(e) => warn!(error = %e, "demo fleet task failed"),
     }
     running.shutdown().await;
-    Ok(())
+    match failed {
+        Some(f) => Err(anyhow::anyhow!("{f}")),
+        None => Ok(()),
+    }
 }
 
 async fn count_online(journal: &Path, devices: &[(String, i64)], now_ms: i64) -> usize {

@@ -21,7 +21,10 @@
 //!   recovery, clock jumps, journaled as readings of `gateway:*` devices for rules S2-S7.
 //! - [`telemetry`]: the gateway's own counters.
 //! - [`clock`]: the system clock or the shared test clock.
+//! - [`site_time`]: the site's local time (IANA zone with daylight saving) for night windows
+//!   and shifts.
 //! - [`app`]: wiring the stages together, start and shutdown.
+//! - [`stages`]: stage supervision: a stage that panics or ends while running stops the process.
 //! - [`demo`]: the demo facility (`nh-gateway demo`).
 //! - [`auth`]: operator accounts, sessions, API tokens, roles and the login rate limit.
 //! - [`web`]: the control-room page, embedded in the binary.
@@ -43,7 +46,9 @@ pub mod normalize;
 pub mod reading;
 pub mod registry;
 pub mod rules;
+pub mod site_time;
 pub mod sources;
+pub mod stages;
 pub mod supervise;
 pub mod telemetry;
 pub mod vocabulary;

@@ -128,6 +128,8 @@ fn init_logs() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours for a terminal only: a service's log file or journal gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(filter),
         )
         // Counts messages lost inside the embedded broker, whatever NH_LOG lets through.
@@ -193,11 +195,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(loaded: config::Loaded, opts: RunOptions) -> anyhow::Result<()> {
-    let running = app::start(loaded, opts).await?;
+    let mut running = app::start(loaded, opts).await?;
     println!("{}", running.ready_line());
-    demo::wait_for_signal().await;
+    let failed = tokio::select! {
+        _ = demo::wait_for_signal() => None,
+        f = running.stage_failed() => Some(f),
+    };
     running.shutdown().await;
-    Ok(())
+    match failed {
+        // Non-zero: the service manager starts the gateway again; the journal makes that safe.
+        Some(f) => Err(anyhow::anyhow!("{f}")),
+        None => Ok(()),
+    }
 }
 
 /// Validates each file: a site configuration (it has a `[site]` table) with its registry, or a

@@ -25,6 +25,7 @@ pub const JOURNAL_DROPPED_UNFORWARDED: &str = "nh_journal_dropped_unforwarded_to
 pub const JOURNAL_OVER_BUDGET: &str = "nh_journal_over_budget_total";
 pub const JOURNAL_PRIORITY_COMMITS: &str = "nh_journal_priority_commits_total";
 pub const JOURNAL_RECOVERIES: &str = "nh_journal_recoveries_total";
+pub const UNCLEAN_STARTS: &str = "nh_unclean_starts_total";
 pub const JOURNAL_SALVAGED_ROWS: &str = "nh_journal_salvaged_rows_total";
 pub const JOURNAL_LOST_ROWS: &str = "nh_journal_lost_rows_total";
 pub const CLOCK_JUMPS: &str = "nh_clock_jumps_total";
@@ -60,6 +61,8 @@ pub struct Telemetry {
     /// Housekeeping passes that ended over the budget with only protected rows left.
     pub journal_over_budget: AtomicU64,
     pub journal_priority_commits: AtomicU64,
+    /// Starts that found the previous run had not stopped cleanly (killed, crashed, power lost).
+    pub unclean_starts: AtomicU64,
     /// Damaged journals salvaged at start, with the rows copied and lost.
     pub journal_recoveries: AtomicU64,
     pub journal_salvaged_rows: AtomicU64,
@@ -254,6 +257,12 @@ impl Telemetry {
             JOURNAL_PRIORITY_COMMITS,
             "Journal transactions of the priority (life-safety) input.",
             load(&self.journal_priority_commits),
+        );
+        counter(
+            &mut out,
+            UNCLEAN_STARTS,
+            "Starts after an unclean stop of the previous run (killed, crashed, power lost): 1 in the process that found it.",
+            load(&self.unclean_starts),
         );
         counter(
             &mut out,

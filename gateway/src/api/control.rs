@@ -18,8 +18,8 @@ use crate::clock::Clock;
 use crate::config::Resident;
 use crate::registry::Registry;
 use crate::rules::output::Priority;
+use crate::site_time::SiteTime;
 
-const DAY_MS: i64 = 86_400_000;
 /// Audit entries one request returns when the client gives no `limit`, and at most.
 const AUDIT_DEFAULT_LIMIT: usize = 500;
 const AUDIT_MAX_LIMIT: usize = 10_000;
@@ -31,7 +31,8 @@ pub struct ControlState {
     pub clock: Clock,
     /// Shift starts in minutes of the local day, sorted.
     pub shift_starts: Vec<i64>,
-    pub utc_offset_min: i32,
+    /// The site's local time, in which the shifts change.
+    pub site_time: SiteTime,
     db_path: PathBuf,
     reader: Arc<Mutex<Option<AlertStore>>>,
 }
@@ -42,7 +43,7 @@ impl ControlState {
         residents: Vec<Resident>,
         clock: Clock,
         shift_starts: Vec<i64>,
-        utc_offset_min: i32,
+        site_time: SiteTime,
         db_path: PathBuf,
     ) -> Self {
         ControlState {
@@ -50,7 +51,7 @@ impl ControlState {
             residents: Arc::new(residents),
             clock,
             shift_starts,
-            utc_offset_min,
+            site_time,
             db_path,
             reader: Arc::new(Mutex::new(None)),
         }
@@ -175,27 +176,6 @@ pub struct ShiftSummary {
     pub open_at_end_ids: Vec<String>,
 }
 
-/// The current shift's start at `now` (ms), and the previous shift's start.
-pub fn shift_bounds(now_ms: i64, starts_min: &[i64], utc_offset_min: i32) -> (i64, i64) {
-    let off = utc_offset_min as i64 * 60_000;
-    let local = now_ms + off;
-    let day = local.div_euclid(DAY_MS) * DAY_MS;
-    // Every start of yesterday, today: the last one at or before now is the current shift.
-    let mut all: Vec<i64> = [-DAY_MS, 0]
-        .iter()
-        .flat_map(|d| starts_min.iter().map(move |m| day + d + m * 60_000))
-        .collect();
-    all.sort_unstable();
-    let i = all.iter().rposition(|&t| t <= local).unwrap_or(0);
-    let current = all[i];
-    let previous = if i > 0 {
-        all[i - 1]
-    } else {
-        current - DAY_MS / starts_min.len().max(1) as i64
-    };
-    (current - off, previous - off)
-}
-
 /// The first response of a person to an alert: its acknowledgement, else a resolution by a
 /// person (a fall resolved on site without acknowledging first).
 fn responded_at(a: &Alert) -> Option<i64> {
@@ -254,13 +234,19 @@ pub fn summarize(label: &'static str, start: i64, end: i64, alerts: &[Alert]) ->
 
 async fn shifts(State(s): State<ControlState>) -> Result<Response, Response> {
     let now = s.clock.now_ms();
-    let (current, previous) = shift_bounds(now, &s.shift_starts, s.utc_offset_min);
+    let (current, previous) = s.site_time.shift_bounds(now, &s.shift_starts);
     let alerts = s.read(move |st| st.alerts_touched_since(previous)).await?;
     let out = [
         summarize("current", current, now, &alerts),
         summarize("previous", previous, current, &alerts),
     ];
-    Ok(Json(json!({ "now": now, "utc_offset_min": s.utc_offset_min, "shifts": out })).into_response())
+    Ok(Json(json!({
+        "now": now,
+        "timezone": s.site_time.name(),
+        "utc_offset_min": s.site_time.offset_min(now),
+        "shifts": out,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]
@@ -275,15 +261,17 @@ mod tests {
     #[test]
     fn shift_bounds_follow_local_time() {
         let starts = [7 * 60, 15 * 60, 23 * 60];
+        let china = SiteTime::zone("Asia/Shanghai").expect("zone");
+        let shift_bounds = |now, starts: &[i64]| china.shift_bounds(now, starts);
         // 03:00 local: the night shift began at 23:00 yesterday; the one before at 15:00.
-        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 180 * MIN, &starts, 480);
+        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 180 * MIN, &starts);
         assert_eq!(cur, MIDNIGHT_CST - 60 * MIN);
         assert_eq!(prev, MIDNIGHT_CST - 540 * MIN);
         // 07:00 exactly: the day shift has begun.
-        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 420 * MIN, &starts, 480);
+        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 420 * MIN, &starts);
         assert_eq!((cur, prev), (MIDNIGHT_CST + 420 * MIN, MIDNIGHT_CST - 60 * MIN));
         // One start a day: shifts of 24 h.
-        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 60 * MIN, &[8 * 60], 480);
+        let (cur, prev) = shift_bounds(MIDNIGHT_CST + 60 * MIN, &[8 * 60]);
         assert_eq!((cur, prev), (MIDNIGHT_CST - 960 * MIN, MIDNIGHT_CST - 2400 * MIN));
     }
 

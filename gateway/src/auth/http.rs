@@ -300,7 +300,7 @@ mod tests {
             Vec::new(),
             Clock::system(),
             vec![420],
-            480,
+            crate::site_time::SiteTime::fixed(480),
             db,
         );
         let who = |Extension(p): Extension<Principal>| async move { p.user };

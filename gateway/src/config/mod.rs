@@ -274,7 +274,8 @@ pub struct SiteConfig {
     /// Display name of the facility.
     #[serde(default)]
     pub name: String,
-    /// IANA time zone of the facility (for displays and night windows).
+    /// IANA time zone of the facility (`Europe/Berlin`), daylight saving included: night and
+    /// maintenance windows, shift changes and the page's clock follow it.
     #[serde(default = "default_timezone")]
     pub timezone: String,
     /// RAM of the edge box in MB, when known: `validate` then checks that the embedded broker's
@@ -287,7 +288,7 @@ pub struct SiteConfig {
 pub const GATEWAY_BASE_MB: u64 = 64;
 
 fn default_timezone() -> String {
-    "Asia/Shanghai".to_owned()
+    crate::site_time::DEFAULT_TIMEZONE.to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,9 +345,15 @@ pub struct MqttConfig {
     /// External mode: password, from the environment or a file (`{ env = "VAR" }` / `{ file = "path" }`).
     #[serde(default)]
     pub password: Option<SecretSource>,
-    /// Keep the broker session (subscriptions and unacknowledged messages) across reconnects.
+    /// Start a clean session at every connect: the broker then drops our subscriptions and
+    /// every QoS 1 message published while the gateway is away. Refused in external mode with
+    /// QoS 1 subscriptions unless `accept_message_loss_while_down` says so.
     #[serde(default)]
     pub clean_session: bool,
+    /// External mode: accept that, with `clean_session = true`, what devices publish while the
+    /// gateway is down or reconnecting is lost.
+    #[serde(default)]
+    pub accept_message_loss_while_down: bool,
     /// Keep-alive interval in seconds (at least 5).
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
@@ -398,6 +405,7 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             clean_session: false,
+            accept_message_loss_while_down: false,
             keep_alive_s: default_keep_alive_s(),
             max_packet_bytes: default_max_packet_bytes(),
             inflight: default_inflight(),
@@ -744,6 +752,9 @@ pub struct Loaded {
     pub modbus_maps: std::collections::BTreeMap<String, std::sync::Arc<CompiledMap>>,
     /// Residents' display names from `[residents] file`.
     pub residents: Vec<Resident>,
+    /// The site's local time (`[site] timezone`): shift changes, and the rules' windows unless
+    /// the rules file pins an offset.
+    pub site_time: crate::site_time::SiteTime,
 }
 
 /// Environment a configuration is loaded under (the `NH_INFLUX_*` overrides).
@@ -835,9 +846,10 @@ pub fn load_str(
                     Some(r) => crate::rules::RuleSet::load(&base.join(&r.file)),
                     None => crate::rules::RuleSet::parse(Path::new("config/rules.toml (built in)"), DEFAULT_RULES),
                 };
+                let site_time = crate::site_time::SiteTime::zone(&config.site.timezone).unwrap_or_default();
                 match rules {
                     Ok(rules) => {
-                        let rules = std::sync::Arc::new(rules);
+                        let rules = std::sync::Arc::new(rules.on_site_time(site_time.clone()));
                         loaded = Some(Loaded {
                             config,
                             registry,
@@ -847,6 +859,7 @@ pub fn load_str(
                             rules,
                             modbus_maps,
                             residents,
+                            site_time,
                         });
                     }
                     Err(e) => errors.extend(e.0),
@@ -944,7 +957,22 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     if !is_valid_id(&config.site.id) {
         d.at_key("site.id", "must match [A-Za-z0-9._:-]+ (it is one MQTT topic level)");
     }
+    if let Err(e) = crate::site_time::SiteTime::zone(&config.site.timezone) {
+        d.at_key("site.timezone", e);
+    }
     let m = &config.mqtt;
+    if m.mode == MqttMode::External
+        && m.clean_session
+        && !m.accept_message_loss_while_down
+        && m.subscriptions.iter().any(|s| s.qos >= 1)
+    {
+        d.at_key(
+            "mqtt.clean_session",
+            "with QoS 1 subscriptions on an external broker, a clean session loses every message published \
+             while the gateway is down or reconnecting: set clean_session = false, or \
+             accept_message_loss_while_down = true to accept that loss",
+        );
+    }
     if m.mode == MqttMode::External && m.host.as_deref().unwrap_or("").is_empty() {
         d.at_key("mqtt.host", "external mode needs the broker host");
     }
@@ -1347,6 +1375,57 @@ mod tests {
             &(unit(1, 1000, 200, 0) + &unit(2, 5000, 200, 0) + &unit(3, 5000, 200, 0)),
         ))
         .expect("valid bus");
+    }
+
+    /// Loads `text` as `s.toml` with a one-device registry of site `nh-s`.
+    fn load_site(text: &str) -> Result<Loaded, ConfigErrors> {
+        let registry = "site = \"nh-s\"\n[[devices]]\nid = \"d-1\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n";
+        load_str(
+            Path::new("s.toml"),
+            text,
+            Path::new("."),
+            &Env::default(),
+            Some(registry),
+        )
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_refused_with_its_line_and_a_known_one_reaches_the_rules() {
+        let e = load_site("[site]\nid = \"nh-s\"\ntimezone = \"Europe/Berln\"\n[registry]\nfile = \"d.toml\"\n")
+            .expect_err("misspelt zone")
+            .to_string();
+        assert!(
+            e.contains("s.toml:3: `site.timezone`: `Europe/Berln` is not a time zone of the IANA database"),
+            "{e}"
+        );
+        let l = load_site("[site]\nid = \"nh-s\"\ntimezone = \"Europe/Berlin\"\n[registry]\nfile = \"d.toml\"\n")
+            .expect("valid");
+        assert_eq!(l.site_time.name(), "Europe/Berlin");
+        assert_eq!(l.rules.site_time().name(), "Europe/Berlin");
+    }
+
+    #[test]
+    fn a_clean_session_with_qos_1_on_an_external_broker_needs_the_loss_accepted() {
+        let site = |extra: &str| {
+            format!(
+                "[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[mqtt]\nmode = \"external\"\nhost = \"127.0.0.1\"\n\
+                 clean_session = true\n{extra}"
+            )
+        };
+        let e = load_site(&site("")).expect_err("silent loss").to_string();
+        assert!(
+            e.contains("s.toml:8: `mqtt.clean_session`: with QoS 1 subscriptions on an external broker"),
+            "{e}"
+        );
+        load_site(&site("accept_message_loss_while_down = true\n")).expect("loss accepted");
+        // QoS 0 only: nothing is kept for the gateway anyway.
+        load_site(&site(
+            "[[mqtt.subscriptions]]\nfilter = \"nh/+/+/telemetry\"\nqos = 0\ndecoder = \"canonical\"\n",
+        ))
+        .expect("qos 0");
+        // The embedded broker keeps nothing across a gateway restart either way.
+        load_site("[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[mqtt]\nclean_session = true\n")
+            .expect("embedded");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! - [`store`]: the schema and every query (history, devices, cursors, quarantine).
 //! - [`recovery`]: opening after a crash: the start-up check, salvage of a damaged file.
 //! - [`budget`]: what the disk budget may delete, and what is life-safety and never is.
+//! - [`lock`]: one gateway per journal (an OS file lock held for the process's life).
 
 pub mod budget;
+pub mod lock;
 pub mod recovery;
 pub mod store;
 pub mod writer;

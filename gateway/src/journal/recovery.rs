@@ -206,6 +206,9 @@ pub fn open(path: &Path, opts: OpenOptions, now_ms: i64) -> Result<(Store, OpenR
 /// Counts a salvage on `/metrics` (the supervision task turns it into rule S6).
 pub fn count(report: &OpenReport, telemetry: &crate::telemetry::Telemetry) {
     use std::sync::atomic::Ordering;
+    if report.unclean {
+        telemetry.unclean_starts.fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(r) = &report.recovery {
         telemetry.journal_recoveries.fetch_add(1, Ordering::Relaxed);
         telemetry

@@ -19,6 +19,7 @@ use super::output::Priority;
 use crate::config::diagnostics::{parse_all, ConfigError, ConfigErrors, Diagnostics};
 use crate::reading::Value;
 use crate::registry::{is_valid_id, CARE_FLAGS, CLASSES, UNREGISTERED_CLASS};
+use crate::site_time::SiteTime;
 use crate::vocabulary::{self, Kind as MetricKind};
 
 /// Escalation tiers (s after raising, while unacknowledged) per priority: domain.md 4, R19.
@@ -35,8 +36,6 @@ pub const DEFAULT_OFFLINE_MULTIPLE: u32 = 3;
 /// The night window of R5/R6, in the site's local time.
 pub const DEFAULT_NIGHT_START: &str = "22:00";
 pub const DEFAULT_NIGHT_END: &str = "06:00";
-/// China Standard Time: the crate carries no tz database, and China has no daylight saving.
-pub const DEFAULT_UTC_OFFSET_MIN: i32 = 480;
 /// Boolean metrics that, while true, suppress threshold, rate and CO-curve rules (domain.md 1.8).
 pub const DEFAULT_SUPPRESS_FLAGS: &[&str] = &["preheat", "test"];
 /// Readings that must show a condition before its hold completes: the condition seen when its
@@ -47,8 +46,6 @@ pub const DEFAULT_MIN_READINGS: u32 = 2;
 pub const DEFAULT_RATE_WINDOW_S: u64 = 60;
 /// Placeholders a message may use.
 pub const PLACEHOLDERS: &[&str] = &["room", "device", "value", "resident", "metric"];
-
-const DAY_MS: i64 = 86_400_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +83,9 @@ struct DefaultsFile {
     /// End of the night window, local time `HH:MM` (before the start: the window spans midnight).
     #[serde(default)]
     night_end: Option<String>,
-    /// The site's offset from UTC in minutes (480 = China Standard Time).
+    /// Pins the local time of night and maintenance windows to a fixed offset from UTC in
+    /// minutes (480 = China Standard Time), without daylight saving. Unset (the default), they
+    /// follow the site's `[site] timezone`.
     #[serde(default)]
     utc_offset_min: Option<i32>,
     /// Boolean metrics that, while a device reports them true, suppress its threshold, rate and
@@ -458,7 +457,10 @@ pub struct RuleSet {
     offline_multiple: u32,
     night_start_min: i64,
     night_end_min: i64,
-    utc_offset_min: i32,
+    /// Local time of the night and daily maintenance windows.
+    site_time: SiteTime,
+    /// Whether the rules file pinned a fixed offset (the site's zone then does not apply).
+    offset_pinned: bool,
     suppress_flags: Vec<String>,
     min_readings: u32,
 }
@@ -480,7 +482,8 @@ impl Default for RuleSet {
             offline_multiple: DEFAULT_OFFLINE_MULTIPLE,
             night_start_min: 22 * 60,
             night_end_min: 6 * 60,
-            utc_offset_min: DEFAULT_UTC_OFFSET_MIN,
+            site_time: SiteTime::default(),
+            offset_pinned: false,
             suppress_flags: DEFAULT_SUPPRESS_FLAGS.iter().map(|s| (*s).to_owned()).collect(),
             min_readings: DEFAULT_MIN_READINGS,
         }
@@ -658,7 +661,8 @@ impl RuleSet {
             if !(-720..=840).contains(&v) {
                 d.at_key("defaults.utc_offset_min", "must be within -720..=840 minutes");
             }
-            self.utc_offset_min = v;
+            self.site_time = SiteTime::fixed(v);
+            self.offset_pinned = true;
         }
         if let Some(flags) = f.suppress_flags {
             for flag in &flags {
@@ -1172,9 +1176,22 @@ impl RuleSet {
         self.renotify_suppress_s as i64 * 1000
     }
 
-    /// The site's offset from UTC (night windows, shift changes).
-    pub fn utc_offset_min(&self) -> i32 {
-        self.utc_offset_min
+    /// The site's local time (night and daily maintenance windows).
+    pub fn site_time(&self) -> &SiteTime {
+        &self.site_time
+    }
+
+    /// These rules on the site's time zone, unless the rules file pinned a fixed offset.
+    pub fn on_site_time(mut self, site_time: SiteTime) -> Self {
+        if !self.offset_pinned {
+            self.site_time = site_time;
+        }
+        self
+    }
+
+    /// Whether the rules file pinned a fixed offset from UTC instead of the site's zone.
+    pub fn offset_pinned(&self) -> bool {
+        self.offset_pinned
     }
 
     pub fn offline_multiple(&self) -> u32 {
@@ -1187,7 +1204,7 @@ impl RuleSet {
 
     /// Minute of the local day at gateway time `now_ms`.
     pub fn local_minute(&self, now_ms: i64) -> i64 {
-        (now_ms + self.utc_offset_min as i64 * 60_000).rem_euclid(DAY_MS) / 60_000
+        self.site_time.local_minute(now_ms)
     }
 
     /// Whether `now_ms` falls in the night window (site local time).

@@ -158,9 +158,12 @@ impl Bench {
         Bench::starting(T0)
     }
     fn starting(now: i64) -> Bench {
+        Bench::with_rules(catalog(), now)
+    }
+    fn with_rules(rules: Arc<RuleSet>, now: i64) -> Bench {
         let registry = registry();
         Bench {
-            engine: Engine::new(catalog(), registry.clone(), now),
+            engine: Engine::new(rules, registry.clone(), now),
             registry,
             last: None,
         }
@@ -938,6 +941,51 @@ fn doors_at_night_exit_door_p2_wander_risk_room_p1_others_nothing() {
     );
     let mut day = Bench::starting(local(12, 0));
     assert!(raised(&day.see("exit-1", local(12, 0), &[("contact_open", flag(true))]), "R6").is_empty());
+}
+
+/// Whether the exit door opening at UTC `y-mo-d h:mi` raises R6 on a site in `zone`.
+fn exit_door_raises_at(zone: &str, (y, mo, d, h, mi): (i16, i8, i8, i8, i8)) -> bool {
+    let now = jiff::tz::TimeZone::UTC
+        .to_timestamp(jiff::civil::date(y, mo, d).at(h, mi, 0, 0))
+        .expect("valid")
+        .as_millisecond();
+    let site = crate::site_time::SiteTime::zone(zone).expect("zone");
+    let rules = Arc::new(catalog().as_ref().clone().on_site_time(site));
+    let mut b = Bench::with_rules(rules, now - 60_000);
+    !raised(&b.see("exit-1", now, &[("contact_open", flag(true))]), "R6").is_empty()
+}
+
+#[test]
+fn the_night_window_is_local_time_in_the_site_zone_across_daylight_saving() {
+    // Shanghai (UTC+8, no daylight saving): 22:00 local is 14:00 UTC.
+    assert!(!exit_door_raises_at("Asia/Shanghai", (2027, 3, 28, 13, 59)));
+    assert!(exit_door_raises_at("Asia/Shanghai", (2027, 3, 28, 14, 0)));
+    // Berlin the day before the March change (UTC+1): 22:00 local is 21:00 UTC.
+    assert!(!exit_door_raises_at("Europe/Berlin", (2027, 3, 27, 20, 59)));
+    assert!(exit_door_raises_at("Europe/Berlin", (2027, 3, 27, 21, 0)));
+    // The evening after it (UTC+2): 22:00 local is 20:00 UTC; a fixed offset would be an hour late.
+    assert!(!exit_door_raises_at("Europe/Berlin", (2027, 3, 28, 19, 59)));
+    assert!(exit_door_raises_at("Europe/Berlin", (2027, 3, 28, 20, 0)));
+    // The night window ends at 06:00 local: 04:00 UTC in Berlin's summer.
+    assert!(exit_door_raises_at("Europe/Berlin", (2027, 3, 29, 3, 59)));
+    assert!(!exit_door_raises_at("Europe/Berlin", (2027, 3, 29, 4, 0)));
+}
+
+#[test]
+fn a_rules_file_may_pin_a_fixed_offset_over_the_site_zone() {
+    let pinned = RuleSet::parse(Path::new("r.toml"), "[defaults]\nutc_offset_min = 60\n").expect("valid");
+    assert!(pinned.offset_pinned());
+    let berlin = crate::site_time::SiteTime::zone("Europe/Berlin").expect("zone");
+    let pinned = pinned.on_site_time(berlin.clone());
+    assert_eq!(pinned.site_time().name(), "UTC+01:00");
+    let unpinned = RuleSet::parse(Path::new("r.toml"), "")
+        .expect("valid")
+        .on_site_time(berlin);
+    assert_eq!(unpinned.site_time().name(), "Europe/Berlin");
+    assert!(
+        !catalog().offset_pinned(),
+        "the shipped catalog follows the site's zone"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //! - `serial`: Modbus RTU gas detectors and an MR60FDA1 radar on pseudo-terminals from `nh-sim serial`.
 //! - `browser`: the control-room page in a real headless Chromium over WebDriver.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
+//! - `process`: one gateway per journal, a dying stage stops the process, unclean starts.
 //! - `memory`: RSS stays bounded under steady load with the embedded broker's log capped.
 
 mod alert_lifecycle;
@@ -20,5 +21,6 @@ mod config_files;
 mod influx_faults;
 mod memory;
 mod pipeline;
+mod process;
 mod scenarios;
 mod serial;
