@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need from Debian's packages when missing
-# (VictoriaMetrics, Mosquitto, Chromium and chromedriver, CJK fonts), builds the binaries the
+# (VictoriaMetrics, Mosquitto and its clients, Chromium and chromedriver, CJK fonts), builds the binaries the
 # end-to-end tests start, and runs the whole test suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# The README's first-site test publishes as a user would, with mosquitto_pub (and curl).
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # The browser test: headless Chromium driven over WebDriver, and CJK fonts for its screenshots.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

@@ -1,9 +1,9 @@
-//! What each device class reports and how its values move (domain.md section 1): random walks
+//! What each device class reports and how its values move (docs/devices.md): random walks
 //! clamped to normal bands, slow battery drain, day/night habits, all from one seeded stream per
 //! device.
 //!
 //! The baseline fleet is quiet on purpose: nothing here crosses a threshold of the rule catalog
-//! (domain.md section 4): vitals stay in NEWS2's 0-score bands, batteries stay above 20 %, night bed
+//! (docs/rules.md): vitals stay in NEWS2's 0-score bands, batteries stay above 20 %, night bed
 //! exits end within 8 minutes, doors stay closed at night. With `incidents` on, rare realistic
 //! events are mixed in (a radar's suspected fall, a wearable's SOS press) for a lively demo.
 

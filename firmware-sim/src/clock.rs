@@ -1,4 +1,4 @@
-//! The simulator's clock: the system clock, or DESIGN.md's shared test clock
+//! The simulator's clock: the system clock, or the shared test clock of docs/contracts.md
 //! (`virtual = start + scale x (real - origin)`), so the simulator and a gateway started with the
 //! same three values live on one timeline.
 

@@ -1,5 +1,5 @@
 //! `nh_sim`: the device simulator of the nursing-home gateway. Like real firmware it speaks the
-//! wire formats on its own (DESIGN.md "Contracts", domain.md 5.2) and never imports the gateway.
+//! wire formats on its own (docs/contracts.md) and never imports the gateway.
 //!
 //! Module map:
 //!

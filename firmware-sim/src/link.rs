@@ -4,7 +4,7 @@
 //!
 //! Why so much care for a simulator: tests compare the database with what the simulator says the
 //! broker acknowledged, so an acknowledgement must name the very message. rumqttc has traps here
-//! (crates.md): it never backs off between reconnects; awaiting a client call from the task that
+//! (version 0.25): it never backs off between reconnects; awaiting a client call from the task that
 //! polls the event loop deadlocks once the request channel is full; after a reconnect without a
 //! session it silently drops every QoS 1 publish still in flight or queued; and its events name a
 //! publish only by packet id, which it reuses (ids run 1..=[`INFLIGHT`] and start over).

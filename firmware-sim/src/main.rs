@@ -122,7 +122,7 @@ struct ScenarioArgs {
     clock: ClockArgs,
 }
 
-/// The shared test clock (DESIGN.md): virtual = START + SCALE x (now - ORIGIN).
+/// The shared test clock (docs/contracts.md): virtual = START + SCALE x (now - ORIGIN).
 #[derive(Args, Clone, Copy)]
 struct ClockArgs {
     /// Real time (ms since epoch) at which the virtual clock read --test-clock-start.

@@ -1,4 +1,4 @@
-//! Metric values as the simulated devices produce them: canonical names from domain.md 5.2 (the
+//! Metric values as the simulated devices produce them: canonical names from docs/contracts.md (the
 //! gateway's `vocabulary.rs`, copied by hand on purpose, never imported) and their JSON form.
 
 use serde_json::{Number, Value as Json};
@@ -50,7 +50,7 @@ pub fn to_json_object(metrics: &Metrics) -> serde_json::Map<String, Json> {
         .collect()
 }
 
-/// Canonical metric names the simulator may emit, with their JSON type, mirrored from domain.md 5.2.
+/// Canonical metric names the simulator may emit, with their JSON type, mirrored from docs/contracts.md.
 /// Tests check every generated metric against this list so a typo cannot reach the wire.
 pub const KNOWN: &[(&str, Kind)] = &[
     ("battery_low", Kind::Bool),

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::wire::Format;
 
-/// The class of a device (domain.md 5.1 `device_class`).
+/// The class of a device (the registry's `class`; docs/devices.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceClass {
     FallRadar,

@@ -109,7 +109,7 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 const STAGE_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Running {
-    /// The line of DESIGN.md's process conventions.
+    /// The `ready` line of the process conventions (docs/contracts.md).
     pub fn ready_line(&self) -> String {
         match self.mqtt {
             MqttEndpoint::Embedded(a) => format!("ready http={} mqtt={}", self.http_addr, a),

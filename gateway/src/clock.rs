@@ -1,4 +1,4 @@
-//! The gateway's clock: the system's, or the shared test clock of DESIGN.md
+//! The gateway's clock: the system's, or the shared test clock of docs/contracts.md
 //! (`VIRTUAL_MS + N x (now - REAL_MS)`) so that scenarios with hour-long windows run in minutes
 //! and a gateway restarted with the same three values continues the same timeline.
 

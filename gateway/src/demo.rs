@@ -24,7 +24,7 @@ pub const RESIDENTS_TOML: &str = include_str!("../../config/demo/residents.toml"
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// A device counts as online when heard within this many expected intervals (DEVICE_OFFLINE
-/// uses 3, domain.md R17).
+/// uses 3: rule R17, docs/rules.md).
 const ONLINE_INTERVALS: i64 = 3;
 
 pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> anyhow::Result<()> {

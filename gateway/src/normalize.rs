@@ -25,7 +25,7 @@ const LOGS_PER_MINUTE: u32 = 10;
 /// 100 readings/s sustained per device. Real devices report far below it (an MR60FDA1 radar at
 /// 1 Hz, a wearable a few per second, a Modbus detector at its poll rate of 1-2 Hz), and the load
 /// generators stay below it too: `nh-bench` runs 1000 devices at up to 40,000 msg/s (40/s each)
-/// and the README's `nh-sim load --rate 5000` spreads over 100 devices (50/s each). At this rate
+/// and docs/simulator.md's `nh-sim load --rate 5000` spreads over 100 devices (50/s each). At this rate
 /// one runaway device takes at most ~0.5 % of the gateway's ~20,000 readings/s.
 pub const DEFAULT_MAX_DEVICE_RATE_PER_S: f64 = 100.0;
 /// 200 readings at once: two seconds at the full rate, room for a device that flushes a small
@@ -724,7 +724,7 @@ help_presses = ["long"]
     #[test]
     fn defaults_sit_above_real_devices_and_the_load_generators() {
         let l = FloodLimit::default();
-        // nh-bench: 40,000 msg/s over 1000 devices; README nh-sim load: 5000 msg/s over 100.
+        // nh-bench: 40,000 msg/s over 1000 devices; docs/simulator.md's nh-sim load: 5000 msg/s over 100.
         assert!(l.rate_per_s > 50.0 && l.burst >= 100, "{l:?}");
         assert_eq!(normalizer(UnknownDevicePolicy::Accept).flood_limit(), l);
     }

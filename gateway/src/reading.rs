@@ -50,6 +50,6 @@ pub struct Reading {
     pub ts_ms: Option<i64>,
     /// Per-device sequence number, when the message carried one.
     pub seq: Option<u64>,
-    /// Metric name (domain.md 5.2) to value; never empty.
+    /// Metric name (the vocabulary of docs/contracts.md) to value; never empty.
     pub metrics: BTreeMap<String, Value>,
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::config::diagnostics::{parse_all, ConfigError, ConfigErrors};
 use crate::reading::DeviceKey;
 
-/// Device classes (domain.md 5.1): the measurement name in the time series.
+/// Device classes (docs/devices.md): the measurement name in the time series.
 pub const CLASSES: &[&str] = &[
     "fall_radar",
     "presence_radar",
@@ -73,7 +73,7 @@ struct RegistryFile {
 pub struct Device {
     /// Device id, `[A-Za-z0-9._:-]+`, unique in the site.
     pub id: String,
-    /// Device class (domain.md 5.1).
+    /// Device class, one of [`CLASSES`] (docs/devices.md).
     pub class: String,
     /// Zigbee2MQTT friendly name, when the device reports through Zigbee2MQTT.
     #[serde(default)]

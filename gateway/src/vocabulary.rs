@@ -1,4 +1,4 @@
-//! The canonical metric vocabulary (domain.md 5.2): names, types, units, physical ranges and enum
+//! The canonical metric vocabulary (docs/contracts.md): names, types, units, physical ranges and enum
 //! code tables. Every decoder checks what it emits against this table, and the InfluxDB writer
 //! takes enum codes from it, so one table decides what a valid reading is.
 

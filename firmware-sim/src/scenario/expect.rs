@@ -1,4 +1,4 @@
-//! Matching the alerts a gateway published (`nh/{site}/alerts`, DESIGN.md "Alerts") against a
+//! Matching the alerts a gateway published (`nh/{site}/alerts`, docs/contracts.md) against a
 //! scenario's expectations.
 //!
 //! Time of an alert message: its `updated_at` (the gateway's clock when this change happened: the

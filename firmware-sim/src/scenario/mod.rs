@@ -263,10 +263,12 @@ fn ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
 
-/// A metric value from the file, checked against the vocabulary (domain.md 5.2).
+/// A metric value from the file, checked against the vocabulary (docs/contracts.md).
 fn metric_value(name: &str, v: &toml::Value) -> Result<(&'static str, Value), String> {
     let Some((known, kind)) = KNOWN.iter().find(|(n, _)| *n == name) else {
-        return Err(format!("unknown metric `{name}` (see domain.md 5.2)"));
+        return Err(format!(
+            "unknown metric `{name}` (see the metric vocabulary in docs/contracts.md)"
+        ));
     };
     let value = match (kind, v) {
         (Kind::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),

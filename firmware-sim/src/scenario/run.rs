@@ -289,7 +289,7 @@ async fn subscribe_alerts(
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
-                    // Never await a client call from the event loop task (crates.md): try_.
+                    // Awaiting a client call in the event loop task deadlocks on a full channel: try_.
                     if let Err(e) = sub.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe to alerts");
                     }
@@ -633,7 +633,7 @@ pulse = { sos = true }
 
 #[cfg(test)]
 mod quiet_night {
-    //! The quiet night's baseline must trip no rule of the catalog (domain.md section 4) and no
+    //! The quiet night's baseline must trip no rule of the catalog (docs/rules.md) and no
     //! device may look offline: checked here on the message stream, without a gateway.
     use super::*;
     use crate::behaviour::is_night;

@@ -35,7 +35,7 @@ use toml::Spanned;
 pub const DEFAULT_SEED: u64 = 1;
 
 /// Low alarm setpoint (%LEL) when a unit sets none: the household-detector end of the 10-20 %LEL
-/// range (domain.md 2.1) and the utility-tunnel alarm level of GB 50838.
+/// range and the utility-tunnel alarm level of GB 50838 (docs/rules.md).
 pub const DEFAULT_LOW_ALARM_LEL: f64 = 20.0;
 
 /// High alarm setpoint (%LEL) when a unit sets none: the second (explosion-risk) level of
@@ -124,7 +124,8 @@ pub struct Outage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GasModel {
-    /// Chinese point-type combustible gas detector, 7 registers (domain.md 1.5, "typical map").
+    /// Chinese point-type combustible gas detector, 7 registers (the `generic_gas_lel` map of
+    /// config/modbus-maps.toml).
     GenericGas,
     /// Honeywell Midas, holding registers 40001-40016.
     Midas,

@@ -1,4 +1,4 @@
-//! A Seeed MR60FDA1 fall radar (domain.md 1.1): frame encoding, the script played over time, the
+//! A Seeed MR60FDA1 fall radar (docs/devices.md): frame encoding, the script played over time, the
 //! reports it owes (state reports on change, the body-movement parameter once per second) and
 //! seeded garbage bursts. Time is script time in seconds (0 = the start).
 

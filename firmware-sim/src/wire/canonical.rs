@@ -1,4 +1,4 @@
-//! The canonical telemetry format (DESIGN.md "Contracts"): topic `nh/{site}/{device_id}/telemetry`,
+//! The canonical telemetry format (docs/contracts.md): topic `nh/{site}/{device_id}/telemetry`,
 //! payload `{"ts": <ms>, "seq": <u64>, "metrics": {"<name>": number|bool|string}}`.
 
 use serde_json::{json, Value as Json};

@@ -1,5 +1,6 @@
-//! The wire formats a simulated device speaks, written from DESIGN.md and domain.md on their own
-//! (never shared with the gateway, so an encoding bug on one side cannot hide behind the other).
+//! The wire formats a simulated device speaks, written from docs/contracts.md and docs/devices.md on
+//! their own (never shared with the gateway, so an encoding bug on one side cannot hide behind the
+//! other).
 //!
 //! - `canonical`: `nh/{site}/{device}/telemetry`, `{"ts", "seq", "metrics"}`.
 //! - `zigbee2mqtt`: `zigbee2mqtt/{friendly_name}`, a flat Z2M state object.

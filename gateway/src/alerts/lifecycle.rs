@@ -39,7 +39,7 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// domain.md section 4, R19 and R20.
+    /// The defaults of R19 and R20 (docs/rules.md).
     fn default() -> Self {
         Policy {
             escalation_s: [vec![60, 180], vec![180, 600], vec![1800], vec![]],
@@ -65,7 +65,7 @@ fn priority_index(p: Priority) -> usize {
 }
 
 /// Hazard families that form one incident: smoke, heat and CO in one room are one fire
-/// (domain.md 3.4, R20); a fall and an SOS of one resident are one fall. Device maintenance
+/// (R20, docs/rules.md); a fall and an SOS of one resident are one fall. Device maintenance
 /// (offline, fault, low battery) never merges: each device is its own work order.
 fn correlation_group(hazard: &str) -> Option<&str> {
     match hazard {
@@ -369,7 +369,7 @@ impl Lifecycle {
             batch.push(a, now, SYSTEM_ACTOR, "cleared", None, Some(detail));
         } else {
             // A latching alert (or an incident with conditions left) stays for a person; the
-            // device-side clear is recorded apart from the human resolution (domain.md 3.2).
+            // device-side clear is recorded apart from the human resolution (docs/rules.md).
             a.condition_cleared = all_cleared;
             batch.push(a, now, SYSTEM_ACTOR, "condition_cleared", None, Some(detail));
         }

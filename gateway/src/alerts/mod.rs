@@ -1,7 +1,7 @@
-//! Alerts: the lifecycle of what the rules engine raises (domain.md 3, R19 escalation, R20
+//! Alerts: the lifecycle of what the rules engine raises (docs/rules.md: R19 escalation, R20
 //! correlation and dedup), persisted in the journal's SQLite file.
 //!
-//! - [`model`]: the alert JSON of DESIGN.md, its states and resolutions, the audit entry.
+//! - [`model`]: the alert JSON of docs/contracts.md, its states and resolutions, the audit entry.
 //! - [`store`]: the tables (`alerts`, `alert_audit`, `alert_events` = the delivery log,
 //!   `engine_state`) and their queries.
 //! - [`lifecycle`]: raise, dedup, correlation, upgrade, clear, acknowledge, resolve, escalation;

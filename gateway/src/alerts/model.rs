@@ -1,4 +1,4 @@
-//! The alert as DESIGN.md's contract publishes it on `nh/{site}/alerts`, stored as this JSON in
+//! The alert as its contract (docs/contracts.md) publishes it on `nh/{site}/alerts`, stored as this JSON in
 //! the `alerts` table and appended at every change to the `alert_events` delivery log.
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ pub struct Member {
     pub cleared: bool,
 }
 
-/// An alert: the public fields of DESIGN.md first, then the lifecycle bookkeeping that travels
+/// An alert: the public fields of docs/contracts.md first, then the lifecycle bookkeeping that travels
 /// with it (extra fields are harmless to consumers and make the row self-contained on restart).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

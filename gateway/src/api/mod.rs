@@ -21,7 +21,7 @@ use crate::journal::{DeviceRow, Store, StoreError};
 use crate::registry::{Registry, UNREGISTERED_CLASS};
 use crate::telemetry::Telemetry;
 
-/// `limit` when the client gives none (DESIGN.md).
+/// `limit` when the client gives none (the HTTP API contract, docs/contracts.md).
 const DEFAULT_LIMIT: usize = 1000;
 /// Largest `limit` honoured, so one request cannot hold the journal for long.
 const MAX_LIMIT: usize = 100_000;

@@ -228,7 +228,7 @@ pub struct ModbusUnitConfig {
     /// Register map name (`[[modbus_maps]]` or a shipped one: `generic_gas_lel`, `honeywell_midas_lel`).
     pub map: String,
     /// Poll interval. The registry's `interval_s` of the unit should match it: the offline rule
-    /// fires after 3 intervals without an answer (domain.md: RS-485, 3 consecutive failed polls).
+    /// fires after 3 intervals without an answer (R17, docs/rules.md: 3 failed polls in a row).
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
     /// How long one request waits for the answer.
@@ -263,7 +263,7 @@ pub struct RulesConfig {
     pub file: PathBuf,
 }
 
-/// The shipped default rule catalog R1-R18 (domain.md section 4).
+/// The shipped default rule catalog R1-R18 (docs/rules.md).
 pub const DEFAULT_RULES: &str = include_str!("../../../config/rules.toml");
 
 #[derive(Debug, Clone, Deserialize)]

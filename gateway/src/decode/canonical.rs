@@ -1,4 +1,4 @@
-//! The canonical telemetry format of DESIGN.md: topic `nh/{site}/{device_id}/telemetry`, payload
+//! The canonical telemetry format (docs/contracts.md): topic `nh/{site}/{device_id}/telemetry`, payload
 //! `{"ts": <ms>, "seq": <u64>, "metrics": {...}}`.
 //!
 //! It also owns the payload conventions the other decoders normalize to, as `pub(crate)` items:
@@ -88,8 +88,8 @@ fn device_from_topic<'t>(site: &str, topic: &'t str) -> Result<&'t str, DecodeEr
     Ok(device_id)
 }
 
-/// Whether `s` is a site or device id (DESIGN.md: `[A-Za-z0-9._:-]+`), so it can stand as one MQTT
-/// topic level and one InfluxDB tag value without escaping.
+/// Whether `s` is a site or device id (docs/contracts.md: `[A-Za-z0-9._:-]+`), so it can stand as
+/// one MQTT topic level and one InfluxDB tag value without escaping.
 pub(crate) fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()

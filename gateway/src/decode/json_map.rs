@@ -71,7 +71,7 @@ pub struct FieldMapping {
     /// payload does not have it (or has `null` there) the field is skipped: vendors send partial
     /// updates. When it is there with a type the metric cannot take, the whole message is rejected.
     pub pointer: String,
-    /// Canonical metric name (domain.md 5.2), e.g. `"gas_lel"`.
+    /// Canonical metric name (the vocabulary of docs/contracts.md), e.g. `"gas_lel"`.
     pub metric: String,
     /// Number metrics only: the value stored is `source * scale + offset`. Default 1.
     #[serde(default)]
@@ -149,7 +149,7 @@ impl FieldMapping {
         check_pointer(problems, &format!("{at}.pointer"), Some(&self.pointer));
         let Some(spec) = vocabulary::metric(&self.metric) else {
             problems.push(format!(
-                "{at}.metric: unknown metric `{}` (see domain.md 5.2)",
+                "{at}.metric: unknown metric `{}` (see the metric vocabulary in docs/contracts.md)",
                 self.metric
             ));
             return;
@@ -508,7 +508,7 @@ mod tests {
         metric = "rssi"
     "#;
 
-    /// domain.md 1.3: CTWing NB-IoT smoke alarm (LiAn). `Alarm_Status` is one code for the whole
+    /// A CTWing NB-IoT smoke alarm (LiAn; docs/devices.md). `Alarm_Status` is one code for the whole
     /// device state, read by several boolean fields; RSRP is sent without its sign.
     const CTWING_SMOKE: &str = r#"
         name = "ctwing-lian-smoke"
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(metrics.get("silenced"), Some(&Value::Bool(false)));
     }
 
-    /// domain.md 1.5: CTWing NB-IoT gas alarm, time in seconds (`eventdate`).
+    /// A CTWing NB-IoT gas alarm (LiAn; docs/devices.md), time in seconds (`eventdate`).
     #[test]
     fn ctwing_gas_alarm_with_seconds_timestamp() {
         let p = profile(
@@ -979,7 +979,7 @@ mod tests {
             "seq_pointer: JSON pointer `/a~2b` has `~` not followed by 0 or 1",
             "device_prefix: `lora wan/` must match [A-Za-z0-9._:-]+",
             "ts_format: given without ts_pointer",
-            "fields[0].metric: unknown metric `colour` (see domain.md 5.2)",
+            "fields[0].metric: unknown metric `colour` (see the metric vocabulary in docs/contracts.md)",
             "fields[1].scale: 0 would make every value the offset",
             "fields[1].unit: `gas_lel` is in `%LEL`, not `ppm`; convert with scale/offset",
             "fields[1].true_values: `gas_lel` is not a boolean metric",

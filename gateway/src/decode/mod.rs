@@ -2,7 +2,7 @@
 //! canonical vocabulary. They never panic and never look at time, the registry or a link; every
 //! rejection is a [`DecodeError`] whose [`DecodeError::reason`] is the counter label.
 //!
-//! - [`canonical`]: our own format on `nh/{site}/{device_id}/telemetry` (DESIGN.md).
+//! - [`canonical`]: our own format on `nh/{site}/{device_id}/telemetry` (docs/contracts.md).
 //! - [`zigbee2mqtt`]: Zigbee2MQTT state messages on `zigbee2mqtt/{friendly_name}`.
 //! - [`json_map`]: a generic JSON mapping per device model (JSON pointer -> metric).
 //! - [`mr60fda1`]: the Seeed MR60FDA1 radar's UART frames (a byte-stream reader with resync).

@@ -1,4 +1,4 @@
-//! Seeed MR60FDA1 60 GHz fall radar, legacy UART protocol (domain.md 1.1):
+//! Seeed MR60FDA1 60 GHz fall radar, legacy UART protocol (Seeed's MR60FDA1 wiki; docs/devices.md):
 //! `53 59 | control | command | len_hi len_lo | data | checksum | 54 43`, checksum = low byte of
 //! the sum of every byte before it.
 //!
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn encodes_the_vendor_reset_frame_exactly() {
-        // domain.md: 53 59 01 02 00 01 0F BF 54 43
+        // The reset frame of Seeed's MR60FDA1 documentation: 53 59 01 02 00 01 0F BF 54 43
         let f = Frame {
             control: 0x01,
             command: 0x02,

@@ -1,6 +1,6 @@
 //! Zigbee2MQTT device state messages (`zigbee2mqtt/{friendly_name}`, one flattened JSON object per
 //! device) mapped to the canonical vocabulary, following the converters of
-//! `Koenkk/zigbee-herdsman-converters` as summarized in domain.md 1.x.
+//! `Koenkk/zigbee-herdsman-converters` (docs/devices.md has the table).
 //!
 //! Keys that are not in the mapping are ignored (Z2M sends many we do not use: illuminance,
 //! supervision_reports, update, ...). A mapped key with the wrong JSON type rejects the whole
@@ -384,7 +384,7 @@ mod tests {
         Value::Text(s.to_owned())
     }
 
-    /// domain.md 1.3: IAS smoke alarm (`ias_smoke_alarm_1`).
+    /// IAS smoke alarm (herdsman converter `ias_smoke_alarm_1`).
     const IAS_SMOKE: &str = r#"{"smoke":false,"tamper":false,"battery_low":false,"supervision_reports":true,"trouble":false,"test":false,"battery":100,"linkquality":87}"#;
 
     #[test]
@@ -445,7 +445,7 @@ mod tests {
         );
     }
 
-    /// domain.md 1.1: Tuya MIR-HE200-TY radar; `presence` wins over `occupancy`.
+    /// Tuya MIR-HE200-TY radar; `presence` wins over `occupancy`.
     #[test]
     fn tuya_radar_maybe_fall_maps_to_suspected() {
         let payload = r#"{"presence":true,"occupancy":false,"fall_down_status":"maybe_fall","static_dwell_alarm":"none","illuminance":120,"linkquality":96}"#;
@@ -525,7 +525,7 @@ mod tests {
         );
     }
 
-    /// domain.md 1.2: Feibit SEB01ZB SOS button.
+    /// Feibit SEB01ZB SOS button (an IAS zone).
     #[test]
     fn feibit_sos_button_maps_to_sos_true() {
         let payload = r#"{"sos":true,"battery_low":false,"tamper":false,"battery":87,"linkquality":60}"#;
@@ -568,7 +568,7 @@ mod tests {
         );
     }
 
-    /// domain.md 1.7: Z2M `contact: true` means closed.
+    /// Z2M `contact: true` means closed (the magnet is near the reed switch).
     #[test]
     fn contact_true_means_door_closed() {
         let payload = r#"{"contact":true,"battery":91,"voltage":3000,"tamper":false,"linkquality":102}"#;
@@ -597,7 +597,7 @@ mod tests {
         );
     }
 
-    /// domain.md 1.5: Tuya TS0601 gas sensor while warming up.
+    /// Tuya TS0601 gas sensor while warming up.
     #[test]
     fn tuya_gas_sensor_in_preheat_maps_gas_lel_and_preheat() {
         let payload = r#"{"gas":false,"gas_value":2.5,"preheat":true,"fault_alarm":false,"silence":false,"self_test_result":"checking","linkquality":76}"#;
@@ -630,7 +630,7 @@ mod tests {
         );
     }
 
-    /// domain.md 1.5/1.6: Tuya JKD-816COM-Z (CO + gas) with a named fault.
+    /// Tuya JKD-816COM-Z (CO + gas) with a named fault.
     #[test]
     fn co_and_gas_sensor_fault_string_sets_fault_and_fault_code() {
         let payload = r#"{"carbon_monoxide":true,"co":180,"gas_value":0,"fault":"sensor_fault","linkquality":55}"#;

@@ -1,4 +1,4 @@
-//! InfluxDB line protocol for journal records (DESIGN.md "Time series"): measurement = device
+//! InfluxDB line protocol for journal records (docs/contracts.md, "Time series"): measurement = device
 //! class; tags = site, building, floor, room, zone, device (never a resident); fields = metrics,
 //! numbers always as floats, booleans as booleans, an enum as its string plus `<metric>_code`;
 //! timestamp in ms.

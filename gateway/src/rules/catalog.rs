@@ -22,7 +22,7 @@ use crate::registry::{is_valid_id, CARE_FLAGS, CLASSES, UNREGISTERED_CLASS};
 use crate::site_time::SiteTime;
 use crate::vocabulary::{self, Kind as MetricKind};
 
-/// Escalation tiers (s after raising, while unacknowledged) per priority: domain.md 4, R19.
+/// Escalation tiers (s after raising, while unacknowledged) per priority: R19 (docs/rules.md).
 pub const DEFAULT_ESCALATION_P1_S: &[u64] = &[60, 180];
 pub const DEFAULT_ESCALATION_P2_S: &[u64] = &[180, 600];
 pub const DEFAULT_ESCALATION_P3_S: &[u64] = &[1800];
@@ -31,12 +31,12 @@ pub const DEFAULT_ESCALATION_P4_S: &[u64] = &[];
 pub const DEFAULT_CORRELATION_WINDOW_S: u64 = 120;
 /// A repeat of the same (device, rule) within this time is not notified again (R20).
 pub const DEFAULT_RENOTIFY_SUPPRESS_S: u64 = 60;
-/// Offline = silent longer than this many expected intervals (domain.md 3.3).
+/// Offline = silent longer than this many expected intervals (R17, docs/rules.md).
 pub const DEFAULT_OFFLINE_MULTIPLE: u32 = 3;
 /// The night window of R5/R6, in the site's local time.
 pub const DEFAULT_NIGHT_START: &str = "22:00";
 pub const DEFAULT_NIGHT_END: &str = "06:00";
-/// Boolean metrics that, while true, suppress threshold, rate and CO-curve rules (domain.md 1.8).
+/// Boolean metrics that, while true, suppress threshold, rate and CO-curve rules (R20, docs/rules.md).
 pub const DEFAULT_SUPPRESS_FLAGS: &[&str] = &["preheat", "test"];
 /// Readings that must show a condition before its hold completes: the condition seen when its
 /// window starts and confirmed by at least one later reading. One reading followed by silence is

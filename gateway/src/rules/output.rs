@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reading::Value;
 
-/// Alert priority (domain.md 3.1): P1 immediate (red), P2 prompt (yellow), P3 awareness, P4 info.
+/// Alert priority (after IEC 60601-1-8): P1 immediate (red), P2 prompt (yellow), P3 awareness, P4 info.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Priority {
     P1,

@@ -9,6 +9,8 @@
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
 //! - `serial`: Modbus RTU gas detectors and an MR60FDA1 radar on pseudo-terminals from `nh-sim serial`.
 //! - `browser`: the control-room page in a real headless Chromium over WebDriver.
+//! - `docs`: the documents match the code (rules, configuration keys), nothing points outside
+//!   the repository, and the README's first site runs as written.
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 //! - `process`: one gateway per journal, a dying stage stops the process, unclean starts.
 //! - `memory`: RSS stays bounded under steady load with the embedded broker's log capped.
@@ -18,6 +20,7 @@ mod bad_input;
 mod browser;
 mod chaos;
 mod config_files;
+mod docs;
 mod influx_faults;
 mod memory;
 mod pipeline;

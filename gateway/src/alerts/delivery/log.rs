@@ -31,7 +31,7 @@ pub enum LogError {
     Task(String),
 }
 
-/// One alert change: the full alert JSON (DESIGN.md contract) at that `seq`.
+/// One alert change: the full alert JSON (the contract of docs/contracts.md) at that `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertEvent {
     pub seq: u64,

@@ -233,7 +233,7 @@ pub(crate) mod test_support {
         }
     }
 
-    /// An alert JSON of the DESIGN.md contract (the fields delivery looks at, plus a few).
+    /// An alert JSON of the alert contract, docs/contracts.md (the fields delivery looks at, plus a few).
     pub fn alert_json(seq: u64, priority: &str) -> String {
         serde_json::json!({
             "id": format!("alert-{}", seq % 3),

@@ -1,10 +1,10 @@
 //! The MQTT alert publisher: every alert change of the event log, in seq order, to
 //! `nh/{site}/alerts` at QoS 1, through our own outbox.
 //!
-//! rumqttc silently drops in-flight QoS 1 publishes when the broker lost the session
-//! (crates.md), so the outbox is the event log itself: the persisted cursor (`mqtt`) advances
-//! only over the contiguous prefix of PubAck'd seqs, and every connection starts from a fresh
-//! rumqttc event loop that publishes everything after the cursor again. Consumers dedup by
+//! rumqttc silently drops in-flight QoS 1 publishes when the broker lost the session (seen with
+//! 0.25 on a broker kill), so the outbox is the event log itself: the persisted cursor (`mqtt`)
+//! advances only over the contiguous prefix of PubAck'd seqs, and every connection starts from a
+//! fresh rumqttc event loop that publishes everything after the cursor again. Consumers dedup by
 //! `seq`. At most [`MqttAlertsConfig::window`] publishes are unacknowledged at a time.
 //!
 //! Two tasks per connection: one only polls the event loop and forwards what it sees (rumqttc

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use super::log::{AlertEvent, SharedLog};
 use super::{DeliveryStats, NewEvents};
 
-/// DESIGN.md: a heartbeat every 5 s.
+/// The SSE contract (docs/contracts.md): a heartbeat every 5 s.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Events read from the log at a time during a replay.
 const BATCH: usize = 500;

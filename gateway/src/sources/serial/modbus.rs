@@ -28,7 +28,7 @@ use crate::decode::modbus::{read_request, ResponseScanner, Scan};
 use crate::decode::register_map::CompiledMap;
 use crate::reading::{DeviceKey, Reading, Value};
 
-/// Polls in a row without an answer before a unit counts as offline (domain.md: RS-485, 3
+/// Polls in a row without an answer before a unit counts as offline (R17 in docs/rules.md: 3
 /// consecutive failed polls).
 const OFFLINE_AFTER: u32 = 3;
 /// How often an offline unit is tried (one attempt), so it costs the bus little.
