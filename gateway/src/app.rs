@@ -30,7 +30,7 @@ use crate::journal::writer::WriterConfig;
 use crate::journal::{spawn_writer, Store, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::rules::Engine;
-use crate::sources::broker::{self, EmbeddedBroker};
+use crate::sources::broker;
 use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route, Select};
 use crate::sources::serial::SerialSource;
 use crate::telemetry::Telemetry;
@@ -83,7 +83,6 @@ pub struct Running {
     /// Told when the journal writer's thread has ended.
     writer_done: tokio::sync::oneshot::Receiver<()>,
     failures: StageFailures,
-    broker: Option<EmbeddedBroker>,
     _journal_lock: crate::journal::lock::JournalLock,
 }
 
@@ -130,15 +129,22 @@ impl Running {
             warn!("MQTT source did not stop in time");
         }
         // The sources held the journal senders; once they are gone the writer drains and ends.
-        if tokio::time::timeout(STAGE_DEADLINE, self.writer_done).await.is_err() {
+        let writer_finished = tokio::time::timeout(STAGE_DEADLINE, self.writer_done).await.is_ok();
+        if !writer_finished {
             warn!("journal writer did not finish in time");
         }
         self.others.close();
         if tokio::time::timeout(STAGE_DEADLINE, self.others.wait()).await.is_err() {
             warn!("HTTP API or InfluxDB forwarder did not stop in time");
         }
-        // The broker thread ends with the process: rumqttd has no shutdown call.
-        drop(self.broker);
+        // The embedded broker's thread ends with the process: rumqttd has no shutdown call.
+        if writer_finished {
+            drop(self._journal_lock);
+        } else {
+            // The writer may still be writing: the lock stays held until the process ends (the
+            // kernel frees it then), so no other gateway opens the journal under it.
+            std::mem::forget(self._journal_lock);
+        }
         info!("gateway stopped");
     }
 }
@@ -442,7 +448,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         Vec::new()
     };
     // MQTT: the embedded broker, or an external one.
-    let (mqtt, broker, host, port) = match config.mqtt.mode {
+    let (mqtt, host, port) = match config.mqtt.mode {
         MqttMode::Embedded => {
             let listen = opts.mqtt.unwrap_or(config.mqtt.listen);
             // Each subscription filter keeps a log of its own; the priority lane shares the bulk
@@ -457,16 +463,19 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
             .await?;
             let addr = b.addr;
             info!(%addr, "embedded MQTT broker listening");
+            // rumqttd has no shutdown call: its thread ends only on a failure, or with the process.
+            stages
+                .watch_thread("mqtt-broker", b.thread, None)
+                .map_err(StartError::Thread)?;
             let host = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
             } else {
                 addr.ip().to_string()
             };
-            (MqttEndpoint::Embedded(addr), Some(b), host, addr.port())
+            (MqttEndpoint::Embedded(addr), host, addr.port())
         }
         MqttMode::External => (
             MqttEndpoint::External,
-            None,
             config.mqtt.host.clone().unwrap_or_default(),
             config.mqtt.port,
         ),
@@ -619,7 +628,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     } = writer;
     let (writer_done_tx, writer_done) = tokio::sync::oneshot::channel();
     stages
-        .watch_thread("journal-writer", writer_thread, writer_done_tx)
+        .watch_thread("journal-writer", writer_thread, Some(writer_done_tx))
         .map_err(StartError::Thread)?;
 
     // HTTP last: `ready` means every stage is up.
@@ -705,7 +714,6 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         others,
         writer_done,
         failures,
-        broker,
         _journal_lock: journal_lock,
     })
 }

@@ -86,8 +86,8 @@ impl SiteTime {
     }
 
     /// The instant of local time `minute` (minutes after midnight) on local day `date`. A time
-    /// the clocks skip (spring forward) is taken as the same wall time after the change, one
-    /// that happens twice (fall back) as its first occurrence.
+    /// the clocks skip (spring forward) is moved forward by the gap (02:30 becomes 03:30), one
+    /// that happens twice (fall back) is its first occurrence.
     fn instant(&self, date: Date, minute: i64) -> Option<i64> {
         let h = (minute / 60).clamp(0, 23) as i8;
         let m = (minute % 60) as i8;
@@ -103,23 +103,22 @@ impl SiteTime {
     /// local minutes `starts_min` (`[7 * 60, 15 * 60, 23 * 60]`).
     pub fn shift_bounds(&self, now_ms: i64, starts_min: &[i64]) -> (i64, i64) {
         let today = self.zone.to_datetime(Self::timestamp(now_ms)).date();
-        let mut all: Vec<i64> = Vec::with_capacity(starts_min.len() * 2);
-        for date in [today.yesterday().ok(), Some(today)].into_iter().flatten() {
+        let yesterday = today.yesterday().ok();
+        let before = yesterday.and_then(|d| d.yesterday().ok());
+        // Three local days of starts: with one start a day whose time today is still ahead, the
+        // current shift began yesterday and the previous one the day before, however long those
+        // days were (23 or 25 hours across a daylight-saving change).
+        let mut all: Vec<i64> = Vec::with_capacity(starts_min.len() * 3);
+        for date in [before, yesterday, Some(today)].into_iter().flatten() {
             all.extend(starts_min.iter().filter_map(|&m| self.instant(date, m)));
         }
         all.sort_unstable();
         all.dedup();
-        if all.is_empty() {
-            return (now_ms, now_ms - DAY_MS);
+        match all.iter().rposition(|&t| t <= now_ms) {
+            Some(i) if i > 0 => (all[i], all[i - 1]),
+            Some(i) => (all[i], all[i] - DAY_MS),
+            None => (now_ms, now_ms - DAY_MS),
         }
-        let i = all.iter().rposition(|&t| t <= now_ms).unwrap_or(0);
-        let current = all[i];
-        let previous = if i > 0 {
-            all[i - 1]
-        } else {
-            current - DAY_MS / starts_min.len().max(1) as i64
-        };
-        (current, previous)
     }
 }
 
@@ -183,6 +182,10 @@ mod tests {
         // The night of the March change: 23:00 (+01:00) to 07:00 (+02:00) is 7 hours.
         let (cur, prev) = berlin.shift_bounds(utc(2027, 3, 28, 6, 0), &starts);
         assert_eq!((cur, prev), (utc(2027, 3, 28, 5, 0), utc(2027, 3, 27, 22, 0)));
+        // One start a day (08:00) across the change: 07:00 on the Monday after is still the
+        // Sunday's shift (08:00 +02:00 = 06:00 UTC), which followed Saturday's (08:00 +01:00).
+        let (cur, prev) = berlin.shift_bounds(utc(2027, 3, 29, 5, 0), &[8 * 60]);
+        assert_eq!((cur, prev), (utc(2027, 3, 28, 6, 0), utc(2027, 3, 27, 7, 0)));
         let shanghai = SiteTime::zone("Asia/Shanghai").expect("zone");
         let (cur, prev) = shanghai.shift_bounds(utc(2027, 7, 1, 8, 0), &starts);
         assert_eq!((cur, prev), (utc(2027, 7, 1, 7, 0), utc(2027, 6, 30, 23, 0)));

@@ -73,13 +73,13 @@ impl Stages {
         });
     }
 
-    /// Watches a stage that runs on a thread of its own (the journal writer); `done` is told
-    /// when it has ended, whatever the reason.
+    /// Watches a stage that runs on a thread of its own (the journal writer, the embedded
+    /// broker); `done`, if given, is told when it has ended, whatever the reason.
     pub fn watch_thread(
         &self,
         stage: impl Into<String>,
         handle: std::thread::JoinHandle<()>,
-        done: tokio::sync::oneshot::Sender<()>,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> std::io::Result<()> {
         let stage = stage.into();
         let this = self.clone();
@@ -91,7 +91,9 @@ impl Stages {
                     Err(p) => format!("panicked: {}", panic_text(p.as_ref())),
                 };
                 this.report(stage, reason);
-                let _ = done.send(());
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
             })
             .map(|_| ())
     }
@@ -196,7 +198,9 @@ mod tests {
         let (stages, mut failures) = Stages::new(CancellationToken::new());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let handle = std::thread::spawn(|| panic!("writer died"));
-        stages.watch_thread("journal-writer", handle, done_tx).expect("thread");
+        stages
+            .watch_thread("journal-writer", handle, Some(done_tx))
+            .expect("thread");
         let f = tokio::time::timeout(Duration::from_secs(5), failures.next())
             .await
             .expect("reported");

@@ -86,6 +86,8 @@ impl WebhookTask {
             Ok(c) => c,
             Err(e) => {
                 error!(%url, error = %e, "webhook client cannot be built; this webhook gets nothing");
+                // Not a stage failure: the other channels and the intake go on until shutdown.
+                shutdown.cancelled().await;
                 return;
             }
         };
