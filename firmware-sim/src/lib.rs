@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub mod behaviour;
+pub mod capture;
 pub mod clock;
 pub mod facility;
 pub mod fleet;

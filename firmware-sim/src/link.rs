@@ -246,13 +246,18 @@ impl Link {
     /// Queues one publish; waits while the queue is full (backpressure). Cancel-safe: a cancelled
     /// call queued nothing.
     pub async fn publish(&self, topic: &str, qos: QoS, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.queue(topic, qos, payload, None, Instant::now()).await
+        self.queue(topic, qos, payload, None, Instant::now(), false).await
+    }
+
+    /// Like [`Link::publish`], with the retain flag as given (a replayed capture keeps it).
+    pub async fn publish_retained(&self, topic: &str, qos: QoS, payload: Vec<u8>, retain: bool) -> anyhow::Result<()> {
+        self.queue(topic, qos, payload, None, Instant::now(), retain).await
     }
 
     /// Like [`Link::publish`], and once the broker acknowledges the message (QoS 1) `tag` comes
     /// out of [`Link::take_acked_tags`].
     pub async fn publish_tagged(&self, topic: &str, qos: QoS, payload: Vec<u8>, tag: u64) -> anyhow::Result<()> {
-        self.queue(topic, qos, payload, Some(tag), Instant::now()).await
+        self.queue(topic, qos, payload, Some(tag), Instant::now(), false).await
     }
 
     /// Like [`Link::publish_tagged`], with the acknowledgement latency counted from `due` (the
@@ -266,7 +271,7 @@ impl Link {
         tag: u64,
         due: Instant,
     ) -> anyhow::Result<()> {
-        self.queue(topic, qos, payload, Some(tag), due).await
+        self.queue(topic, qos, payload, Some(tag), due, false).await
     }
 
     async fn queue(
@@ -276,6 +281,7 @@ impl Link {
         payload: Vec<u8>,
         tag: Option<u64>,
         since: Instant,
+        retain: bool,
     ) -> anyhow::Result<()> {
         if qos == QoS::ExactlyOnce {
             anyhow::bail!("publish to {topic}: QoS 2 is not supported");
@@ -283,7 +289,8 @@ impl Link {
         if !rumqttc::valid_topic(topic) {
             anyhow::bail!("publish to {topic}: not a valid topic name");
         }
-        let publish = Publish::new(topic, qos, payload);
+        let mut publish = Publish::new(topic, qos, payload);
+        publish.retain = retain;
         self.feed
             .send(Outbound { publish, tag, since })
             .await

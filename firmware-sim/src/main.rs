@@ -1,7 +1,7 @@
 //! `nh-sim`: simulated devices for the nursing-home gateway.
 //!
 //! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `sink` (a plain
-//! subscriber, for the raw broker limit), `alert-probe` (alert latency), `gen-registry` (a demo
+//! subscriber, for the raw broker limit), `record` and `replay` (captures of real traffic), `alert-probe` (alert latency), `gen-registry` (a demo
 //! facility's registry), `scenario` (run a scenario against a gateway and judge its alerts),
 //! `serial` (serial devices on ptys), `validate` (check registry, scenario and serial bench
 //! files). Summaries go to stdout as one JSON line (`serial`: one line per pty, event and bus),
@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use nh_sim::capture;
 use nh_sim::facility::{self, FacilityOptions};
 use nh_sim::link::Credentials;
 use nh_sim::load::PayloadSize;
@@ -56,6 +57,13 @@ enum Command {
     /// gateway is measured against). Prints `{"subscribed":true}` once subscribed, then a JSON
     /// summary.
     Sink(SinkArgs),
+    /// Record every message of any broker raw (topic, payload bytes, QoS, retain, receive time),
+    /// one JSON line each after a header. Prints `{"subscribed":true}` once subscribed, then a
+    /// JSON summary; stops after --duration-s, --count, or on SIGTERM/SIGINT.
+    Record(RecordArgs),
+    /// Publish a capture again, each topic in its order, with the original spacing divided by
+    /// --speed (or as fast as the broker takes them); prints a JSON summary.
+    Replay(ReplayArgs),
     /// Sets off life-safety devices over a span and times each alert on nh/{site}/alerts.
     AlertProbe(ProbeArgs),
     /// Print the device registry of a demo facility (TOML).
@@ -273,6 +281,59 @@ struct SinkArgs {
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     idle_s: f64,
     /// MQTT client id (default nh-sim-sink-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    login: LoginArgs,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Topic filter; repeat for several (default: everything).
+    #[arg(long = "filter", default_values_t = vec!["#".to_owned()])]
+    filters: Vec<String>,
+    /// Subscription QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// The capture file to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    duration_s: Option<f64>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// MQTT client id (default nh-sim-record-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    login: LoginArgs,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The capture file (`nh-sim record --out`).
+    file: PathBuf,
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: String,
+    /// Original spacing divided by N (1 = as recorded).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "as_fast_as_possible")]
+    speed: f64,
+    /// No pacing: as fast as the broker acknowledges.
+    #[arg(long)]
+    as_fast_as_possible: bool,
+    /// Times through the capture.
+    #[arg(long = "loop", default_value_t = 1, value_name = "N")]
+    loops: u32,
+    /// Seconds to wait for the last acknowledgements.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    ack_wait_s: f64,
+    /// MQTT client id (default nh-sim-replay-<pid>).
     #[arg(long)]
     client_id: Option<String>,
     #[command(flatten)]
@@ -563,6 +624,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let summary = runtime()?.block_on(run_sink(opts, subscribed))?;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record(a) => {
+            let opts = capture::RecordOptions {
+                broker: a.broker,
+                filters: a.filters,
+                qos: a.qos,
+                out: a.out,
+                duration: a.duration_s.map(|s| seconds("duration-s", s)).transpose()?,
+                count: a.count,
+                client_id: a.client_id,
+                credentials: a.login.credentials()?,
+            };
+            let subscribed = || {
+                use std::io::Write;
+                println!("{{\"subscribed\":true}}");
+                let _ = std::io::stdout().flush();
+            };
+            let summary = runtime()?.block_on(capture::run_record(opts, subscribed, shutdown_signal()))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(a) => {
+            let opts = capture::ReplayOptions {
+                broker: a.broker,
+                file: a.file,
+                speed: (!a.as_fast_as_possible).then_some(a.speed),
+                loops: a.loops,
+                client_id: a.client_id,
+                credentials: a.login.credentials()?,
+                ack_wait: seconds("ack-wait-s", a.ack_wait_s)?,
+            };
+            let summary = runtime()?.block_on(capture::run_replay(opts))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.failed > 0 || summary.acked < summary.qos1 {
+                return Ok(ExitCode::from(EXIT_UNACKED));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::AlertProbe(a) => {

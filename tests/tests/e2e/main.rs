@@ -4,6 +4,7 @@
 //!   the local history API without a database.
 //! - `alert_lifecycle`: escalation and acknowledgement; restart mid-window on the same timeline.
 //! - `chaos`: zero loss under SIGKILLs and broker/database outages; the embedded-mode loss window.
+//! - `capture`: `nh-sim record` and `replay` round trip between two Mosquitto brokers.
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
@@ -18,6 +19,7 @@
 mod alert_lifecycle;
 mod bad_input;
 mod browser;
+mod capture;
 mod chaos;
 mod config_files;
 mod docs;

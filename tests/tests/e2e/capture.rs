@@ -1,0 +1,185 @@
+//! Record and replay (`nh-sim record`, `nh-sim replay`) between two real Mosquitto brokers: a
+//! capture replayed and recorded again has the same topics and payload bytes in the same
+//! per-topic order, binary payloads included.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use nh_e2e::{bin, sim, workspace_root, Mosquitto, TempDir};
+use nh_sim::capture::Capture;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Starts `nh-sim record` on `broker` into `out` and waits for its subscription.
+fn start_record(broker: &str, out: &Path) -> Result<Child> {
+    let mut child = Command::new(bin("nh-sim"))
+        .args(["record", "--broker", broker, "--filter", "#", "--out"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(l)) if l.contains("\"subscribed\":true") => {}
+        other => bail!("nh-sim record did not subscribe: {other:?}"),
+    }
+    // Keep reading (the summary) so the pipe never fills.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok(child)
+}
+
+/// Stops a recorder with SIGTERM and reads its capture.
+fn stop_record(mut child: Child, out: &Path) -> Result<Capture> {
+    nh_e2e::terminate(&mut child)?;
+    Capture::read(out)
+}
+
+/// Publishes `payload` on `topic` at QoS 1 and waits for the PubAck.
+async fn publish_raw(broker: &str, topic: &str, payload: Vec<u8>) -> Result<()> {
+    let addr: SocketAddr = broker.parse()?;
+    let opts = MqttOptions::new("raw-device", addr.ip().to_string(), addr.port());
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                return Ok::<(), rumqttc::ConnectionError>(());
+            }
+        }
+    })
+    .await;
+    match acked {
+        Ok(Ok(())) => Ok(()),
+        other => bail!("no PubAck for the raw publish: {other:?}"),
+    }
+}
+
+/// Payloads per topic, in arrival order.
+fn per_topic(c: &Capture) -> Result<BTreeMap<String, Vec<Vec<u8>>>> {
+    let mut out: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for m in &c.messages {
+        out.entry(m.topic.clone()).or_default().push(m.bytes()?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_capture_replayed_and_recorded_again_is_the_same_per_topic_binary_included() -> Result<()> {
+    let dir = TempDir::new("capture")?;
+    let site_a = Mosquitto::start().await?;
+    let site_b = Mosquitto::start().await?;
+    let (a, b) = (
+        format!("127.0.0.1:{}", site_a.port),
+        format!("127.0.0.1:{}", site_b.port),
+    );
+
+    // The site: a known fleet publishes (canonical and Zigbee2MQTT payloads), and a device
+    // sends a payload that is not UTF-8.
+    let first = dir.path().join("first.jsonl");
+    let recorder = start_record(&a, &first)?;
+    let registry = workspace_root().join("config/test/devices.toml");
+    let sent = sim::run(&registry, a.parse()?, 120, 11, dir.path())?;
+    let binary: Vec<u8> = vec![0x00, 0x9f, 0x92, 0x96, 0xff, 0xfe, b'\n', 0x01];
+    publish_raw(&a, "vendor/raw/dev-1/up", binary.clone()).await?;
+    // Everything the fleet published is in the capture before it is stopped.
+    let expected = sent.len() + 1;
+    nh_e2e::wait_for(
+        "the first capture",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let n = std::fs::read_to_string(&first).map(|t| t.lines().count()).unwrap_or(0);
+            async move { (n > expected).then_some(()) }
+        },
+    )
+    .await?;
+    let first = stop_record(recorder, &first)?;
+    assert_eq!(first.messages.len(), expected, "every published message recorded once");
+    assert!(
+        first.messages.iter().any(|m| m.payload_b64.is_some()),
+        "the binary payload is base64"
+    );
+
+    // Replay into the second broker while recording there.
+    let second_path = dir.path().join("second.jsonl");
+    let recorder = start_record(&b, &second_path)?;
+    let out = Command::new(bin("nh-sim"))
+        .args(["replay", "--broker", &b, "--as-fast-as-possible"])
+        .arg(dir.path().join("first.jsonl"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "replay: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["sent"], expected as u64, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    nh_e2e::wait_for(
+        "the second capture",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let n = std::fs::read_to_string(&second_path)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            async move { (n > expected).then_some(()) }
+        },
+    )
+    .await?;
+    let second = stop_record(recorder, &second_path)?;
+    assert_eq!(
+        per_topic(&first)?,
+        per_topic(&second)?,
+        "same topics, same bytes, same order per topic"
+    );
+    let raw = per_topic(&second)?;
+    assert_eq!(
+        raw.get("vendor/raw/dev-1/up"),
+        Some(&vec![binary]),
+        "binary payload byte-identical"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replay_keeps_the_spacing_scaled_by_speed() -> Result<()> {
+    let dir = TempDir::new("capture-speed")?;
+    let broker = Mosquitto::start().await?;
+    let b = format!("127.0.0.1:{}", broker.port);
+    // A capture spanning 4 s of recorded time, replayed at 2x: about 2 s.
+    let path = dir.path().join("c.jsonl");
+    let mut text = format!(
+        "{{\"format\":\"{}\",\"broker\":\"x\",\"filters\":[\"#\"],\"start_ms\":0}}\n",
+        nh_sim::capture::FORMAT
+    );
+    for i in 0..5 {
+        text.push_str(&format!(
+            "{{\"t_ms\":{},\"topic\":\"t/{}\",\"qos\":1,\"retain\":false,\"payload\":\"{i}\"}}\n",
+            1000 + i * 1000,
+            i % 2
+        ));
+    }
+    std::fs::write(&path, text)?;
+    let out = Command::new(bin("nh-sim"))
+        .args(["replay", "--broker", &b, "--speed", "2"])
+        .arg(&path)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let seconds = summary["seconds"].as_f64().unwrap_or_default();
+    assert_eq!(
+        (summary["sent"].clone(), summary["acked"].clone()),
+        (5.into(), 5.into()),
+        "{summary}"
+    );
+    // 2 s of spacing; 5x margin above for a loaded machine, none below (it must wait).
+    assert!((2.0..10.0).contains(&seconds), "took {seconds} s: {summary}");
+    Ok(())
+}
