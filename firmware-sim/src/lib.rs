@@ -55,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anonymize;
 pub mod behaviour;
 pub mod capture;
 pub mod clock;

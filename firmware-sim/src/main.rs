@@ -1,7 +1,7 @@
 //! `nh-sim`: simulated devices for the nursing-home gateway.
 //!
 //! Commands: `run` (publish a registry's fleet), `load` (open-loop load), `sink` (a plain
-//! subscriber, for the raw broker limit), `record` and `replay` (captures of real traffic), `alert-probe` (alert latency), `gen-registry` (a demo
+//! subscriber, for the raw broker limit), `record`, `anonymize` and `replay` (captures of real traffic), `alert-probe` (alert latency), `gen-registry` (a demo
 //! facility's registry), `scenario` (run a scenario against a gateway and judge its alerts),
 //! `serial` (serial devices on ptys), `validate` (check registry, scenario and serial bench
 //! files). Summaries go to stdout as one JSON line (`serial`: one line per pty, event and bus),
@@ -64,6 +64,10 @@ enum Command {
     /// Publish a capture again, each topic in its order, with the original spacing divided by
     /// --speed (or as fast as the broker takes them); prints a JSON summary.
     Replay(ReplayArgs),
+    /// Replace a capture's device ids, Zigbee friendly names and identifying JSON fields with
+    /// consistent pseudonyms, shift its times, write the mapping apart and, with --registry,
+    /// the registry rewritten to match.
+    Anonymize(AnonymizeArgs),
     /// Sets off life-safety devices over a span and times each alert on nh/{site}/alerts.
     AlertProbe(ProbeArgs),
     /// Print the device registry of a demo facility (TOML).
@@ -338,6 +342,31 @@ struct ReplayArgs {
     client_id: Option<String>,
     #[command(flatten)]
     login: LoginArgs,
+}
+
+#[derive(Args)]
+struct AnonymizeArgs {
+    /// The capture to anonymize.
+    file: PathBuf,
+    /// The anonymized capture.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The mapping original -> pseudonym (JSON; keep it private). Default: <out>.map.json.
+    #[arg(long, value_name = "FILE")]
+    map_out: Option<PathBuf>,
+    /// The site's registry: its ids and friendly names are replaced too.
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// Where the rewritten registry goes (needs --registry).
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    registry_out: Option<PathBuf>,
+    /// A JSON key whose values identify a device; repeat (default: imei IMEI deviceId device_id
+    /// devEUI dev_eui friendly_name).
+    #[arg(long = "field")]
+    fields: Vec<String>,
+    /// Milliseconds added to every time in the capture.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    shift_ms: i64,
 }
 
 #[derive(Args)]
@@ -661,6 +690,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if summary.failed > 0 || summary.acked < summary.qos1 {
                 return Ok(ExitCode::from(EXIT_UNACKED));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Anonymize(a) => {
+            let map_out = a.map_out.unwrap_or_else(|| {
+                let mut p = a.out.clone().into_os_string();
+                p.push(".map.json");
+                PathBuf::from(p)
+            });
+            let fields = if a.fields.is_empty() {
+                nh_sim::anonymize::DEFAULT_FIELDS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect()
+            } else {
+                a.fields
+            };
+            let opts = nh_sim::anonymize::AnonymizeOptions {
+                input: a.file,
+                out: a.out,
+                map_out,
+                registry: a.registry,
+                registry_out: a.registry_out,
+                fields,
+                shift_ms: a.shift_ms,
+            };
+            let summary = nh_sim::anonymize::run_anonymize(&opts)?;
+            println!("{}", serde_json::to_string(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::AlertProbe(a) => {

@@ -1,0 +1,283 @@
+//! `nh-sim anonymize`: a capture with its identifiers replaced consistently (the same id becomes
+//! the same pseudonym in every topic and payload), times shifted, and the mapping written apart
+//! so that a registry can be rewritten to match.
+//!
+//! Identifiers are the registry's device ids and Zigbee friendly names when a registry is given,
+//! the device level of canonical topics (`nh/{site}/{id}/...`), the friendly name of Zigbee2MQTT
+//! topics (`zigbee2mqtt/{name}`), and the values of the JSON keys named by `fields` (IMEIs, vendor
+//! device ids). They are replaced as whole tokens: `smoke-1` never rewrites part of `smoke-10`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+use crate::capture::{Capture, Captured};
+
+/// JSON keys whose values identify a device unless told otherwise.
+pub const DEFAULT_FIELDS: &[&str] = &[
+    "imei",
+    "IMEI",
+    "deviceId",
+    "device_id",
+    "devEUI",
+    "dev_eui",
+    "friendly_name",
+];
+
+/// JSON keys holding a time in ms since the epoch, shifted with the capture.
+const TIME_KEYS: &[&str] = &["ts", "last_seen", "timestamp"];
+
+#[derive(Debug, Clone)]
+pub struct AnonymizeOptions {
+    pub input: PathBuf,
+    pub out: PathBuf,
+    /// Where the mapping (original -> pseudonym) goes; keep it private.
+    pub map_out: PathBuf,
+    pub registry: Option<PathBuf>,
+    pub registry_out: Option<PathBuf>,
+    pub fields: Vec<String>,
+    /// Added to every time (capture times and payload `ts`/`last_seen`/`timestamp`).
+    pub shift_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnonymizeSummary {
+    pub messages: usize,
+    pub identifiers: usize,
+    pub out: String,
+}
+
+/// Original -> pseudonym, in order of first sight.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Mapping {
+    pub devices: BTreeMap<String, String>,
+    pub zigbee_names: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Mapping {
+    fn add(map: &mut BTreeMap<String, String>, prefix: &str, original: &str) {
+        if original.is_empty() || map.contains_key(original) {
+            return;
+        }
+        let n = map.len() + 1;
+        map.insert(original.to_owned(), format!("{prefix}{n:04}"));
+    }
+
+    /// Every (original, pseudonym), longest original first.
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .devices
+            .iter()
+            .chain(&self.zigbee_names)
+            .chain(&self.fields)
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        all.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        all
+    }
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+}
+
+/// `text` with every whole-token occurrence of each original replaced.
+fn replace_tokens(text: &[u8], pairs: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    'scan: while i < text.len() {
+        if i == 0 || !is_id_byte(text[i - 1]) {
+            for (from, to) in pairs {
+                let f = from.as_bytes();
+                let end = i + f.len();
+                if end <= text.len() && &text[i..end] == f && (end == text.len() || !is_id_byte(text[end])) {
+                    out.extend_from_slice(to.as_bytes());
+                    i = end;
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `text` with the number after each `"<time key>":` moved by `shift_ms` (only values that look
+/// like ms since the epoch: 12 digits or more).
+fn shift_times(text: &[u8], shift_ms: i64) -> Vec<u8> {
+    if shift_ms == 0 {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len() + 8);
+    let mut i = 0;
+    'scan: while i < text.len() {
+        for key in TIME_KEYS {
+            let pat = format!("\"{key}\":");
+            let p = pat.as_bytes();
+            if text[i..].starts_with(p) {
+                let mut j = i + p.len();
+                while j < text.len() && text[j] == b' ' {
+                    j += 1;
+                }
+                let digits = text[j..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if digits >= 12 {
+                    if let Some(v) = std::str::from_utf8(&text[j..j + digits])
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        out.extend_from_slice(&text[i..j]);
+                        out.extend_from_slice((v + shift_ms).to_string().as_bytes());
+                        i = j + digits;
+                        continue 'scan;
+                    }
+                }
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Values of `fields` keys anywhere in a JSON payload.
+fn field_values(v: &serde_json::Value, fields: &[String], out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if fields.iter().any(|f| f == k) {
+                    match x {
+                        serde_json::Value::String(s) => out.push(s.clone()),
+                        serde_json::Value::Number(n) => out.push(n.to_string()),
+                        _ => {}
+                    }
+                }
+                field_values(x, fields, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| field_values(x, fields, out)),
+        _ => {}
+    }
+}
+
+/// The mapping for a capture (and registry).
+pub fn mapping(capture: &Capture, registry: Option<&toml::Value>, fields: &[String]) -> anyhow::Result<Mapping> {
+    let mut m = Mapping::default();
+    if let Some(devices) = registry.and_then(|r| r.get("devices")).and_then(|d| d.as_array()) {
+        for d in devices {
+            if let Some(id) = d.get("id").and_then(|v| v.as_str()) {
+                Mapping::add(&mut m.devices, "dev-", id);
+            }
+            if let Some(z) = d.get("zigbee_name").and_then(|v| v.as_str()) {
+                Mapping::add(&mut m.zigbee_names, "zb-", z);
+            }
+        }
+    }
+    for msg in &capture.messages {
+        let levels: Vec<&str> = msg.topic.split('/').collect();
+        match levels.as_slice() {
+            ["nh", _site, id, ..] if *id != "alerts" => Mapping::add(&mut m.devices, "dev-", id),
+            ["zigbee2mqtt", name, ..] if *name != "bridge" => Mapping::add(&mut m.zigbee_names, "zb-", name),
+            _ => {}
+        }
+        let bytes = msg.bytes()?;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            let mut found = Vec::new();
+            field_values(&v, fields, &mut found);
+            for f in found {
+                if !m.devices.contains_key(&f) && !m.zigbee_names.contains_key(&f) {
+                    Mapping::add(&mut m.fields, "id-", &f);
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// One message anonymized.
+fn anonymize_message(msg: &Captured, pairs: &[(String, String)], shift_ms: i64) -> anyhow::Result<Captured> {
+    let topic = String::from_utf8(replace_tokens(msg.topic.as_bytes(), pairs))
+        .map_err(|e| anyhow!("topic {}: {e}", msg.topic))?;
+    let payload = replace_tokens(&shift_times(&msg.bytes()?, shift_ms), pairs);
+    Ok(Captured::new(msg.t_ms + shift_ms, topic, msg.qos, msg.retain, &payload))
+}
+
+/// A registry with its ids and friendly names replaced (comments are not kept).
+pub fn rewrite_registry(registry: &toml::Value, m: &Mapping) -> toml::Value {
+    let mut r = registry.clone();
+    if let Some(devices) = r.get_mut("devices").and_then(|d| d.as_array_mut()) {
+        for d in devices {
+            let Some(t) = d.as_table_mut() else { continue };
+            for (key, map) in [("id", &m.devices), ("zigbee_name", &m.zigbee_names)] {
+                if let Some(new) = t.get(key).and_then(|v| v.as_str()).and_then(|v| map.get(v)).cloned() {
+                    t.insert(key.to_owned(), toml::Value::String(new));
+                }
+            }
+        }
+    }
+    r
+}
+
+pub fn run_anonymize(opts: &AnonymizeOptions) -> anyhow::Result<AnonymizeSummary> {
+    let capture = Capture::read(&opts.input)?;
+    let registry: Option<toml::Value> = match &opts.registry {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Some(toml::from_str(&text).with_context(|| format!("{} is not TOML", p.display()))?)
+        }
+        None => None,
+    };
+    let m = mapping(&capture, registry.as_ref(), &opts.fields)?;
+    let pairs = m.pairs();
+    let mut header = capture.header.clone();
+    header.start_ms += opts.shift_ms;
+    header.broker = "anonymized".to_owned();
+    let mut text = serde_json::to_string(&header)?;
+    text.push('\n');
+    for msg in &capture.messages {
+        text.push_str(&serde_json::to_string(&anonymize_message(msg, &pairs, opts.shift_ms)?)?);
+        text.push('\n');
+    }
+    std::fs::write(&opts.out, text).with_context(|| format!("cannot write {}", opts.out.display()))?;
+    std::fs::write(&opts.map_out, serde_json::to_string_pretty(&m)?)
+        .with_context(|| format!("cannot write {}", opts.map_out.display()))?;
+    if let (Some(r), Some(out)) = (&registry, &opts.registry_out) {
+        let rewritten = rewrite_registry(r, &m);
+        std::fs::write(out, toml::to_string(&rewritten)?).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(AnonymizeSummary {
+        messages: capture.messages.len(),
+        identifiers: pairs.len(),
+        out: opts.out.display().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_replaced_whole_and_longest_first() {
+        let pairs = vec![
+            ("smoke-10".to_owned(), "dev-0002".to_owned()),
+            ("smoke-1".to_owned(), "dev-0001".to_owned()),
+        ];
+        let out = replace_tokens(b"nh/s/smoke-1/telemetry smoke-10 xsmoke-1 smoke-1x", &pairs);
+        assert_eq!(out, b"nh/s/dev-0001/telemetry dev-0002 xsmoke-1 smoke-1x");
+    }
+
+    #[test]
+    fn epoch_times_move_and_small_numbers_do_not() {
+        let out = shift_times(
+            br#"{"ts":1700000000000,"seq":5,"last_seen": 1700000000500,"x":{"ts":12}}"#,
+            1000,
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"ts":1700000001000,"seq":5,"last_seen": 1700000001500,"x":{"ts":12}}"#
+        );
+    }
+}
