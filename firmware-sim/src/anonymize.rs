@@ -108,7 +108,7 @@ fn replace_tokens(text: &[u8], pairs: &[(String, String)]) -> Vec<u8> {
 
 /// `text` with the number after each `"<time key>":` moved by `shift_ms` (only values that look
 /// like ms since the epoch: 12 digits or more).
-fn shift_times(text: &[u8], shift_ms: i64) -> Vec<u8> {
+pub fn shift_times(text: &[u8], shift_ms: i64) -> Vec<u8> {
     if shift_ms == 0 {
         return text.to_vec();
     }

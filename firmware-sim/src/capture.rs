@@ -16,6 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::link::{parse_broker, Credentials, Link, LinkOptions, MAX_PACKET_BYTES};
 
 /// The header's format tag; a reader refuses any other.
@@ -110,13 +111,6 @@ impl Capture {
     }
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn qos_of(q: u8) -> anyhow::Result<QoS> {
     match q {
         0 => Ok(QoS::AtMostOnce),
@@ -139,6 +133,8 @@ pub struct RecordOptions {
     pub count: Option<u64>,
     pub client_id: Option<String>,
     pub credentials: Option<Credentials>,
+    /// The clock of `t_ms` (a test clock: captures of a time-scaled run carry virtual times).
+    pub clock: Clock,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,7 +178,7 @@ pub async fn run_record(
         format: FORMAT.to_owned(),
         broker: opts.broker.clone(),
         filters: opts.filters.clone(),
-        start_ms: wall_ms(),
+        start_ms: opts.clock.now(),
     };
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
     let deadline = opts.duration.map(|d| Instant::now() + d);
@@ -208,7 +204,7 @@ pub async fn run_record(
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let line = Captured::new(wall_ms(), p.topic.clone(), p.qos as u8, p.retain, &p.payload);
+                let line = Captured::new(opts.clock.now(), p.topic.clone(), p.qos as u8, p.retain, &p.payload);
                 binary += u64::from(line.payload_b64.is_some());
                 writeln!(out, "{}", serde_json::to_string(&line)?)?;
                 // Line by line: a capture cut short (killed, disk full) keeps what came before.
@@ -243,6 +239,10 @@ pub struct ReplayOptions {
     pub credentials: Option<Credentials>,
     /// How long to wait for the last acknowledgements.
     pub ack_wait: Duration,
+    /// A test clock: the capture's timeline is laid onto it from its current time on (paced at
+    /// its scale, `ts`/`last_seen`/`timestamp` in payloads shifted by the same amount), so that
+    /// a gateway on the same clock sees the capture's times.
+    pub clock: Option<Clock>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -278,11 +278,15 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let mut link = Link::connect(&link_opts).await?;
     let started = Instant::now();
     let first_t = capture.messages.first().map_or(0, |m| m.t_ms);
+    let (speed, shift_ms) = match &opts.clock {
+        Some(c) => (Some(c.scale), c.now() - first_t),
+        None => (opts.speed, 0),
+    };
     let span_ms = capture.messages.last().map_or(0, |m| m.t_ms) - first_t;
     let (mut sent, mut late, mut failed, mut qos1) = (0u64, 0u64, 0u64, 0u64);
     for round in 0..opts.loops.max(1) {
         for m in &capture.messages {
-            if let Some(speed) = opts.speed {
+            if let Some(speed) = speed {
                 let offset_ms = (round as i64 * (span_ms + 1) + (m.t_ms - first_t)).max(0) as f64 / speed;
                 let due = started + Duration::from_secs_f64(offset_ms / 1000.0);
                 let now = Instant::now();
@@ -293,7 +297,11 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
                 }
             }
             let qos = qos_of(m.qos.min(1))?;
-            match link.publish_retained(&m.topic, qos, m.bytes()?, m.retain).await {
+            let mut payload = m.bytes()?;
+            if shift_ms != 0 {
+                payload = crate::anonymize::shift_times(&payload, shift_ms + round as i64 * (span_ms + 1));
+            }
+            match link.publish_retained(&m.topic, qos, payload, m.retain).await {
                 Ok(()) => {
                     sent += 1;
                     qos1 += u64::from(qos == QoS::AtLeastOnce);

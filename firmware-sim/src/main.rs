@@ -152,6 +152,12 @@ impl ClockArgs {
     fn clock(self) -> anyhow::Result<Clock> {
         Clock::from_flags(self.test_clock_origin, self.test_clock_start, self.time_scale)
     }
+
+    /// The test clock when any of its flags is given.
+    fn test_clock(self) -> anyhow::Result<Option<Clock>> {
+        let given = self.test_clock_origin.is_some() || self.test_clock_start.is_some() || self.time_scale.is_some();
+        given.then(|| self.clock()).transpose()
+    }
 }
 
 #[derive(Args)]
@@ -316,6 +322,9 @@ struct RecordArgs {
     client_id: Option<String>,
     #[command(flatten)]
     login: LoginArgs,
+    /// Receive times on this clock (a capture of a time-scaled run then carries virtual times).
+    #[command(flatten)]
+    clock: ClockArgs,
 }
 
 #[derive(Args)]
@@ -342,6 +351,10 @@ struct ReplayArgs {
     client_id: Option<String>,
     #[command(flatten)]
     login: LoginArgs,
+    /// Lay the capture onto this test clock from its current time: paced at its scale, device
+    /// times in the payloads shifted to match (--speed is then ignored).
+    #[command(flatten)]
+    clock: ClockArgs,
 }
 
 #[derive(Args)]
@@ -665,6 +678,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 count: a.count,
                 client_id: a.client_id,
                 credentials: a.login.credentials()?,
+                clock: a.clock.clock()?,
             };
             let subscribed = || {
                 use std::io::Write;
@@ -684,6 +698,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 client_id: a.client_id,
                 credentials: a.login.credentials()?,
                 ack_wait: seconds("ack-wait-s", a.ack_wait_s)?,
+                clock: a.clock.test_clock()?,
             };
             let summary = runtime()?.block_on(capture::run_replay(opts))?;
             println!("{}", serde_json::to_string(&summary)?);

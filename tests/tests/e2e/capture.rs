@@ -239,3 +239,69 @@ async fn replay_keeps_the_spacing_scaled_by_speed() -> Result<()> {
     assert!((2.0..10.0).contains(&seconds), "took {seconds} s: {summary}");
     Ok(())
 }
+
+#[tokio::test]
+async fn replay_on_a_test_clock_moves_device_times_onto_it() -> Result<()> {
+    let dir = TempDir::new("capture-clock")?;
+    let broker = Mosquitto::start().await?;
+    let b = format!("127.0.0.1:{}", broker.port);
+    // Two readings 2 s apart (capture time and device time alike), long ago.
+    let (t0, v0) = (1_000_000_000_000i64, 1_800_000_000_000i64);
+    let path = dir.path().join("old.jsonl");
+    let mut text = format!(
+        "{{\"format\":\"{}\",\"broker\":\"x\",\"filters\":[\"#\"],\"start_ms\":{t0}}}\n",
+        nh_sim::capture::FORMAT
+    );
+    for (i, t) in [t0, t0 + 2000].iter().enumerate() {
+        let payload = format!("{{\\\"ts\\\":{t},\\\"seq\\\":{i},\\\"metrics\\\":{{\\\"smoke\\\":false}}}}");
+        text.push_str(&format!(
+            "{{\"t_ms\":{t},\"topic\":\"nh/s/smoke-1/telemetry\",\"qos\":1,\"retain\":false,\"payload\":\"{payload}\"}}\n"
+        ));
+    }
+    std::fs::write(&path, text)?;
+    let recorded = dir.path().join("new.jsonl");
+    let recorder = start_record(&b, &recorded)?;
+    let now = nh_gateway::clock::system_now_ms();
+    let out = Command::new(bin("nh-sim"))
+        .args(["replay", "--broker", &b])
+        .arg(&path)
+        .args([
+            "--test-clock-origin",
+            &now.to_string(),
+            "--test-clock-start",
+            &v0.to_string(),
+        ])
+        .args(["--time-scale", "2"])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nh_e2e::wait_for(
+        "the replayed readings",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let n = std::fs::read_to_string(&recorded)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await?;
+    let got = stop_record(recorder, &recorded)?;
+    let ts: Vec<i64> = got
+        .messages
+        .iter()
+        .map(|m| {
+            Ok(serde_json::from_slice::<serde_json::Value>(&m.bytes()?)?["ts"]
+                .as_i64()
+                .unwrap_or(0))
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(ts.len(), 2);
+    // On the test clock from its start on (within a loaded machine's 10 s), still 2 s apart.
+    assert!((v0..v0 + 10_000).contains(&ts[0]), "{ts:?}");
+    assert_eq!(ts[1] - ts[0], 2000, "{ts:?}");
+    // Paced at the clock's scale: 2 s of capture in about 1 s of real time.
+    let real = (got.messages[1].t_ms - got.messages[0].t_ms) as f64 / 1000.0;
+    assert!((0.8..5.0).contains(&real), "{real} s apart");
+    Ok(())
+}
