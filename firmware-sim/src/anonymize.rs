@@ -40,6 +40,9 @@ pub struct AnonymizeOptions {
     pub fields: Vec<String>,
     /// Added to every time (capture times and payload `ts`/`last_seen`/`timestamp`).
     pub shift_ms: i64,
+    /// Put before every pseudonym (`dev-0001` becomes `{prefix}dev-0001`): a capture anonymized
+    /// twice keeps the two sets apart.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,16 +57,28 @@ pub struct AnonymizeSummary {
 pub struct Mapping {
     pub devices: BTreeMap<String, String>,
     pub zigbee_names: BTreeMap<String, String>,
+    /// The registry's resident ids (the key to the site's residents file).
+    pub residents: BTreeMap<String, String>,
     pub fields: BTreeMap<String, String>,
+    /// Put before every pseudonym.
+    #[serde(skip)]
+    prefix: String,
 }
 
 impl Mapping {
-    fn add(map: &mut BTreeMap<String, String>, prefix: &str, original: &str) {
+    fn add(&mut self, which: Which, original: &str) {
+        let prefix = &self.prefix;
+        let (map, kind) = match which {
+            Which::Device => (&mut self.devices, "dev-"),
+            Which::Zigbee => (&mut self.zigbee_names, "zb-"),
+            Which::Resident => (&mut self.residents, "res-"),
+            Which::Field => (&mut self.fields, "id-"),
+        };
         if original.is_empty() || map.contains_key(original) {
             return;
         }
         let n = map.len() + 1;
-        map.insert(original.to_owned(), format!("{prefix}{n:04}"));
+        map.insert(original.to_owned(), format!("{prefix}{kind}{n:04}"));
     }
 
     /// Every (original, pseudonym), longest original first.
@@ -72,12 +87,21 @@ impl Mapping {
             .devices
             .iter()
             .chain(&self.zigbee_names)
+            .chain(&self.residents)
             .chain(&self.fields)
             .map(|(a, b)| (a.clone(), b.clone()))
             .collect();
         all.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         all
     }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Device,
+    Zigbee,
+    Resident,
+    Field,
 }
 
 fn is_id_byte(b: u8) -> bool {
@@ -164,23 +188,34 @@ fn field_values(v: &serde_json::Value, fields: &[String], out: &mut Vec<String>)
 }
 
 /// The mapping for a capture (and registry).
-pub fn mapping(capture: &Capture, registry: Option<&toml::Value>, fields: &[String]) -> anyhow::Result<Mapping> {
-    let mut m = Mapping::default();
+pub fn mapping(
+    capture: &Capture,
+    registry: Option<&toml::Value>,
+    fields: &[String],
+    prefix: &str,
+) -> anyhow::Result<Mapping> {
+    let mut m = Mapping {
+        prefix: prefix.to_owned(),
+        ..Mapping::default()
+    };
     if let Some(devices) = registry.and_then(|r| r.get("devices")).and_then(|d| d.as_array()) {
         for d in devices {
-            if let Some(id) = d.get("id").and_then(|v| v.as_str()) {
-                Mapping::add(&mut m.devices, "dev-", id);
-            }
-            if let Some(z) = d.get("zigbee_name").and_then(|v| v.as_str()) {
-                Mapping::add(&mut m.zigbee_names, "zb-", z);
+            for (key, which) in [
+                ("id", Which::Device),
+                ("zigbee_name", Which::Zigbee),
+                ("resident", Which::Resident),
+            ] {
+                if let Some(v) = d.get(key).and_then(|v| v.as_str()) {
+                    m.add(which, v);
+                }
             }
         }
     }
     for msg in &capture.messages {
         let levels: Vec<&str> = msg.topic.split('/').collect();
         match levels.as_slice() {
-            ["nh", _site, id, ..] if *id != "alerts" => Mapping::add(&mut m.devices, "dev-", id),
-            ["zigbee2mqtt", name, ..] if *name != "bridge" => Mapping::add(&mut m.zigbee_names, "zb-", name),
+            ["nh", _site, id, ..] if *id != "alerts" => m.add(Which::Device, id),
+            ["zigbee2mqtt", name, ..] if *name != "bridge" => m.add(Which::Zigbee, name),
             _ => {}
         }
         let bytes = msg.bytes()?;
@@ -189,7 +224,7 @@ pub fn mapping(capture: &Capture, registry: Option<&toml::Value>, fields: &[Stri
             field_values(&v, fields, &mut found);
             for f in found {
                 if !m.devices.contains_key(&f) && !m.zigbee_names.contains_key(&f) {
-                    Mapping::add(&mut m.fields, "id-", &f);
+                    m.add(Which::Field, &f);
                 }
             }
         }
@@ -205,13 +240,17 @@ fn anonymize_message(msg: &Captured, pairs: &[(String, String)], shift_ms: i64) 
     Ok(Captured::new(msg.t_ms + shift_ms, topic, msg.qos, msg.retain, &payload))
 }
 
-/// A registry with its ids and friendly names replaced (comments are not kept).
+/// A registry with its ids, friendly names and resident ids replaced (comments are not kept).
 pub fn rewrite_registry(registry: &toml::Value, m: &Mapping) -> toml::Value {
     let mut r = registry.clone();
     if let Some(devices) = r.get_mut("devices").and_then(|d| d.as_array_mut()) {
         for d in devices {
             let Some(t) = d.as_table_mut() else { continue };
-            for (key, map) in [("id", &m.devices), ("zigbee_name", &m.zigbee_names)] {
+            for (key, map) in [
+                ("id", &m.devices),
+                ("zigbee_name", &m.zigbee_names),
+                ("resident", &m.residents),
+            ] {
                 if let Some(new) = t.get(key).and_then(|v| v.as_str()).and_then(|v| map.get(v)).cloned() {
                     t.insert(key.to_owned(), toml::Value::String(new));
                 }
@@ -230,7 +269,7 @@ pub fn run_anonymize(opts: &AnonymizeOptions) -> anyhow::Result<AnonymizeSummary
         }
         None => None,
     };
-    let m = mapping(&capture, registry.as_ref(), &opts.fields)?;
+    let m = mapping(&capture, registry.as_ref(), &opts.fields, &opts.prefix)?;
     let pairs = m.pairs();
     let mut header = capture.header.clone();
     header.start_ms += opts.shift_ms;

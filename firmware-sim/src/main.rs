@@ -380,6 +380,10 @@ struct AnonymizeArgs {
     /// Milliseconds added to every time in the capture.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     shift_ms: i64,
+    /// Put before every pseudonym (`dev-0001` becomes `<prefix>dev-0001`), to anonymize an
+    /// already anonymized capture again without mixing the two sets.
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -729,6 +733,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 registry_out: a.registry_out,
                 fields,
                 shift_ms: a.shift_ms,
+                prefix: a.prefix,
             };
             let summary = nh_sim::anonymize::run_anonymize(&opts)?;
             println!("{}", serde_json::to_string(&summary)?);

@@ -15,6 +15,9 @@
 //! time_scale = 3                      # virtual ms per real ms when run under the test clock
 //! baseline = true                     # every registered device behaves normally (default true)
 //! nothing_else = true                 # any other active alert fails the scenario (default true)
+//! # capture = "shift.jsonl"           # instead of simulated devices: replay a capture (`nh-sim
+//! #                                   # record`) from the start, payload times moved with it; no
+//! #                                   # baseline and no timeline then
 //!
 //! [[timeline]]                        # scripted behaviour, overriding the baseline
 //! name = "fall"                       # an event name expectations can count from
@@ -45,6 +48,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::capture::Capture;
 use crate::metrics::{round2, Kind, Value, KNOWN};
 use crate::registry::{self, Registry};
 use crate::wire::{zigbee2mqtt, Format};
@@ -74,6 +78,9 @@ pub struct Scenario {
     /// device the gateway does not know).
     pub gateway_registry_path: Option<PathBuf>,
     pub rules_path: Option<PathBuf>,
+    /// A recorded capture (`nh-sim record`) the scenario replays instead of simulating devices:
+    /// its file and its messages.
+    pub capture: Option<(PathBuf, Capture)>,
     /// Virtual start (ms since epoch), if the file sets one.
     pub start_ms: Option<i64>,
     /// The site's offset from UTC in minutes (from `start`; default +08:00), for `at = "HH:MM"`.
@@ -196,6 +203,7 @@ struct RawHeader {
     registry: String,
     gateway_registry: Option<String>,
     rules: Option<String>,
+    capture: Option<String>,
     start: Option<Spanned<String>>,
     duration_s: Spanned<f64>,
     time_scale: Option<Spanned<f64>>,
@@ -317,6 +325,35 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
             tracing::debug!(path = %p.display(), "scenario.rules does not exist (yet)");
         }
     }
+    let capture = match &h.capture {
+        Some(c) => {
+            let p = base.join(c);
+            match Capture::read(&p) {
+                Ok(cap) => Some((p, cap)),
+                Err(e) => {
+                    errors.push((Some(header_line), format!("scenario.capture: {e:#}")));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if h.capture.is_some() {
+        if h.baseline == Some(true) {
+            errors.push((
+                Some(header_line),
+                "scenario.baseline: a capture scenario replays the capture only; leave baseline out".into(),
+            ));
+        }
+        if let Some(first) = raw.timeline.first() {
+            errors.push((
+                Some(line_at(text, first.span().start)),
+                "timeline: steps script simulated devices; a capture scenario replays the capture only \
+                 (count expectations from the start with not_before_s and within_s)"
+                    .into(),
+            ));
+        }
+    }
     let (start_ms, utc_offset_min) = match &h.start {
         Some(s) => match time::parse_rfc3339(s.get_ref()) {
             Ok((ms, off)) => (Some(ms), off),
@@ -333,6 +370,18 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
             Some(line_at(text, h.duration_s.span().start)),
             "scenario.duration_s must be > 0".into(),
         ));
+    }
+    if let Some((p, cap)) = &capture {
+        let span_s = (capture_span_ms(cap) as f64) / 1000.0;
+        if span_s > duration_s {
+            errors.push((
+                Some(line_at(text, h.duration_s.span().start)),
+                format!(
+                    "scenario.duration_s = {duration_s} is shorter than the capture {} ({span_s:.1} s)",
+                    p.display()
+                ),
+            ));
+        }
     }
     let time_scale = h.time_scale.as_ref().map(|s| *s.get_ref()).unwrap_or(1.0);
     if let Some(s) = &h.time_scale {
@@ -571,11 +620,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
             gateway_registry_path,
             registry,
             rules_path,
+            baseline: h.baseline.unwrap_or(capture.is_none()),
+            capture,
             start_ms,
             utc_offset_min,
             duration_s: duration_s.ceil() as u64,
             time_scale,
-            baseline: h.baseline.unwrap_or(true),
             seed: h.seed.unwrap_or(1),
             nothing_else: h.nothing_else.unwrap_or(true),
             grace_s,
@@ -585,6 +635,16 @@ pub fn parse(text: &str, base: &Path) -> Result<Scenario, ScenarioErrors> {
         }),
         _ => Err(fail(errors)),
     }
+}
+
+/// Virtual ms from a capture's start (its header) to its last message.
+pub fn capture_span_ms(c: &Capture) -> i64 {
+    c.messages
+        .iter()
+        .map(|m| m.t_ms - c.header.start_ms)
+        .max()
+        .unwrap_or(0)
+        .max(0)
 }
 
 /// Whether a TOML text is a scenario (has a `[scenario]` table).

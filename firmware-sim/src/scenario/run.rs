@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use serde_json::{json, Value as Json};
@@ -79,7 +80,7 @@ pub struct Plan {
     pub start_ms: i64,
     pub stream: Stream,
     /// Named events: (name, device index, absolute virtual time, publishes a report then?).
-    pub events: Vec<(String, usize, i64, bool)>,
+    pub events: Vec<NamedEvent>,
 }
 
 fn step_until(step: &Step, start_ms: i64) -> Option<i64> {
@@ -139,6 +140,63 @@ pub fn plan(sc: &Scenario, start_ms: i64, seconds: Option<u64>) -> Plan {
     }
 }
 
+/// A named event: (name, device index, absolute virtual time, publishes a report then?).
+pub type NamedEvent = (String, usize, i64, bool);
+
+/// The messages of a run, in time order.
+type Outgoings = Box<dyn Iterator<Item = Outgoing> + Send>;
+
+/// One message the runner publishes: simulated, or taken from a capture.
+struct Outgoing {
+    /// Virtual time it is due at (the device time of a simulated message).
+    ts: i64,
+    /// The simulated device (a capture's messages have none).
+    device_index: Option<usize>,
+    device_id: Option<Arc<str>>,
+    topic: Arc<str>,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+impl From<Message> for Outgoing {
+    fn from(m: Message) -> Outgoing {
+        Outgoing {
+            ts: m.ts,
+            device_index: Some(m.device_index),
+            device_id: Some(m.device_id),
+            topic: m.topic,
+            payload: m.payload,
+            retain: false,
+        }
+    }
+}
+
+/// What the runner publishes from `start_ms`: the capture laid onto it (each message at its
+/// offset from the capture's start, the times in its payload moved by the same amount), else the
+/// plan's simulated stream. Named events come from the timeline only.
+fn outgoing(sc: &Scenario, start_ms: i64, seconds: Option<u64>) -> anyhow::Result<(Outgoings, Vec<NamedEvent>)> {
+    let Some((path, capture)) = &sc.capture else {
+        let Plan { stream, events, .. } = plan(sc, start_ms, seconds);
+        return Ok((Box::new(stream.map(Outgoing::from)), events));
+    };
+    let shift = start_ms - capture.header.start_ms;
+    let mut messages = Vec::with_capacity(capture.messages.len());
+    for m in &capture.messages {
+        let bytes = m.bytes().with_context(|| path.display().to_string())?;
+        messages.push(Outgoing {
+            ts: m.t_ms + shift,
+            device_index: None,
+            device_id: None,
+            topic: Arc::from(m.topic.as_str()),
+            payload: crate::anonymize::shift_times(&bytes, shift),
+            retain: m.retain,
+        });
+    }
+    // File order is arrival order; a stable sort keeps it among equal times (per-topic order).
+    messages.sort_by_key(|m| m.ts);
+    Ok((Box::new(messages.into_iter()), Vec::new()))
+}
+
 /// The virtual start of a scenario without a test clock: the file's `start`, else now.
 fn default_start(sc: &Scenario) -> i64 {
     sc.start_ms.unwrap_or_else(system_now_ms)
@@ -161,6 +219,8 @@ pub fn info(sc: &Scenario) -> Json {
         "time_scale": sc.time_scale,
         "real_duration_s": (real_s * 10.0).round() / 10.0,
         "baseline": sc.baseline,
+        "capture": sc.capture.as_ref().map(|(p, _)| absolute(p)),
+        "capture_messages": sc.capture.as_ref().map(|(_, c)| c.messages.len()),
         "nothing_else": sc.nothing_else,
         "steps": sc.timeline.len(),
         "expectations": sc.expect.len(),
@@ -182,10 +242,10 @@ pub fn dry_run(sc: &Scenario, scripted_only: bool, out: &mut dyn std::io::Write)
     let start_ms = default_start(sc);
     writeln!(out, "{}", info(sc))?;
     let scripted: Vec<usize> = sc.timeline.iter().map(|s| s.device_index).collect();
-    let mut plan = plan(sc, start_ms, Some(sc.duration_s));
+    let (messages, _) = outgoing(sc, start_ms, Some(sc.duration_s))?;
     let mut n = 0;
-    for m in plan.stream.by_ref() {
-        let is_scripted = scripted.contains(&m.device_index);
+    for m in messages {
+        let is_scripted = m.device_index.is_some_and(|i| scripted.contains(&i));
         if scripted_only && !is_scripted {
             continue;
         }
@@ -193,7 +253,7 @@ pub fn dry_run(sc: &Scenario, scripted_only: bool, out: &mut dyn std::io::Write)
         let line = json!({
             "t_s": (m.ts - start_ms) as f64 / 1000.0,
             "time": time::format_rfc3339(m.ts, sc.utc_offset_min),
-            "device": &*m.device_id,
+            "device": m.device_id.as_deref(),
             "topic": &*m.topic,
             "scripted": is_scripted,
             "payload": payload,
@@ -389,7 +449,7 @@ pub async fn run_scenario(
     }
     tracing::info!(scenario = %sc.name, site = %site, start_ms, scale = clock.scale, "scenario running");
 
-    let Plan { mut stream, events, .. } = plan(sc, start_ms, None);
+    let (mut stream, events) = outgoing(sc, start_ms, None)?;
     let grace_ms = (opts.grace_s.unwrap_or(sc.grace_s) * 1000.0) as i64;
     let end_ms = start_ms + sc.duration_s as i64 * 1000;
     let mut anchors: HashMap<String, i64> = HashMap::new();
@@ -402,7 +462,7 @@ pub async fn run_scenario(
     let mut published = 0u64;
     let mut max_lag = 0i64;
     let mut interrupted = false;
-    let mut next: Option<Message> = stream.next();
+    let mut next: Option<Outgoing> = stream.next();
     let mut shutdown = std::pin::pin!(shutdown);
     let stop_real_at = |ev: &Evaluation| -> i64 {
         let all_met = ev.expectations.iter().all(|e| e.met);
@@ -443,14 +503,15 @@ pub async fn run_scenario(
             let now_v = clock.now();
             max_lag = max_lag.max(now_v - m.ts);
             for (name, device, at, publishes) in &events {
-                if *publishes && *device == m.device_index && m.ts >= *at && !anchors.contains_key(name) {
+                if *publishes && Some(*device) == m.device_index && m.ts >= *at && !anchors.contains_key(name) {
                     anchors.insert(name.clone(), now_v.max(*at));
                 }
             }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => { interrupted = true; break; }
-                sent = link.publish(&m.topic, QoS::AtLeastOnce, m.payload) => sent?,
+                // QoS 1 for a capture's QoS 0 messages too: the judgement must not hang on a drop.
+                sent = link.publish_retained(&m.topic, QoS::AtLeastOnce, m.payload, m.retain) => sent?,
             }
             published += 1;
             next = stream.next();
@@ -628,6 +689,97 @@ pulse = { sos = true }
             .expect("the press");
         assert_eq!(press["t_s"], json!(30.0));
         assert_eq!(press["topic"], json!("zigbee2mqtt/sos_t1_bath"));
+    }
+
+    /// A capture in a fresh temporary folder beside a copy of the test registry; returns the
+    /// folder.
+    fn capture_dir(name: &str, lines: &[String]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nh-capture-scenario-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::copy(
+            crate::scenario::tests::test_dir().join("../test/devices.toml"),
+            dir.join("devices.toml"),
+        )
+        .expect("registry");
+        let mut text = format!(
+            "{{\"format\":\"{}\",\"broker\":\"b\",\"filters\":[\"#\"],\"start_ms\":1000000000000}}\n",
+            crate::capture::FORMAT
+        );
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(dir.join("c.jsonl"), text).expect("capture");
+        dir
+    }
+
+    fn captured(t_ms: i64, topic: &str, payload: &str) -> String {
+        serde_json::to_string(&crate::capture::Captured::new(
+            t_ms,
+            topic.into(),
+            0,
+            false,
+            payload.as_bytes(),
+        ))
+        .expect("json")
+    }
+
+    const HEADER: &str = "[scenario]\nname = \"c\"\nregistry = \"devices.toml\"\ncapture = \"c.jsonl\"\n";
+
+    #[test]
+    fn a_capture_scenario_lays_the_capture_onto_its_start_with_payload_times_moved() {
+        let dir = capture_dir(
+            "lay",
+            &[
+                captured(
+                    1_000_000_001_000,
+                    "zigbee2mqtt/smoke_t101",
+                    r#"{"smoke":false,"last_seen":1000000000900}"#,
+                ),
+                captured(
+                    1_000_000_003_000,
+                    "nh/nh-test/radar-t-101/telemetry",
+                    r#"{"ts":1000000002950,"metrics":{}}"#,
+                ),
+            ],
+        );
+        let text = format!("{HEADER}duration_s = 10\n");
+        let s = parse(&text, &dir).expect("valid");
+        assert!(!s.baseline, "no simulated fleet beside a capture");
+        let (out, events) = outgoing(&s, T0, None).expect("outgoing");
+        let out: Vec<Outgoing> = out.collect();
+        assert!(events.is_empty());
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].ts, out[1].ts), (T0 + 1000, T0 + 3000));
+        assert_eq!(
+            String::from_utf8_lossy(&out[0].payload),
+            format!(r#"{{"smoke":false,"last_seen":{}}}"#, T0 + 900)
+        );
+        assert_eq!(&*out[1].topic, "nh/nh-test/radar-t-101/telemetry");
+        assert!(out[1].device_index.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_capture_scenario_refuses_a_baseline_a_timeline_and_a_short_duration() {
+        let dir = capture_dir("refuse", &[captured(1_000_000_060_000, "zigbee2mqtt/x", "{}")]);
+        let text = format!(
+            "{HEADER}duration_s = 30\nbaseline = true\n\n[[timeline]]\nat_s = 1\ndevice = \"radar-t-101\"\npulse = {{ presence = true }}\n"
+        );
+        let e = parse(&text, &dir).expect_err("refused").to_string();
+        assert!(e.contains("scenario.baseline"), "{e}");
+        assert!(e.contains("timeline: steps script simulated devices"), "{e}");
+        assert!(e.contains("shorter than the capture"), "{e}");
+        let missing = parse(
+            &HEADER
+                .replace("c.jsonl", "none.jsonl")
+                .replace("name", "duration_s = 9\nname"),
+            &dir,
+        )
+        .expect_err("no capture")
+        .to_string();
+        assert!(missing.contains("scenario.capture"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

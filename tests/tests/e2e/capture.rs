@@ -14,14 +14,20 @@ use nh_e2e::{bin, sim, workspace_root, Mosquitto, TempDir};
 use nh_sim::capture::Capture;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-/// Starts `nh-sim record` on `broker` into `out` and waits for its subscription.
+/// Starts `nh-sim record` of everything on `broker` into `out` and waits for its subscription.
 fn start_record(broker: &str, out: &Path) -> Result<Child> {
-    let mut child = Command::new(bin("nh-sim"))
-        .args(["record", "--broker", broker, "--filter", "#", "--out"])
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    start_record_of(broker, out, &["#"], &[])
+}
+
+/// Starts `nh-sim record` of `filters` on `broker` into `out` (with `extra` arguments: a test
+/// clock) and waits for its subscription.
+pub(crate) fn start_record_of(broker: &str, out: &Path, filters: &[&str], extra: &[String]) -> Result<Child> {
+    let mut cmd = Command::new(bin("nh-sim"));
+    cmd.args(["record", "--broker", broker, "--out"]).arg(out).args(extra);
+    for f in filters {
+        cmd.args(["--filter", f]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     match lines.next() {

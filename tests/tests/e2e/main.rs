@@ -5,6 +5,8 @@
 //! - `alert_lifecycle`: escalation and acknowledgement; restart mid-window on the same timeline.
 //! - `chaos`: zero loss under SIGKILLs and broker/database outages; the embedded-mode loss window.
 //! - `capture`: `nh-sim record` and `replay` round trip between two Mosquitto brokers.
+//! - `replay_fixture`: the recorded, anonymized demo shift of `tests/fixtures/` replayed at 20x
+//!   raises exactly its alerts, and anonymized once more the same ones.
 //! - `bad_input`: malformed payloads are counted, never cost good readings or the connection.
 //! - `influx_faults`: retries, splitting and quarantine of the InfluxDB forwarder.
 //! - `scenarios`: every scenario of `config/scenarios/` against the real gateway on the test clock.
@@ -27,5 +29,6 @@ mod influx_faults;
 mod memory;
 mod pipeline;
 mod process;
+mod replay_fixture;
 mod scenarios;
 mod serial;

@@ -65,7 +65,16 @@ fn now_ms() -> i64 {
 }
 
 /// Runs one scenario against a fresh gateway; returns (passed, report text).
-async fn run_one(file: &Path) -> Result<(bool, String)> {
+pub(crate) async fn run_one(file: &Path) -> Result<(bool, String)> {
+    run_one_recorded(file, None).await
+}
+
+/// The device topics a recording of a scenario keeps (not the gateway's alerts).
+pub(crate) const DEVICE_TOPICS: &[&str] = &["nh/+/+/telemetry", "zigbee2mqtt/#"];
+
+/// [`run_one`], and with `record` given, `nh-sim record` of the device topics on the gateway's
+/// broker (on the same test clock) into that file from before the start to the end.
+pub(crate) async fn run_one_recorded(file: &Path, record: Option<&Path>) -> Result<(bool, String)> {
     let info = info(file)?;
     let site = info["site"].as_str().context("site")?.to_owned();
     let registry = info["gateway_registry"]
@@ -98,6 +107,15 @@ async fn run_one(file: &Path) -> Result<(bool, String)> {
     let clock_args: Vec<&str> = clock.iter().map(String::as_str).collect();
     let gw = Gateway::start_with(&cfg, &[], dir.path(), &clock_args).await?;
     let mqtt = gw.mqtt.context("the gateway has no embedded broker")?;
+    let recorder = match record {
+        Some(out) => Some(crate::capture::start_record_of(
+            &mqtt.to_string(),
+            out,
+            DEVICE_TOPICS,
+            &clock,
+        )?),
+        None => None,
+    };
     let real_budget = info["real_duration_s"].as_f64().unwrap_or(60.0) + 120.0;
     let file = file.to_path_buf();
     let broker = mqtt.to_string();
@@ -114,6 +132,9 @@ async fn run_one(file: &Path) -> Result<(bool, String)> {
     )
     .await
     .context("nh-sim scenario did not finish in time")???;
+    if let Some(mut r) = recorder {
+        nh_e2e::terminate(&mut r)?;
+    }
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     let passed = out.status.success();
     if !passed {
