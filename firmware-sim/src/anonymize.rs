@@ -23,6 +23,11 @@ pub const DEFAULT_FIELDS: &[&str] = &[
     "device_id",
     "devEUI",
     "dev_eui",
+    "devEui",
+    "ieee_address",
+    "ieeeAddr",
+    "iccid",
+    "imsi",
     "friendly_name",
 ];
 
@@ -77,8 +82,40 @@ impl Mapping {
         if original.is_empty() || map.contains_key(original) {
             return;
         }
-        let n = map.len() + 1;
-        map.insert(original.to_owned(), format!("{prefix}{kind}{n:04}"));
+        let pseudonym = if original.len() >= 6 && original.bytes().all(|b| b.is_ascii_digit()) {
+            // Digits stay digits of the same length (an IMEI, a numeric devEUI): a vendor field
+            // that is a JSON number must stay one. `9`, then a hash of prefix and original.
+            let taken: std::collections::HashSet<&String> = map.values().collect();
+            let modulus = 10u64.pow((original.len() as u32 - 1).min(18));
+            let mut h = crate::rng::fnv1a(format!("{prefix}/{original}").as_bytes());
+            loop {
+                let p = format!("9{:0w$}", h % modulus, w = original.len() - 1);
+                if p != original && !taken.contains(&p) {
+                    break p;
+                }
+                h = h.wrapping_add(1);
+            }
+        } else {
+            format!("{prefix}{kind}{:04}", map.len() + 1)
+        };
+        map.insert(original.to_owned(), pseudonym);
+    }
+
+    /// A registry id `head:tail` (a device prefix such as `imei:` before a vendor id): the tail
+    /// is a field value with its own pseudonym, and the id keeps the head, so that the id the
+    /// gateway builds from the payload (`head` + the field) matches the rewritten registry.
+    fn add_device(&mut self, id: &str) {
+        if self.devices.contains_key(id) {
+            return;
+        }
+        match id.rsplit_once(':') {
+            Some((head, tail)) if !tail.is_empty() => {
+                self.add(Which::Field, tail);
+                let p = format!("{head}:{}", self.fields[tail]);
+                self.devices.insert(id.to_owned(), p);
+            }
+            _ => self.add(Which::Device, id),
+        }
     }
 
     /// Every (original, pseudonym), longest original first.
@@ -153,10 +190,12 @@ pub fn shift_times(text: &[u8], shift_ms: i64) -> Vec<u8> {
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok())
                     {
-                        out.extend_from_slice(&text[i..j]);
-                        out.extend_from_slice((v + shift_ms).to_string().as_bytes());
-                        i = j + digits;
-                        continue 'scan;
+                        if let Some(moved) = v.checked_add(shift_ms) {
+                            out.extend_from_slice(&text[i..j]);
+                            out.extend_from_slice(moved.to_string().as_bytes());
+                            i = j + digits;
+                            continue 'scan;
+                        }
                     }
                 }
             }
@@ -200,11 +239,10 @@ pub fn mapping(
     };
     if let Some(devices) = registry.and_then(|r| r.get("devices")).and_then(|d| d.as_array()) {
         for d in devices {
-            for (key, which) in [
-                ("id", Which::Device),
-                ("zigbee_name", Which::Zigbee),
-                ("resident", Which::Resident),
-            ] {
+            if let Some(v) = d.get("id").and_then(|v| v.as_str()) {
+                m.add_device(v);
+            }
+            for (key, which) in [("zigbee_name", Which::Zigbee), ("resident", Which::Resident)] {
                 if let Some(v) = d.get(key).and_then(|v| v.as_str()) {
                     m.add(which, v);
                 }
@@ -214,7 +252,7 @@ pub fn mapping(
     for msg in &capture.messages {
         let levels: Vec<&str> = msg.topic.split('/').collect();
         match levels.as_slice() {
-            ["nh", _site, id, ..] if *id != "alerts" => m.add(Which::Device, id),
+            ["nh", _site, id, ..] if *id != "alerts" => m.add_device(id),
             ["zigbee2mqtt", name, ..] if *name != "bridge" => m.add(Which::Zigbee, name),
             _ => {}
         }
@@ -232,12 +270,77 @@ pub fn mapping(
     Ok(m)
 }
 
-/// One message anonymized.
-fn anonymize_message(msg: &Captured, pairs: &[(String, String)], shift_ms: i64) -> anyhow::Result<Captured> {
-    let topic = String::from_utf8(replace_tokens(msg.topic.as_bytes(), pairs))
+/// What [`anonymize_json`] replaces and moves.
+struct Rewrite<'a> {
+    pairs: &'a [(String, String)],
+    fields: &'a [String],
+    m: &'a Mapping,
+    shift_ms: i64,
+}
+
+/// A JSON value anonymized in place: string values have their identifiers replaced (keys are
+/// never touched, so a friendly name such as `smoke` cannot rename the `smoke` key); a number
+/// under an identifying key becomes its digit pseudonym; a number under a time key moves (ms
+/// since the epoch, or seconds when it has 10 digits).
+fn anonymize_json(v: &mut serde_json::Value, key: Option<&str>, r: &Rewrite<'_>) {
+    use serde_json::Value as J;
+    match v {
+        J::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                anonymize_json(x, Some(k.as_str()), r);
+            }
+        }
+        J::Array(items) => items.iter_mut().for_each(|x| anonymize_json(x, key, r)),
+        J::String(s) => {
+            let out = replace_tokens(s.as_bytes(), r.pairs);
+            if let Ok(t) = String::from_utf8(out) {
+                *s = t;
+            }
+        }
+        J::Number(n) => {
+            let Some(key) = key else { return };
+            if TIME_KEYS.contains(&key) {
+                if let Some(t) = n.as_i64() {
+                    let moved = if t >= 100_000_000_000 {
+                        t.checked_add(r.shift_ms)
+                    } else if t >= 1_000_000_000 {
+                        t.checked_add(r.shift_ms / 1000)
+                    } else {
+                        None
+                    };
+                    if let Some(m) = moved {
+                        *v = J::from(m);
+                    }
+                }
+            } else if r.fields.iter().any(|f| f == key) {
+                let text = n.to_string();
+                let new = r.m.fields.get(&text).or_else(|| r.m.devices.get(&text));
+                if let Some(num) = new.and_then(|p| p.parse::<u64>().ok()) {
+                    *v = J::from(num);
+                }
+            }
+        }
+        J::Bool(_) | J::Null => {}
+    }
+}
+
+/// One message anonymized: a JSON payload value by value, any other payload token by token.
+fn anonymize_message(msg: &Captured, r: &Rewrite<'_>) -> anyhow::Result<Captured> {
+    let topic = String::from_utf8(replace_tokens(msg.topic.as_bytes(), r.pairs))
         .map_err(|e| anyhow!("topic {}: {e}", msg.topic))?;
-    let payload = replace_tokens(&shift_times(&msg.bytes()?, shift_ms), pairs);
-    Ok(Captured::new(msg.t_ms + shift_ms, topic, msg.qos, msg.retain, &payload))
+    let bytes = msg.bytes()?;
+    let payload = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) if v.is_object() || v.is_array() => {
+            anonymize_json(&mut v, None, r);
+            serde_json::to_vec(&v)?
+        }
+        _ => replace_tokens(&shift_times(&bytes, r.shift_ms), r.pairs),
+    };
+    let t_ms = msg
+        .t_ms
+        .checked_add(r.shift_ms)
+        .ok_or_else(|| anyhow!("t_ms {} cannot move by {} ms", msg.t_ms, r.shift_ms))?;
+    Ok(Captured::new(t_ms, topic, msg.qos, msg.retain, &payload))
 }
 
 /// A registry with its ids, friendly names and resident ids replaced (comments are not kept).
@@ -276,8 +379,14 @@ pub fn run_anonymize(opts: &AnonymizeOptions) -> anyhow::Result<AnonymizeSummary
     header.broker = "anonymized".to_owned();
     let mut text = serde_json::to_string(&header)?;
     text.push('\n');
+    let rewrite = Rewrite {
+        pairs: &pairs,
+        fields: &opts.fields,
+        m: &m,
+        shift_ms: opts.shift_ms,
+    };
     for msg in &capture.messages {
-        text.push_str(&serde_json::to_string(&anonymize_message(msg, &pairs, opts.shift_ms)?)?);
+        text.push_str(&serde_json::to_string(&anonymize_message(msg, &rewrite)?)?);
         text.push('\n');
     }
     std::fs::write(&opts.out, text).with_context(|| format!("cannot write {}", opts.out.display()))?;
@@ -306,6 +415,75 @@ mod tests {
         ];
         let out = replace_tokens(b"nh/s/smoke-1/telemetry smoke-10 xsmoke-1 smoke-1x", &pairs);
         assert_eq!(out, b"nh/s/dev-0001/telemetry dev-0002 xsmoke-1 smoke-1x");
+    }
+
+    fn capture_of(payloads: &[(&str, &str)]) -> Capture {
+        Capture {
+            header: crate::capture::Header {
+                format: crate::capture::FORMAT.into(),
+                broker: "b".into(),
+                filters: vec!["#".into()],
+                start_ms: 1_700_000_000_000,
+            },
+            messages: payloads
+                .iter()
+                .map(|(t, p)| Captured::new(1_700_000_000_000, (*t).into(), 1, false, p.as_bytes()))
+                .collect(),
+        }
+    }
+
+    fn fields() -> Vec<String> {
+        DEFAULT_FIELDS.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    #[test]
+    fn json_payloads_keep_their_keys_and_types() {
+        // A friendly name equal to a metric key, and a numeric devEUI.
+        let c = capture_of(&[
+            (
+                "zigbee2mqtt/smoke",
+                r#"{"smoke":true,"last_seen":1700000000500,"friendly_name":"smoke"}"#,
+            ),
+            (
+                "vendor/up",
+                r#"{"devEUI":860374051096202,"ts":1700000001,"seq":7,"note":"from smoke"}"#,
+            ),
+        ]);
+        let m = mapping(&c, None, &fields(), "").expect("mapping");
+        let pairs = m.pairs();
+        let r = Rewrite {
+            pairs: &pairs,
+            fields: &fields(),
+            m: &m,
+            shift_ms: -1000,
+        };
+        let z = anonymize_message(&c.messages[0], &r).expect("z2m");
+        assert_eq!(z.topic, "zigbee2mqtt/zb-0001");
+        let zj: serde_json::Value = serde_json::from_slice(&z.bytes().expect("bytes")).expect("still JSON");
+        assert_eq!(zj["smoke"], true, "the key survives: {zj}");
+        assert_eq!(zj["friendly_name"], "zb-0001");
+        assert_eq!(zj["last_seen"], 1_699_999_999_500i64);
+        let v = anonymize_message(&c.messages[1], &r).expect("vendor");
+        let vj: serde_json::Value = serde_json::from_slice(&v.bytes().expect("bytes")).expect("still JSON");
+        let eui = vj["devEUI"].as_u64().expect("a number still");
+        assert_ne!(eui, 860374051096202);
+        assert_eq!(eui.to_string().len(), 15);
+        assert_eq!(vj["ts"], 1_700_000_000i64, "seconds move by seconds");
+        assert_eq!(vj["seq"], 7);
+        assert_eq!(vj["note"], "from zb-0001");
+    }
+
+    #[test]
+    fn a_prefixed_registry_id_keeps_its_prefix_and_matches_the_payload_field() {
+        let c = capture_of(&[("ctwing/up", r#"{"IMEI":"860374051096202","metrics":{}}"#)]);
+        let reg: toml::Value =
+            toml::from_str("site = \"s\"\n[[devices]]\nid = \"imei:860374051096202\"\nclass = \"smoke_alarm\"\n")
+                .expect("toml");
+        let m = mapping(&c, Some(&reg), &fields(), "").expect("mapping");
+        let field = m.fields["860374051096202"].clone();
+        assert_eq!(m.devices["imei:860374051096202"], format!("imei:{field}"));
+        let again = mapping(&c, Some(&reg), &fields(), "x").expect("mapping");
+        assert_ne!(again.fields["860374051096202"], field, "another prefix, other digits");
     }
 
     #[test]

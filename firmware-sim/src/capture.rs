@@ -19,6 +19,10 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::link::{parse_broker, Credentials, Link, LinkOptions, MAX_PACKET_BYTES};
 
+/// Times beyond this (ms since the epoch, the year 5138) are refused: arithmetic on them stays far
+/// from overflow.
+const MAX_TIME_MS: i64 = 100_000_000_000_000;
+
 /// The header's format tag; a reader refuses any other.
 pub const FORMAT: &str = "nh-capture/1";
 
@@ -89,6 +93,9 @@ impl Capture {
             .ok_or_else(|| anyhow!("{}: empty, no header line", path.display()))??;
         let header: Header =
             serde_json::from_str(&first).with_context(|| format!("{}:1: not a capture header", path.display()))?;
+        if !(0..=MAX_TIME_MS).contains(&header.start_ms) {
+            bail!("{}:1: start_ms {} is not a time", path.display(), header.start_ms);
+        }
         if header.format != FORMAT {
             bail!(
                 "{}:1: format `{}`, this nh-sim reads `{FORMAT}`",
@@ -105,6 +112,9 @@ impl Capture {
             let m: Captured = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a captured message", path.display(), i + 2))?;
             m.bytes().with_context(|| format!("{}:{}", path.display(), i + 2))?;
+            if !(0..=MAX_TIME_MS).contains(&m.t_ms) {
+                bail!("{}:{}: t_ms {} is not a time", path.display(), i + 2, m.t_ms);
+            }
             messages.push(m);
         }
         Ok(Capture { header, messages })
@@ -141,6 +151,8 @@ pub struct RecordOptions {
 pub struct RecordSummary {
     pub recorded: u64,
     pub binary: u64,
+    /// Connections lost and made again (each followed by a new subscription).
+    pub reconnects: u64,
     pub out: String,
 }
 
@@ -183,7 +195,8 @@ pub async fn run_record(
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut subscribed = Some(subscribed);
-    let (mut recorded, mut binary) = (0u64, 0u64);
+    let (mut recorded, mut binary, mut reconnects) = (0u64, 0u64, 0u64);
+    let mut connected_once = false;
     tokio::pin!(stop);
     loop {
         let event = tokio::select! {
@@ -196,8 +209,41 @@ pub async fn run_record(
                 }
             } => break,
         };
-        match event.with_context(|| format!("MQTT connection to {}", opts.broker))? {
-            Event::Incoming(Packet::SubAck(_)) => {
+        let event = match event {
+            Ok(e) => e,
+            // A recording of hours outlives a broker restart: reconnect (rumqttc does on the
+            // next poll) and subscribe again. A broker never reached is an error at once.
+            Err(e) if connected_once => {
+                tracing::warn!(error = %e, broker = %opts.broker, "record: connection lost; reconnecting");
+                reconnects += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stop => break,
+                }
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("MQTT connection to {}", opts.broker)),
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                if connected_once {
+                    client
+                        .try_subscribe_many(opts.filters.iter().map(|f| SubscribeFilter::new(f.clone(), qos)))
+                        .map_err(|e| anyhow!("subscribe again: {e}"))?;
+                }
+                connected_once = true;
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                let refused: Vec<&String> = ack
+                    .return_codes
+                    .iter()
+                    .zip(&opts.filters)
+                    .filter(|(c, _)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .map(|(_, f)| f)
+                    .collect();
+                if !refused.is_empty() {
+                    bail!("{} refused the subscription to {refused:?}", opts.broker);
+                }
                 if let Some(f) = subscribed.take() {
                     out.flush()?;
                     f();
@@ -222,6 +268,7 @@ pub async fn run_record(
     Ok(RecordSummary {
         recorded,
         binary,
+        reconnects,
         out: opts.out.display().to_string(),
     })
 }
@@ -277,7 +324,12 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     link_opts.credentials = opts.credentials.clone();
     let mut link = Link::connect(&link_opts).await?;
     let started = Instant::now();
-    let first_t = capture.messages.first().map_or(0, |m| m.t_ms);
+    // The capture's timeline starts at its header's start (a quiet stretch before the first
+    // message is kept), as in a scenario that replays it.
+    let first_t = capture
+        .messages
+        .first()
+        .map_or(capture.header.start_ms, |m| m.t_ms.min(capture.header.start_ms));
     let (speed, shift_ms) = match &opts.clock {
         Some(c) => (Some(c.scale), c.now() - first_t),
         None => (opts.speed, 0),
@@ -287,7 +339,11 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     for round in 0..opts.loops.max(1) {
         for m in &capture.messages {
             if let Some(speed) = speed {
-                let offset_ms = (round as i64 * (span_ms + 1) + (m.t_ms - first_t)).max(0) as f64 / speed;
+                let offset_ms = (i64::from(round)
+                    .saturating_mul(span_ms.saturating_add(1))
+                    .saturating_add(m.t_ms.saturating_sub(first_t)))
+                .max(0) as f64
+                    / speed;
                 let due = started + Duration::from_secs_f64(offset_ms / 1000.0);
                 let now = Instant::now();
                 if now < due {
@@ -299,7 +355,10 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
             let qos = qos_of(m.qos.min(1))?;
             let mut payload = m.bytes()?;
             if shift_ms != 0 {
-                payload = crate::anonymize::shift_times(&payload, shift_ms + round as i64 * (span_ms + 1));
+                let by = i64::from(round)
+                    .saturating_mul(span_ms.saturating_add(1))
+                    .saturating_add(shift_ms);
+                payload = crate::anonymize::shift_times(&payload, by);
             }
             match link.publish_retained(&m.topic, qos, payload, m.retain).await {
                 Ok(()) => {

@@ -373,8 +373,8 @@ struct AnonymizeArgs {
     /// Where the rewritten registry goes (needs --registry).
     #[arg(long, value_name = "FILE", requires = "registry")]
     registry_out: Option<PathBuf>,
-    /// A JSON key whose values identify a device; repeat (default: imei IMEI deviceId device_id
-    /// devEUI dev_eui friendly_name).
+    /// One more JSON key whose values identify a device; repeat. Always: imei IMEI deviceId
+    /// device_id devEUI dev_eui devEui ieee_address ieeeAddr iccid imsi friendly_name.
     #[arg(long = "field")]
     fields: Vec<String>,
     /// Milliseconds added to every time in the capture.
@@ -717,14 +717,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.push(".map.json");
                 PathBuf::from(p)
             });
-            let fields = if a.fields.is_empty() {
-                nh_sim::anonymize::DEFAULT_FIELDS
-                    .iter()
-                    .map(|f| (*f).to_owned())
-                    .collect()
-            } else {
-                a.fields
-            };
+            // Added to the defaults: naming one more field must not stop the others.
+            let mut fields: Vec<String> = nh_sim::anonymize::DEFAULT_FIELDS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect();
+            fields.extend(a.fields);
             let opts = nh_sim::anonymize::AnonymizeOptions {
                 input: a.file,
                 out: a.out,

@@ -43,10 +43,16 @@ async fn the_demo_shift_replayed_at_20x_raises_exactly_its_alerts() -> Result<()
     let started = Instant::now();
     let (passed, report) = crate::scenarios::run_one(&file).await?;
     let took = started.elapsed();
-    eprintln!("demo shift at 20x: {:.1} s\n{report}", took.as_secs_f64());
+    eprintln!("demo shift at 20x: {:.1} s in all\n{report}", took.as_secs_f64());
     assert!(passed, "the demo shift did not raise exactly its alerts:\n{report}");
-    // 90 s of paced replay; the budget is 2 minutes of CI time.
-    assert!(took < Duration::from_secs(120), "took {took:?}");
+    // 90 s of paced replay; the budget is 2 minutes of CI time for the replay.
+    let replay: serde_json::Value = serde_json::from_str(&report)?;
+    let replay_s = replay["elapsed_real_s"].as_f64().context("elapsed_real_s")?;
+    assert!(replay_s < 120.0, "the replay took {replay_s} s");
+    assert!(
+        took < Duration::from_secs(150),
+        "took {took:?} with the gateway's start"
+    );
     Ok(())
 }
 
@@ -111,6 +117,16 @@ async fn the_demo_shift_anonymized_again_keeps_no_name_and_raises_the_same_alert
         assert!(left.is_empty(), "{} still names {left:?}", f.display());
     }
     sim(&["validate", path(&registry)])?;
+    // Every JSON payload is still JSON, with the same keys.
+    let (before, after) = (Capture::read(&fixture.join("capture.jsonl"))?, Capture::read(&capture)?);
+    assert_eq!(before.messages.len(), after.messages.len());
+    for (b, a) in before.messages.iter().zip(&after.messages) {
+        let keys = |bytes: Vec<u8>| -> Result<Vec<String>> {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            Ok(v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default())
+        };
+        assert_eq!(keys(b.bytes()?)?, keys(a.bytes()?)?, "{} -> {}", b.topic, a.topic);
+    }
 
     // The fixture's scenario with the new names: the same alerts, exactly.
     let mapping: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&map)?)?;
@@ -167,7 +183,9 @@ const FACILITY: &[&str] = &[
 ];
 
 /// The shift as it was played: (event, seconds after the start, device, step, expected rule,
-/// expected within seconds of the event, not before).
+/// expected within seconds of the event, not before). The windows are wide (240 s of virtual
+/// time is 12 s of real time at 20x) so that a loaded machine cannot fail them: what is checked
+/// exactly is which alerts come, and that nothing else does.
 const EVENTS: &[(&str, u32, &str, &str, &str, u32, i32)] = &[
     (
         "fall",
@@ -175,17 +193,17 @@ const EVENTS: &[(&str, u32, &str, &str, &str, u32, i32)] = &[
         "radar-a-1-03",
         "set = { fall_state = \"fall\", presence = true, motion_state = \"stationary\" }\nfor_s = 30\nevery_s = 10",
         "R1",
-        60,
+        240,
         -5,
     ),
-    ("sos", 660, "sos-a-1", "pulse = { sos = true }", "R4", 60, -5),
+    ("sos", 660, "sos-a-1", "pulse = { sos = true }", "R4", 240, -5),
     (
         "smoke",
         1020,
         "smoke-a-1-06",
         "set = { smoke = true }\nfor_s = 60\nevery_s = 10",
         "R11",
-        60,
+        240,
         -5,
     ),
     (
@@ -194,7 +212,7 @@ const EVENTS: &[(&str, u32, &str, &str, &str, u32, i32)] = &[
         "gas-a-1",
         "ramp = { metric = \"gas_lel\", from = 0, to = 40, over_s = 60 }\nfor_s = 240\nevery_s = 5",
         "R14",
-        120,
+        300,
         10,
     ),
 ];
