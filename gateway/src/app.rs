@@ -156,7 +156,7 @@ impl Running {
 fn priority_routes(routes: &[Route], registry: &crate::registry::Registry, site: &str) -> Vec<Route> {
     let mut out: Vec<Route> = Vec::new();
     for d in registry.devices() {
-        if !crate::registry::is_life_safety_class(&d.class) {
+        if !crate::safety::takes_priority_lane(&d.class) {
             continue;
         }
         for r in routes {

@@ -3,12 +3,12 @@
 //! friendly names to device ids.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::diagnostics::{parse_all, ConfigError, ConfigErrors};
+use crate::diagnostics::{parse_all, ConfigError, ConfigErrors};
 use crate::reading::DeviceKey;
 
 /// Device classes (docs/devices.md): the measurement name in the time series.
@@ -28,22 +28,27 @@ pub const CLASSES: &[&str] = &[
     "gateway",
 ];
 
-/// Classes whose readings can mean a life in danger now (fire, gas, CO, a fall, an SOS call):
-/// they take the priority lane. Wearables carry SOS and fall detection.
-pub const LIFE_SAFETY_CLASSES: &[&str] = &[
-    "smoke_alarm",
-    "heat_detector",
-    "gas_detector",
-    "co_detector",
-    "multi_gas",
-    "fall_radar",
-    "sos_button",
-    "wearable",
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDevicePolicy {
+    /// Keep the reading, tagged as unregistered (class `unregistered`), and count it.
+    Accept,
+    /// Drop the reading and count it as `unknown_device`.
+    Reject,
+}
 
-/// Whether a device class is life-safety (see [`LIFE_SAFETY_CLASSES`]).
-pub fn is_life_safety_class(class: &str) -> bool {
-    LIFE_SAFETY_CLASSES.contains(&class)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Device registry file, relative to this configuration file.
+    pub file: PathBuf,
+    /// What to do with readings from devices not in the registry: `accept` or `reject`.
+    #[serde(default = "default_unknown_devices")]
+    pub unknown_devices: UnknownDevicePolicy,
+}
+
+fn default_unknown_devices() -> UnknownDevicePolicy {
+    UnknownDevicePolicy::Accept
 }
 
 /// The class given to readings of devices missing from the registry under the `accept` policy.

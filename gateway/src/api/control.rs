@@ -12,10 +12,10 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::config::Resident;
 use crate::alerts::{Alert, AlertStore, AlertStoreError, AuditLogEntry, SYSTEM_ACTOR};
 use crate::auth::{Principal, Role};
 use crate::clock::Clock;
-use crate::config::Resident;
 use crate::registry::Registry;
 use crate::rules::output::Priority;
 use crate::site_time::SiteTime;

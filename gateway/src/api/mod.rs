@@ -2,6 +2,7 @@
 //! the journal and the registry.
 
 pub mod alerts;
+pub mod config;
 pub mod control;
 pub mod stream;
 

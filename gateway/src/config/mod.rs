@@ -1,21 +1,32 @@
-//! Configuration: one TOML file per site, plus the device registry file it names.
+//! The site's configuration: one TOML file per site, plus the files it names (device registry,
+//! rules, residents).
 //!
-//! - [`diagnostics`]: TOML reading that reports every error with file, line and key.
-//! - [`secret`]: the redacting type for tokens and passwords.
+//! Each component owns its section's type and defaults, next to its code (`journal/config.rs`,
+//! `influx/config.rs`, `sources/config.rs` for MQTT, `sources/serial/config.rs`,
+//! `normalize/config.rs` for `[decode]`, `api/config.rs` for `[http]`, and the sections of the
+//! registry, rules, alerts and auth in their modules). This module only assembles them into
+//! [`Config`], reads secrets ([`crate::secret`]), resolves paths, and reports every error of a
+//! file at once ([`crate::diagnostics`]); [`check`] validates any of the gateway's files by kind.
 //!
-//! Every field has a `///` doc: this file is the operator's manual, and `print-default-config`
-//! prints `default.toml`, the commented version of the defaults below.
+//! Every field has a `///` doc: the sections are the operator's manual, and
+//! `print-default-config` prints `default.toml`, the commented version of the defaults.
 
-pub mod diagnostics;
-pub mod secret;
+pub mod check;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use diagnostics::{ConfigError, ConfigErrors};
-pub use secret::{Secret, SecretSource};
+pub use crate::api::config::{HttpConfig, Resident, ResidentsConfig, ResidentsFile};
+pub use crate::diagnostics::{self, ConfigError, ConfigErrors};
+pub use crate::influx::config::InfluxConfig;
+pub use crate::journal::config::{IntegrityCheck, JournalConfig, SyncPolicy};
+pub use crate::normalize::config::DecodeConfig;
+pub use crate::registry::{RegistryConfig, UnknownDevicePolicy};
+pub use crate::secret::{self, Secret, SecretSource};
+pub use crate::sources::config::{DecoderKind, MqttConfig, MqttMode, Subscription, DEFAULT_BROKER_LOG_MB};
+pub use crate::sources::serial::config::{ModbusUnitConfig, Parity, SerialPortConfig, SerialProtocol};
+pub use check::validate_file;
 
 use crate::decode::json_map::Profile;
 use crate::decode::register_map::{CompiledMap, RegisterMap};
@@ -77,30 +88,6 @@ pub struct Config {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ResidentsConfig {
-    /// File of `[[residents]]` entries (`id`, `name`), relative to this configuration file.
-    pub file: PathBuf,
-}
-
-/// The residents file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResidentsFile {
-    #[serde(default)]
-    pub residents: Vec<Resident>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Resident {
-    /// The pseudonymous id the registry's devices carry (`resident = "r-4c64"`).
-    pub id: String,
-    /// Display name.
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShiftsConfig {
     /// Local times (`HH:MM`, in the rule catalog's UTC offset) at which a shift begins.
     #[serde(default = "default_shift_starts")]
@@ -137,125 +124,6 @@ impl ShiftsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SerialProtocol {
-    /// Modbus RTU master polling the `units` of an RS-485 bus.
-    ModbusRtu,
-    /// Seeed MR60FDA1 fall radar frames (`53 59 ... 54 43`), one radar per port.
-    Mr60fda1,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Parity {
-    #[default]
-    None,
-    Even,
-    Odd,
-}
-
-/// One serial port.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialPortConfig {
-    /// Bus name, `[A-Za-z0-9._-]+`: part of the device ids (`modbus:<bus>:<unit>`), of the link's
-    /// own id (`serial:<bus>`) and of the `/metrics` labels.
-    pub bus: String,
-    /// Device path. Prefer the stable `/dev/serial/by-id/...` name of a USB adapter over
-    /// `/dev/ttyUSB0`, which changes with the plugging order.
-    pub path: PathBuf,
-    /// `modbus_rtu` or `mr60fda1`.
-    pub protocol: SerialProtocol,
-    /// Baud rate (Modbus gas detectors: 9600; MR60FDA1: 115200).
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-    /// `none`, `even` or `odd`.
-    #[serde(default)]
-    pub parity: Parity,
-    /// 5..=8.
-    #[serde(default = "default_data_bits")]
-    pub data_bits: u8,
-    /// 1 or 2.
-    #[serde(default = "default_stop_bits")]
-    pub stop_bits: u8,
-    /// Room of the link (where the adapter or panel is): the location of its link-down alert.
-    #[serde(default)]
-    pub room: String,
-    /// Longest wait between attempts to reopen a port that is gone or failing.
-    #[serde(default = "default_reopen_max_ms")]
-    pub reopen_max_ms: u64,
-    /// mr60fda1: the radar's device id in the registry (default `uart:<bus>`).
-    #[serde(default)]
-    pub device: Option<String>,
-    /// modbus_rtu: the units polled on this bus.
-    #[serde(default)]
-    pub units: Vec<ModbusUnitConfig>,
-}
-
-fn default_baud() -> u32 {
-    9600
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
-/// 10 s: a USB adapter re-enumerates in about a second; a cable fault should not spin.
-fn default_reopen_max_ms() -> u64 {
-    10_000
-}
-
-impl SerialPortConfig {
-    /// The id the link's own readings (`link_up`) are journaled under.
-    pub fn link_id(&self) -> String {
-        format!("serial:{}", self.bus)
-    }
-
-    /// The radar's device id (mr60fda1).
-    pub fn radar_id(&self) -> String {
-        self.device.clone().unwrap_or_else(|| format!("uart:{}", self.bus))
-    }
-}
-
-/// One Modbus unit (slave) on a bus.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModbusUnitConfig {
-    /// Unit address, 1..=247. Its device id is `modbus:<bus>:<unit>`.
-    pub unit: u8,
-    /// Register map name (`[[modbus_maps]]` or a shipped one: `generic_gas_lel`, `honeywell_midas_lel`).
-    pub map: String,
-    /// Poll interval. The registry's `interval_s` of the unit should match it: the offline rule
-    /// fires after 3 intervals without an answer (R17, docs/rules.md: 3 failed polls in a row).
-    #[serde(default = "default_poll_ms")]
-    pub poll_ms: u64,
-    /// How long one request waits for the answer.
-    #[serde(default = "default_unit_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Further attempts after a timeout or a corrupted answer, within one poll.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-}
-
-impl ModbusUnitConfig {
-    pub fn device_id(&self, bus: &str) -> String {
-        format!("modbus:{bus}:{}", self.unit)
-    }
-}
-
-fn default_poll_ms() -> u64 {
-    1000
-}
-/// 250 ms: a detector answers in tens of ms at 9600 Bd; a dead one costs at most this per try.
-fn default_unit_timeout_ms() -> u64 {
-    250
-}
-fn default_retries() -> u32 {
-    1
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
@@ -289,450 +157,6 @@ pub const GATEWAY_BASE_MB: u64 = 64;
 
 fn default_timezone() -> String {
     crate::site_time::DEFAULT_TIMEZONE.to_owned()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Listen address of the HTTP API (`--http` overrides it; port 0 picks a free port).
-    #[serde(default = "default_http_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_http_listen(),
-        }
-    }
-}
-
-fn default_http_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MqttMode {
-    /// Start the rumqttd broker inside the gateway and subscribe to it.
-    Embedded,
-    /// Connect to an MQTT 3.1.1 broker run elsewhere (Mosquitto, EMQX...).
-    External,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `embedded` or `external`.
-    #[serde(default = "default_mqtt_mode")]
-    pub mode: MqttMode,
-    /// Embedded mode: the broker's listen address (`--mqtt` overrides it; port 0 picks one).
-    #[serde(default = "default_mqtt_listen")]
-    pub listen: SocketAddr,
-    /// External mode: broker host.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// External mode: broker port.
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
-    /// Client id of the gateway's subscriber; with `clean_session = false` the broker keeps its
-    /// subscriptions and unacknowledged QoS 1 messages across a gateway restart.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// External mode: user name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// External mode: password, from the environment or a file (`{ env = "VAR" }` / `{ file = "path" }`).
-    #[serde(default)]
-    pub password: Option<SecretSource>,
-    /// Start a clean session at every connect: the broker then drops our subscriptions and
-    /// every QoS 1 message published while the gateway is away. Refused in external mode with
-    /// QoS 1 subscriptions unless `accept_message_loss_while_down` says so.
-    #[serde(default)]
-    pub clean_session: bool,
-    /// External mode: accept that, with `clean_session = true`, what devices publish while the
-    /// gateway is down or reconnecting is lost.
-    #[serde(default)]
-    pub accept_message_loss_while_down: bool,
-    /// Keep-alive interval in seconds (at least 5).
-    #[serde(default = "default_keep_alive_s")]
-    pub keep_alive_s: u64,
-    /// Largest MQTT packet the transport accepts. Kept above `decode.max_payload_bytes` so an
-    /// oversized payload is received, rejected, counted and acknowledged instead of breaking the
-    /// connection and coming back forever as a redelivery.
-    #[serde(default = "default_max_packet_bytes")]
-    pub max_packet_bytes: usize,
-    /// QoS 1 messages in flight between the broker and the gateway (not yet acknowledged).
-    #[serde(default = "default_inflight")]
-    pub inflight: u16,
-    /// Topic filters and the decoder each one feeds.
-    #[serde(default = "default_subscriptions")]
-    pub subscriptions: Vec<Subscription>,
-    /// A second MQTT connection (client id `<client_id>-ls`) that takes the topics of the
-    /// registry's life-safety devices (smoke, heat, gas, CO, fall, SOS) into the journal's
-    /// priority queue: a fire never waits behind bulk telemetry. The bulk connection skips
-    /// (acknowledges unprocessed) its copies of those messages. Embedded mode: it subscribes to
-    /// the same wildcard filters (one broker log each, shared); external: to the exact topics.
-    #[serde(default = "default_true")]
-    pub priority_lane: bool,
-    /// Embedded mode: RAM in MB the broker may use for its logs of the messages the gateway
-    /// subscribes to (shared by the subscriptions' filters, one log each). A
-    /// subscriber that falls further behind than this loses messages inside the broker (counted,
-    /// alert S10); more buys a longer stall at a higher memory bound (docs/memory.md).
-    #[serde(default = "default_broker_log_mb")]
-    pub broker_log_mb: u64,
-}
-
-/// See [`crate::sources::broker::DEFAULT_LOG_MB`].
-pub const DEFAULT_BROKER_LOG_MB: u64 = crate::sources::broker::DEFAULT_LOG_MB;
-
-fn default_broker_log_mb() -> u64 {
-    DEFAULT_BROKER_LOG_MB
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            mode: default_mqtt_mode(),
-            listen: default_mqtt_listen(),
-            host: None,
-            port: default_mqtt_port(),
-            client_id: None,
-            username: None,
-            password: None,
-            clean_session: false,
-            accept_message_loss_while_down: false,
-            keep_alive_s: default_keep_alive_s(),
-            max_packet_bytes: default_max_packet_bytes(),
-            inflight: default_inflight(),
-            subscriptions: default_subscriptions(),
-            priority_lane: true,
-            broker_log_mb: DEFAULT_BROKER_LOG_MB,
-        }
-    }
-}
-
-fn default_mqtt_mode() -> MqttMode {
-    MqttMode::Embedded
-}
-fn default_mqtt_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 1883))
-}
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_keep_alive_s() -> u64 {
-    30
-}
-/// 1 MiB: well above the 64 KiB decoder limit.
-fn default_max_packet_bytes() -> usize {
-    1024 * 1024
-}
-/// 1000 in flight: enough to keep throughput up while each message waits for a group commit.
-fn default_inflight() -> u16 {
-    1000
-}
-fn default_subscriptions() -> Vec<Subscription> {
-    vec![
-        Subscription {
-            filter: "nh/+/+/telemetry".into(),
-            decoder: DecoderKind::Canonical,
-            profile: None,
-            qos: 1,
-        },
-        Subscription {
-            filter: "zigbee2mqtt/+".into(),
-            decoder: DecoderKind::Zigbee2mqtt,
-            profile: None,
-            qos: 1,
-        },
-    ]
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecoderKind {
-    /// `nh/{site}/{device_id}/telemetry` with the canonical JSON.
-    Canonical,
-    /// Zigbee2MQTT state messages on `zigbee2mqtt/{friendly_name}`.
-    Zigbee2mqtt,
-    /// A `[[profiles]]` JSON mapping named by `profile`.
-    JsonMap,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Subscription {
-    /// MQTT topic filter (`+` and `#` wildcards).
-    pub filter: String,
-    /// `canonical`, `zigbee2mqtt` or `json_map`.
-    pub decoder: DecoderKind,
-    /// With `json_map`: the name of the `[[profiles]]` entry.
-    #[serde(default)]
-    pub profile: Option<String>,
-    /// 0 or 1. With 1, a message is acknowledged only after its readings are in the journal.
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-}
-
-fn default_qos() -> u8 {
-    1
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DecodeConfig {
-    /// Largest payload a decoder accepts; larger ones are counted as `oversized` and dropped.
-    #[serde(default = "default_max_payload_bytes")]
-    pub max_payload_bytes: usize,
-    /// Deepest JSON nesting accepted.
-    #[serde(default = "default_max_json_depth")]
-    pub max_json_depth: usize,
-    /// A device time further ahead of the gateway clock than this is replaced by the receive time.
-    #[serde(default = "default_max_future_s")]
-    pub max_future_s: u64,
-    /// A device time older than this is replaced by the receive time (a device with a reset clock).
-    #[serde(default = "default_max_past_s")]
-    pub max_past_s: u64,
-    /// Flood limit: readings per second one device may sustain over MQTT; readings above it are
-    /// dropped and counted as `flood`, except life-safety ones (alarm states, and gas, CO and
-    /// temperature from fire, gas and CO detectors), which are never dropped. Serial links are not
-    /// limited (their baud or poll rate is). 0 turns the limit off.
-    #[serde(default = "default_max_device_rate_per_s")]
-    pub max_device_rate_per_s: f64,
-    /// Flood limit: readings one device may send at once above `max_device_rate_per_s`.
-    #[serde(default = "default_device_burst")]
-    pub device_burst: u32,
-}
-
-impl Default for DecodeConfig {
-    fn default() -> Self {
-        DecodeConfig {
-            max_payload_bytes: default_max_payload_bytes(),
-            max_json_depth: default_max_json_depth(),
-            max_future_s: default_max_future_s(),
-            max_past_s: default_max_past_s(),
-            max_device_rate_per_s: default_max_device_rate_per_s(),
-            device_burst: default_device_burst(),
-        }
-    }
-}
-
-impl DecodeConfig {
-    /// Problems with the flood limit, as `(key, problem)`.
-    pub fn flood_problems(&self) -> Vec<(&'static str, &'static str)> {
-        let mut p = Vec::new();
-        if !(self.max_device_rate_per_s.is_finite() && self.max_device_rate_per_s >= 0.0) {
-            p.push((
-                "decode.max_device_rate_per_s",
-                "must be a non-negative number (0 turns the flood limit off)",
-            ));
-        }
-        if self.device_burst == 0 {
-            p.push(("decode.device_burst", "must be at least 1"));
-        }
-        p
-    }
-}
-
-fn default_max_payload_bytes() -> usize {
-    crate::decode::DEFAULT_MAX_PAYLOAD_BYTES
-}
-fn default_max_json_depth() -> usize {
-    crate::decode::DEFAULT_MAX_JSON_DEPTH
-}
-/// 5 minutes: NTP-less devices drift by seconds, not minutes.
-fn default_max_future_s() -> u64 {
-    300
-}
-/// 7 days: store-and-forward devices (VS373 history fetch) replay up to days later.
-fn default_max_past_s() -> u64 {
-    7 * 24 * 3600
-}
-/// See `normalize::DEFAULT_MAX_DEVICE_RATE_PER_S` for why.
-fn default_max_device_rate_per_s() -> f64 {
-    crate::normalize::DEFAULT_MAX_DEVICE_RATE_PER_S
-}
-fn default_device_burst() -> u32 {
-    crate::normalize::DEFAULT_DEVICE_BURST
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnknownDevicePolicy {
-    /// Keep the reading, tagged as unregistered (class `unregistered`), and count it.
-    Accept,
-    /// Drop the reading and count it as `unknown_device`.
-    Reject,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Device registry file, relative to this configuration file.
-    pub file: PathBuf,
-    /// What to do with readings from devices not in the registry: `accept` or `reject`.
-    #[serde(default = "default_unknown_devices")]
-    pub unknown_devices: UnknownDevicePolicy,
-}
-
-fn default_unknown_devices() -> UnknownDevicePolicy {
-    UnknownDevicePolicy::Accept
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncPolicy {
-    /// fsync the WAL at every group commit: a committed reading survives power loss.
-    Full,
-    /// fsync at checkpoints only: survives a crash of the gateway, not a power loss.
-    Normal,
-}
-
-/// When the journal's file is checked (`PRAGMA quick_check`) at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IntegrityCheck {
-    /// Only when the previous run did not shut down cleanly (killed, crashed, power loss).
-    AfterCrash,
-    /// At every start.
-    Always,
-    /// Never (corruption is then found only when a query meets it).
-    Never,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JournalConfig {
-    /// SQLite database file, relative to this configuration file.
-    #[serde(default = "default_journal_path")]
-    pub path: PathBuf,
-    /// Readings older than this are deleted (once forwarded, when InfluxDB is configured).
-    #[serde(default = "default_retention_days")]
-    pub retention_days: u32,
-    /// Disk budget of the journal in MiB. Above it go, in order: the oldest readings already
-    /// forwarded to InfluxDB, then (InfluxDB configured but behind) the oldest non-life-safety
-    /// readings not yet forwarded, counted and alerted. Life-safety readings and the alert tables
-    /// are never deleted for the budget, even if that means staying over it.
-    #[serde(default = "default_disk_budget_mb")]
-    pub disk_budget_mb: u64,
-    /// Most messages in one group commit.
-    #[serde(default = "default_commit_max")]
-    pub commit_max_messages: usize,
-    /// `full` (fsync the WAL at every group commit: durable on power loss) or `normal` (fsync at
-    /// checkpoints only: durable when the gateway crashes, not when the power fails).
-    #[serde(default = "default_sync")]
-    pub sync: SyncPolicy,
-    /// When to check the file at start: `after_crash` (the previous run did not shut down
-    /// cleanly), `always` or `never`. A damaged file is kept aside and its readable rows are
-    /// salvaged into a fresh one; it never stops the gateway from starting.
-    #[serde(default = "default_integrity_check")]
-    pub integrity_check: IntegrityCheck,
-    /// Longest time the start-up check may take, in seconds; past it the check is abandoned
-    /// (logged) and the gateway starts. The check reads the whole file: about 15 s per GB on a
-    /// cold cache, under 2 s per GB on a warm one.
-    #[serde(default = "default_integrity_check_max_s")]
-    pub integrity_check_max_s: u64,
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig {
-            path: default_journal_path(),
-            retention_days: default_retention_days(),
-            disk_budget_mb: default_disk_budget_mb(),
-            commit_max_messages: default_commit_max(),
-            sync: default_sync(),
-            integrity_check: default_integrity_check(),
-            integrity_check_max_s: default_integrity_check_max_s(),
-        }
-    }
-}
-
-fn default_journal_path() -> PathBuf {
-    PathBuf::from("data/journal.db")
-}
-fn default_retention_days() -> u32 {
-    30
-}
-fn default_disk_budget_mb() -> u64 {
-    4096
-}
-/// 5000 messages: one commit every few ms at full load, and a bounded transaction.
-fn default_commit_max() -> usize {
-    5000
-}
-fn default_sync() -> SyncPolicy {
-    SyncPolicy::Full
-}
-/// After a crash only: a clean restart (an upgrade, a reboot) does not pay for reading the whole
-/// file, while a run that ended by power loss or a kill, the moments a disk can tear a page, does.
-fn default_integrity_check() -> IntegrityCheck {
-    IntegrityCheck::AfterCrash
-}
-/// 60 s: a full check of a 4 GB journal on a cold cache; start never waits longer.
-fn default_integrity_check_max_s() -> u64 {
-    60
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InfluxConfig {
-    /// Base URL of the InfluxDB v2 API (`NH_INFLUX_URL` overrides it).
-    pub url: String,
-    /// Organization (`NH_INFLUX_ORG`).
-    pub org: String,
-    /// Bucket (`NH_INFLUX_BUCKET`).
-    pub bucket: String,
-    /// API token, from the environment or a file: `{ env = "NH_INFLUX_TOKEN" }` or
-    /// `{ file = "/etc/nh/influx.token" }` (`NH_INFLUX_TOKEN` overrides it).
-    #[serde(default)]
-    pub token: Option<SecretSource>,
-    /// Most lines in one write.
-    #[serde(default = "default_batch_lines")]
-    pub batch_max_lines: usize,
-    /// How long a partial batch waits for more readings before it is written.
-    #[serde(default = "default_linger_ms")]
-    pub linger_ms: u64,
-    /// Timeout of one write request.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Longest wait between retries of a failing write.
-    #[serde(default = "default_backoff_max_ms")]
-    pub backoff_max_ms: u64,
-}
-
-/// 5000 lines: VictoriaMetrics and InfluxDB both take this in one request comfortably.
-fn default_batch_lines() -> usize {
-    5000
-}
-fn default_linger_ms() -> u64 {
-    500
-}
-fn default_timeout_ms() -> u64 {
-    10_000
-}
-fn default_backoff_max_ms() -> u64 {
-    30_000
-}
-
-impl InfluxConfig {
-    fn from_env_only(url: String) -> Self {
-        InfluxConfig {
-            url,
-            org: "nh".into(),
-            bucket: "nh".into(),
-            token: None,
-            batch_max_lines: default_batch_lines(),
-            linger_ms: default_linger_ms(),
-            timeout_ms: default_timeout_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
-        }
-    }
 }
 
 /// A loaded, validated configuration with its registry and resolved paths.
@@ -789,7 +213,17 @@ pub fn load(path: &Path, env: &Env) -> Result<Loaded, ConfigErrors> {
         }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    load_str(path, &text, base, env, None)
+    load_text(path, &text, base, env, None, SecretCheck::Resolve)
+}
+
+/// How a load treats the secrets a configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SecretCheck {
+    /// Read every secret; one that cannot be read is an error (the gateway starting).
+    Resolve,
+    /// `nh-gateway validate`: an environment variable that is unset is not an error (it is read
+    /// at run time, maybe under another environment); secret files must still be readable.
+    ShapeOnly,
 }
 
 /// Loads a configuration from text. `registry_text` supplies the registry instead of reading
@@ -800,6 +234,17 @@ pub fn load_str(
     base: &Path,
     env: &Env,
     registry_text: Option<&str>,
+) -> Result<Loaded, ConfigErrors> {
+    load_text(path, text, base, env, registry_text, SecretCheck::Resolve)
+}
+
+pub(crate) fn load_text(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    env: &Env,
+    registry_text: Option<&str>,
+    secrets: SecretCheck,
 ) -> Result<Loaded, ConfigErrors> {
     let (config, mut diags) = diagnostics::parse_all::<Config>(path, text);
     let mut errors = Vec::new();
@@ -830,13 +275,25 @@ pub fn load_str(
                         env.influx_token.clone(),
                         "influx.token",
                         base,
+                        secrets,
                         &mut diags,
                     ),
                     None => None,
                 };
-                let mqtt_password =
-                    resolve_secret(config.mqtt.password.as_ref(), None, "mqtt.password", base, &mut diags);
-                let modbus_maps = validate_serial(&config, &registry, &mut diags);
+                let mqtt_password = resolve_secret(
+                    config.mqtt.password.as_ref(),
+                    None,
+                    "mqtt.password",
+                    base,
+                    secrets,
+                    &mut diags,
+                );
+                let modbus_maps = crate::sources::serial::config::check_ports(
+                    &config.serial,
+                    &config.modbus_maps,
+                    &registry,
+                    &mut diags,
+                );
                 let residents = match &config.residents {
                     Some(r) => load_residents(&base.join(&r.file), &registry, &mut diags),
                     None => Vec::new(),
@@ -880,13 +337,16 @@ fn resolve_secret(
     override_value: Option<Secret>,
     key: &str,
     base: &Path,
+    secrets: SecretCheck,
     diags: &mut diagnostics::Diagnostics<'_>,
 ) -> Option<Secret> {
     if override_value.is_some() {
         return override_value;
     }
-    match source?.resolve(base) {
+    let source = source?;
+    match source.resolve(base) {
         Ok(s) => Some(s),
+        Err(_) if secrets == SecretCheck::ShapeOnly && matches!(source, SecretSource::Env(_)) => None,
         Err(e) => {
             diags.at_key(key, e);
             None
@@ -960,25 +420,10 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     if let Err(e) = crate::site_time::SiteTime::zone(&config.site.timezone) {
         d.at_key("site.timezone", e);
     }
+    config
+        .mqtt
+        .check(|name| config.profiles.iter().any(|x| x.name == name), d);
     let m = &config.mqtt;
-    if m.mode == MqttMode::External
-        && m.clean_session
-        && !m.accept_message_loss_while_down
-        && m.subscriptions.iter().any(|s| s.qos >= 1)
-    {
-        d.at_key(
-            "mqtt.clean_session",
-            "with QoS 1 subscriptions on an external broker, a clean session loses every message published \
-             while the gateway is down or reconnecting: set clean_session = false, or \
-             accept_message_loss_while_down = true to accept that loss",
-        );
-    }
-    if m.mode == MqttMode::External && m.host.as_deref().unwrap_or("").is_empty() {
-        d.at_key("mqtt.host", "external mode needs the broker host");
-    }
-    if m.keep_alive_s < 5 {
-        d.at_key("mqtt.keep_alive_s", "must be at least 5 seconds");
-    }
     if m.max_packet_bytes <= config.decode.max_payload_bytes {
         d.at_key(
             "mqtt.max_packet_bytes",
@@ -987,12 +432,6 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
                 config.decode.max_payload_bytes
             ),
         );
-    }
-    if m.inflight == 0 {
-        d.at_key("mqtt.inflight", "must be at least 1");
-    }
-    if m.broker_log_mb < 4 {
-        d.at_key("mqtt.broker_log_mb", "must be at least 4 MB");
     }
     if let (MqttMode::Embedded, Some(box_mb)) = (m.mode, config.site.memory_mb) {
         let need = m.broker_log_mb + GATEWAY_BASE_MB;
@@ -1005,31 +444,6 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
                     m.broker_log_mb
                 ),
             );
-        }
-    }
-    if m.subscriptions.is_empty() {
-        d.at_key("mqtt.subscriptions", "at least one subscription is needed");
-    }
-    for (i, s) in m.subscriptions.iter().enumerate() {
-        let key = |k: &str| format!("mqtt.subscriptions.{i}.{k}");
-        if !valid_filter(&s.filter) {
-            d.at_key(
-                &key("filter"),
-                format!("`{}` is not a valid MQTT topic filter", s.filter),
-            );
-        }
-        if s.qos > 1 {
-            d.at_key(&key("qos"), "must be 0 or 1");
-        }
-        match (s.decoder, &s.profile) {
-            (DecoderKind::JsonMap, None) => d.at_key(&key("profile"), "json_map needs a profile name"),
-            (DecoderKind::JsonMap, Some(p)) if !config.profiles.iter().any(|x| &x.name == p) => {
-                d.at_key(&key("profile"), format!("no [[profiles]] entry named `{p}`"))
-            }
-            (DecoderKind::Canonical | DecoderKind::Zigbee2mqtt, Some(_)) => {
-                d.at_key(&key("profile"), "only json_map subscriptions take a profile")
-            }
-            _ => {}
         }
     }
     for (i, p) in config.profiles.iter().enumerate() {
@@ -1046,21 +460,8 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
     for problem in config.alerts.validate() {
         d.at_key("alerts", problem);
     }
-    if config.decode.max_payload_bytes == 0 {
-        d.at_key("decode.max_payload_bytes", "must be positive");
-    }
-    if config.decode.max_json_depth == 0 {
-        d.at_key("decode.max_json_depth", "must be positive");
-    }
-    for (key, problem) in config.decode.flood_problems() {
-        d.at_key(key, problem);
-    }
-    if config.journal.retention_days == 0 {
-        d.at_key("journal.retention_days", "must be at least 1");
-    }
-    if config.journal.commit_max_messages == 0 {
-        d.at_key("journal.commit_max_messages", "must be at least 1");
-    }
+    config.decode.check(d);
+    config.journal.check(d);
     for (key, problem) in config.auth.problems() {
         d.at_key(&key, problem);
     }
@@ -1068,226 +469,13 @@ fn validate(config: &Config, d: &mut diagnostics::Diagnostics<'_>) {
         d.at_key("shifts.starts", "must be one or more local times `HH:MM`");
     }
     if let Some(i) = &config.influx {
-        if !(i.url.starts_with("http://") || i.url.starts_with("https://")) {
-            d.at_key("influx.url", "must start with http:// or https://");
-        }
-        if i.org.is_empty() {
-            d.at_key("influx.org", "must not be empty");
-        }
-        if i.bucket.is_empty() {
-            d.at_key("influx.bucket", "must not be empty");
-        }
-        if i.batch_max_lines == 0 {
-            d.at_key("influx.batch_max_lines", "must be at least 1");
-        }
-        if i.timeout_ms == 0 {
-            d.at_key("influx.timeout_ms", "must be positive");
-        }
+        i.check(d);
     }
-}
-
-/// Whether `bus` is a valid bus name (a device id part without `:`).
-fn is_valid_bus(bus: &str) -> bool {
-    !bus.is_empty() && bus.len() <= 64 && bus.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// Checks the serial ports against the register maps and the registry; returns the maps.
-fn validate_serial(
-    config: &Config,
-    registry: &Registry,
-    d: &mut diagnostics::Diagnostics<'_>,
-) -> std::collections::BTreeMap<String, std::sync::Arc<CompiledMap>> {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-    let mut maps: BTreeMap<String, Arc<CompiledMap>> = BTreeMap::new();
-    for m in crate::decode::register_map::builtin() {
-        if let Ok(c) = m.compile() {
-            maps.insert(m.name.clone(), Arc::new(c));
-        }
-    }
-    for (i, m) in config.modbus_maps.iter().enumerate() {
-        if config.modbus_maps[..i].iter().any(|o| o.name == m.name) {
-            d.at_key(
-                &format!("modbus_maps.{i}.name"),
-                format!("duplicate map name `{}`", m.name),
-            );
-        }
-        match m.compile() {
-            // A site map of a shipped map's name replaces it.
-            Ok(c) => {
-                maps.insert(m.name.clone(), Arc::new(c));
-            }
-            Err(problems) => {
-                for p in problems {
-                    d.at_key(&format!("modbus_maps.{i}"), format!("map `{}`: {p}", m.name));
-                }
-            }
-        }
-    }
-    let registered = |id: &str, key: &str, d: &mut diagnostics::Diagnostics<'_>| {
-        if registry.get(id).is_none() {
-            d.at_key(
-                key,
-                format!("device `{id}` is not in the registry: add it with its class, room and interval_s"),
-            );
-        }
-    };
-    for (i, p) in config.serial.iter().enumerate() {
-        let key = |k: &str| format!("serial.{i}.{k}");
-        if !is_valid_bus(&p.bus) {
-            d.at_key(&key("bus"), "must match [A-Za-z0-9._-]+ (it is part of device ids)");
-        }
-        if config.serial[..i].iter().any(|o| o.bus == p.bus) {
-            d.at_key(&key("bus"), format!("duplicate bus `{}`", p.bus));
-        }
-        if p.path.as_os_str().is_empty() {
-            d.at_key(&key("path"), "must not be empty");
-        } else if config.serial[..i].iter().any(|o| o.path == p.path) {
-            d.at_key(&key("path"), "another [[serial]] entry opens the same port");
-        }
-        if p.baud == 0 {
-            d.at_key(&key("baud"), "must be positive");
-        }
-        if !(5..=8).contains(&p.data_bits) {
-            d.at_key(&key("data_bits"), "must be 5, 6, 7 or 8");
-        }
-        if !(1..=2).contains(&p.stop_bits) {
-            d.at_key(&key("stop_bits"), "must be 1 or 2");
-        }
-        if p.reopen_max_ms < 100 {
-            d.at_key(&key("reopen_max_ms"), "must be at least 100");
-        }
-        if p.room.contains('\\') || p.room.chars().any(char::is_control) || p.room.len() > 64 {
-            d.at_key(
-                &key("room"),
-                "at most 64 characters, no backslash or control characters",
-            );
-        }
-        match p.protocol {
-            SerialProtocol::Mr60fda1 => {
-                if !p.units.is_empty() {
-                    d.at_key(&key("units"), "only modbus_rtu ports have units");
-                }
-                let id = p.radar_id();
-                if !is_valid_id(&id) {
-                    d.at_key(&key("device"), "must match [A-Za-z0-9._:-]+");
-                } else {
-                    registered(&id, &key("device"), d);
-                }
-            }
-            SerialProtocol::ModbusRtu => {
-                if p.device.is_some() {
-                    d.at_key(
-                        &key("device"),
-                        "a Modbus bus names its devices by unit: modbus:<bus>:<unit>",
-                    );
-                }
-                if p.units.is_empty() {
-                    d.at_key(
-                        &key("units"),
-                        "a modbus_rtu bus needs at least one [[serial.units]] entry",
-                    );
-                }
-                for (j, u) in p.units.iter().enumerate() {
-                    let ukey = |k: &str| format!("serial.{i}.units.{j}.{k}");
-                    if !(1..=247).contains(&u.unit) {
-                        d.at_key(&ukey("unit"), "must be 1..=247 (0 is broadcast)");
-                    }
-                    if p.units[..j].iter().any(|o| o.unit == u.unit) {
-                        d.at_key(&ukey("unit"), format!("unit {} twice on bus `{}`", u.unit, p.bus));
-                    }
-                    if !maps.contains_key(&u.map) {
-                        let known: Vec<&str> = maps.keys().map(String::as_str).collect();
-                        d.at_key(
-                            &ukey("map"),
-                            format!("no register map `{}`; one of {}", u.map, known.join(", ")),
-                        );
-                    }
-                    if u.poll_ms < 100 {
-                        d.at_key(&ukey("poll_ms"), "must be at least 100");
-                    }
-                    if u.timeout_ms < 10 {
-                        d.at_key(&ukey("timeout_ms"), "must be at least 10");
-                    }
-                    if u.timeout_ms.saturating_mul(u64::from(u.retries) + 1) > u.poll_ms {
-                        d.at_key(
-                            &ukey("timeout_ms"),
-                            format!(
-                                "timeout_ms x (retries + 1) = {} ms exceeds poll_ms {}: a dead unit would hold the bus longer than its own interval",
-                                u.timeout_ms.saturating_mul(u64::from(u.retries) + 1),
-                                u.poll_ms
-                            ),
-                        );
-                    }
-                    if is_valid_bus(&p.bus) {
-                        let id = u.device_id(&p.bus);
-                        registered(&id, &ukey("unit"), d);
-                        // Offline supervision counts from the registry's interval: a unit polled
-                        // less often than that looks offline while it answers every poll.
-                        if let Some(dev) = registry.get(&id) {
-                            if u.poll_ms > dev.interval_s.saturating_mul(1000) {
-                                d.at_key(
-                                    &ukey("poll_ms"),
-                                    format!(
-                                        "poll_ms {} is longer than the registry's interval_s {} for `{id}`: the unit \
-                                         would be reported offline while it answers every poll; poll at least \
-                                         every interval_s, or raise interval_s",
-                                        u.poll_ms, dev.interval_s
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                }
-                // Every unit timing out with all its retries in one cycle must still fit in the
-                // fastest unit's interval, or that unit's polls fall behind while others are dead.
-                let worst: u64 = p
-                    .units
-                    .iter()
-                    .map(|u| u.timeout_ms.saturating_mul(u64::from(u.retries) + 1))
-                    .sum();
-                if let Some(fastest) = p.units.iter().map(|u| u.poll_ms).min() {
-                    if p.units.len() > 1 && worst > fastest {
-                        d.at_key(
-                            &key("units"),
-                            format!(
-                                "worst-case bus cycle {worst} ms (every unit timing out with its retries) exceeds the \
-                                 fastest poll_ms {fastest}: lower timeout_ms or retries, or poll less often"
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    maps
-}
-
-/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
-fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i == levels.len() - 1,
-        "+" => true,
-        other => !other.contains('#') && !other.contains('+'),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_filters() {
-        assert!(valid_filter("nh/+/+/telemetry"));
-        assert!(valid_filter("zigbee2mqtt/#"));
-        assert!(!valid_filter("a/#/b"));
-        assert!(!valid_filter("a/b+/c"));
-        assert!(!valid_filter(""));
-    }
 
     #[test]
     fn serial_ports_are_checked_against_maps_and_registry() {
@@ -1460,84 +648,5 @@ mod tests {
         );
         assert_eq!(config.journal.path, JournalConfig::default().path);
         assert!(config.influx.is_none());
-    }
-}
-
-/// Validates one file for `nh-gateway validate`: a site configuration with its registry, or a
-/// registry alone. Returns a one-line summary.
-pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    let is_registry = text.lines().any(|l| l.trim_start().starts_with("[[devices]]"))
-        && !text.lines().any(|l| l.trim_start().starts_with("[site]"));
-    if text.lines().any(|l| l.trim_start().starts_with("[[rules]]")) {
-        let r = crate::rules::RuleSet::parse(path, &text)?;
-        return Ok(format!("rule catalog, {} rules ({})", r.len(), r.ids().join(" ")));
-    }
-    let has_site = text.lines().any(|l| l.trim_start().starts_with("[site]"));
-    if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[modbus_maps]]")) {
-        let (file, mut d) = diagnostics::parse_all::<crate::decode::register_map::MapsFile>(path, &text);
-        let Some(file) = file else {
-            return Err(ConfigErrors(d.errors));
-        };
-        for (i, m) in file.modbus_maps.iter().enumerate() {
-            if let Err(problems) = m.compile() {
-                for p in problems {
-                    d.at_key(&format!("modbus_maps.{i}"), format!("map `{}`: {p}", m.name));
-                }
-            }
-        }
-        let names: Vec<&str> = file.modbus_maps.iter().map(|m| m.name.as_str()).collect();
-        let summary = format!("{} Modbus register maps ({})", names.len(), names.join(" "));
-        return d.into_result(summary);
-    }
-    if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[models]]")) {
-        return match crate::buttons::ButtonTable::parse(&text) {
-            Ok(t) => Ok(format!("button table, {} models", t.len())),
-            Err(e) => Err(ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                line: 0,
-                key: String::new(),
-                message: e.to_string(),
-            }])),
-        };
-    }
-    if !has_site && text.lines().any(|l| l.trim_start().starts_with("[[residents]]")) {
-        let (file, d) = diagnostics::parse_all::<ResidentsFile>(path, &text);
-        let n = file.map_or(0, |f| f.residents.len());
-        return d.into_result(format!("{n} residents"));
-    }
-    if is_registry {
-        let r = Registry::parse(path, &text)?;
-        return Ok(format!("registry of site {}, {} devices", r.site(), r.len()));
-    }
-    let base = path.parent().unwrap_or(Path::new("."));
-    // Secrets are resolved at run time; validation checks only the shape, so an absent
-    // environment variable is not an error here.
-    let l = load_str(path, &text, base, env, None).or_else(|e| {
-        let rest: Vec<ConfigError> = e.0.into_iter().filter(|x| !x.message.contains("is not set")).collect();
-        if rest.is_empty() {
-            Err(ConfigErrors(Vec::new()))
-        } else {
-            Err(ConfigErrors(rest))
-        }
-    });
-    match l {
-        Ok(l) => Ok(format!(
-            "site {}, {} devices, {} subscriptions, {} serial ports, influx {}",
-            l.config.site.id,
-            l.registry.len(),
-            l.config.mqtt.subscriptions.len(),
-            l.config.serial.len(),
-            if l.config.influx.is_some() { "on" } else { "off" }
-        )),
-        Err(e) if e.0.is_empty() => Ok("valid (secrets come from the environment at run time)".to_owned()),
-        Err(e) => Err(e),
     }
 }

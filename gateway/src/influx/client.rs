@@ -8,7 +8,8 @@ use std::time::Duration;
 use influxdb2::api::write::TimestampPrecision;
 use influxdb2::RequestError;
 
-use crate::config::{InfluxConfig, Secret};
+use super::config::InfluxConfig;
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {

@@ -8,6 +8,7 @@
 //! - [`client`]: the one place that talks to the `influxdb2` crate.
 
 pub mod client;
+pub mod config;
 pub mod line_protocol;
 
 use std::path::PathBuf;
@@ -20,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::InfluxConfig;
 use crate::journal::{ReadingRow, RowId, Store, StoreError};
 use crate::telemetry::Telemetry;
 use client::{InfluxClient, WriteError};
+use config::InfluxConfig;
 
 /// The cursor's name in the journal.
 pub const CURSOR: &str = "influx";

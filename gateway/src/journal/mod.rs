@@ -14,6 +14,7 @@
 //! - [`lock`]: one gateway per journal (an OS file lock held for the process's life).
 
 pub mod budget;
+pub mod config;
 pub mod lock;
 pub mod recovery;
 pub mod store;

@@ -47,8 +47,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tracing::{error, info, warn};
 
+use super::config::{IntegrityCheck, SyncPolicy};
 use super::store::{Store, StoreError};
-use crate::config::{IntegrityCheck, SyncPolicy};
 
 /// Rows read per statement while salvaging.
 const SALVAGE_CHUNK: i64 = 10_000;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::config::SyncPolicy;
 use super::{HistoryReading, Record, RowId};
-use crate::config::SyncPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

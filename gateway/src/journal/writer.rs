@@ -674,7 +674,7 @@ impl Writer {
                     r.ts_replaced as i64,
                     r.seq.map(|s| s as i64),
                     metrics,
-                    budget::is_life_safety(r) as i64
+                    budget::kept_under_budget(r) as i64
                 ])?;
                 rows += 1;
                 account(&mut deltas, &mut seqs, &self.seqs, r);
@@ -814,7 +814,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncPolicy;
+    use crate::journal::config::SyncPolicy;
     use crate::reading::Value;
     use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
@@ -1456,7 +1456,7 @@ mod tests {
         let path = temp_db("marker");
         let opts = recovery::OpenOptions {
             sync: SyncPolicy::Full,
-            check: crate::config::IntegrityCheck::AfterCrash,
+            check: crate::journal::config::IntegrityCheck::AfterCrash,
             check_max: Duration::from_secs(5),
         };
         let (store, report) = recovery::open(&path, opts, 1).expect("open");

@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::output::Priority;
-use crate::config::diagnostics::{parse_all, ConfigError, ConfigErrors, Diagnostics};
+use crate::diagnostics::{parse_all, ConfigError, ConfigErrors, Diagnostics};
 use crate::reading::Value;
 use crate::registry::{is_valid_id, CARE_FLAGS, CLASSES, UNREGISTERED_CLASS};
 use crate::site_time::SiteTime;

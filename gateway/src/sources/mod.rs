@@ -5,5 +5,6 @@
 //! - [`serial`]: serial ports: Modbus RTU buses and radar UARTs, reopened when they fail.
 
 pub mod broker;
+pub mod config;
 pub mod mqtt;
 pub mod serial;

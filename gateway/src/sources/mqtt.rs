@@ -67,7 +67,7 @@ pub struct MqttSourceConfig {
     pub port: u16,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::secret::Secret>,
     pub clean_session: bool,
     pub keep_alive: Duration,
     pub max_packet_bytes: usize,

@@ -47,7 +47,7 @@ pub struct MqttAlertsConfig {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::secret::Secret>,
     pub window: u16,
     pub max_payload_bytes: usize,
 }

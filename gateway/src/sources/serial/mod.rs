@@ -8,6 +8,7 @@
 //! - [`radar`]: MR60FDA1 frames from a UART.
 //! - [`stats`]: the counters.
 
+pub mod config;
 pub mod modbus;
 pub mod radar;
 pub mod stats;
@@ -22,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::config::{Parity, SerialPortConfig, SerialProtocol};
 use crate::decode::register_map::CompiledMap;
 use crate::journal::{Ingest, Record};
 use crate::normalize::Normalizer;
 use crate::reading::{Reading, Value};
+use config::{Parity, SerialPortConfig, SerialProtocol};
 pub use stats::{BusStats, SerialStats, UnitStats};
 
 const BACKOFF_START: Duration = Duration::from_millis(250);

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tracing::{info, warn};
 
+use super::config::ModbusUnitConfig;
 use super::{wire_time, LinkError, SerialSource, UnitStats};
-use crate::config::ModbusUnitConfig;
 use crate::decode::modbus::{read_request, ResponseScanner, Scan};
 use crate::decode::register_map::CompiledMap;
 use crate::reading::{DeviceKey, Reading, Value};

@@ -1,10 +1,10 @@
 //! Normalization: one raw message in, journal records out. Decodes with the subscription's
 //! decoder, attaches the registry (class and location), applies the unknown-device policy,
 //! checks the device time and holds each device to a flood limit ([`FloodLimit`]) that never
-//! applies to life-safety readings ([`is_life_safety`]). Every rejection is counted by reason and
+//! applies to life-safety readings ([`crate::safety::exempt_from_flood_limit`]). Every rejection is counted by reason and
 //! logged with a rate limit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -12,12 +12,16 @@ use tracing::warn;
 
 use crate::buttons::ButtonTable;
 use crate::clock::Clock;
-use crate::config::{DecodeConfig, UnknownDevicePolicy};
+pub mod config;
+
 use crate::decode::{Decoder, Limits};
 use crate::journal::Record;
 use crate::reading::{DeviceKey, Value};
+use crate::registry::UnknownDevicePolicy;
 use crate::registry::{Registry, UNREGISTERED_CLASS};
+use crate::safety;
 use crate::telemetry::Telemetry;
+pub use config::DecodeConfig;
 
 /// Log lines per rejection reason per minute; the counters see every one.
 const LOGS_PER_MINUTE: u32 = 10;
@@ -40,41 +44,9 @@ const MAX_UNREGISTERED_BUCKETS: usize = 4096;
 /// per second rather than one per message.
 const SWEEP_EVERY_MS: i64 = 1000;
 
-/// Alarm states: each is an edge a device reports once (smoke on, an SOS press, a fall, a gas or
-/// CO alarm, a heat detector's own alarm level), so one dropped message can be a lost alarm. A
-/// reading carrying any of them is never dropped by the flood limit, whoever sends it.
-pub const LIFE_SAFETY_METRICS: &[&str] = &[
-    "alarm_level_dev",
-    "co_alarm",
-    "fall_state",
-    "gas_alarm",
-    "heat_alarm",
-    "smoke",
-    "sos",
-];
-/// The measurements the fire, gas and CO rules (R12-R15 of `config/rules.toml`) read, exempt
-/// when a detector of those hazards sends them: a rising temperature or concentration is how a
-/// fire or a leak shows before the device's own alarm.
-const HAZARD_MEASUREMENTS: &[&str] = &["co_ppm", "gas_lel", "temperature"];
-const HAZARD_CLASSES: &[&str] = &[
-    "co_detector",
-    "gas_detector",
-    "heat_detector",
-    "multi_gas",
-    "smoke_alarm",
-];
-
-/// Whether a reading of a device of `class` is life-safety, and so never rate-limited.
-pub fn is_life_safety(class: &str, metrics: &BTreeMap<String, Value>) -> bool {
-    metrics.keys().any(|m| {
-        LIFE_SAFETY_METRICS.contains(&m.as_str())
-            || (HAZARD_MEASUREMENTS.contains(&m.as_str()) && HAZARD_CLASSES.contains(&class))
-    })
-}
-
 /// The per-device flood limit on MQTT messages: a token bucket per device, `rate_per_s`
 /// readings per second sustained with bursts of `burst`. A reading over it is dropped and
-/// counted as `flood`, unless it is life-safety ([`is_life_safety`]), which passes always
+/// counted as `flood`, unless [`safety::exempt_from_flood_limit`] says it is life-safety, which passes always
 /// (taking a token if one is left).
 ///
 /// The bucket refills with whichever advanced more since the device's last reading: the
@@ -433,7 +405,7 @@ impl Normalizer {
 
     /// Applies the flood limit to one record; false when it is dropped (and counted).
     fn admit(&self, record: &Record, registered: bool, topic: &str, recv_ms: i64) -> bool {
-        let exempt = is_life_safety(&record.class, &record.metrics);
+        let exempt = safety::exempt_from_flood_limit(&record.class, &record.metrics);
         let (admit, limit) = match self.flood.lock() {
             Ok(mut t) => (t.admit(&record.device, registered, exempt, recv_ms, record.ts), t.limit),
             // A poisoned lock means a panic elsewhere mid-update: let readings through rather
@@ -791,29 +763,6 @@ help_presses = ["long"]
             assert_eq!(r.len(), 1);
         }
         assert_eq!(n.telemetry.rejected_count("flood"), 6);
-    }
-
-    #[test]
-    fn life_safety_list_follows_the_rule_catalog() {
-        let m = |pairs: &[(&str, Value)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-        for metric in LIFE_SAFETY_METRICS {
-            assert!(
-                crate::vocabulary::metric(metric).is_some(),
-                "{metric} is in the vocabulary"
-            );
-        }
-        assert!(is_life_safety(
-            "fall_radar",
-            &m(&[("fall_state", Value::Text("none".into()))])
-        ));
-        assert!(is_life_safety(
-            "heat_detector",
-            &m(&[("alarm_level_dev", Value::Text("high".into()))])
-        ));
-        assert!(is_life_safety("multi_gas", &m(&[("co_ppm", Value::Num(40.0))])));
-        assert!(!is_life_safety("unregistered", &m(&[("co_ppm", Value::Num(40.0))])));
-        assert!(!is_life_safety("wearable", &m(&[("heart_rate", Value::Num(70.0))])));
-        assert!(!is_life_safety("smoke_alarm", &m(&[("battery_pct", Value::Num(70.0))])));
     }
 
     #[test]
