@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::model::{Alert, AlertState, AuditEntry, Member, Resolution, SYSTEM_ACTOR};
 use super::store::{AlertStore, AlertStoreError, Change};
+use crate::rules::catalog::{default_escalation_s, DEFAULT_CORRELATION_WINDOW_S, DEFAULT_RENOTIFY_SUPPRESS_S};
 use crate::rules::output::{Priority, RuleOutput, Trigger};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,25 +43,16 @@ impl Default for Policy {
     /// The defaults of R19 and R20 (docs/rules.md).
     fn default() -> Self {
         Policy {
-            escalation_s: [vec![60, 180], vec![180, 600], vec![1800], vec![]],
-            correlation_window_ms: 120_000,
-            renotify_suppress_ms: 60_000,
+            escalation_s: default_escalation_s(),
+            correlation_window_ms: DEFAULT_CORRELATION_WINDOW_S as i64 * 1000,
+            renotify_suppress_ms: DEFAULT_RENOTIFY_SUPPRESS_S as i64 * 1000,
         }
     }
 }
 
 impl Policy {
     pub fn tiers(&self, p: Priority) -> &[u64] {
-        &self.escalation_s[priority_index(p)]
-    }
-}
-
-fn priority_index(p: Priority) -> usize {
-    match p {
-        Priority::P1 => 0,
-        Priority::P2 => 1,
-        Priority::P3 => 2,
-        Priority::P4 => 3,
+        &self.escalation_s[p.index()]
     }
 }
 
@@ -577,8 +569,9 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::path::{Path, PathBuf};
+
+    use tempfile::TempDir;
 
     use super::*;
     use crate::alerts::store::StateFilter;
@@ -586,32 +579,24 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000;
 
-    /// A database file in the temp dir, removed (with its WAL files) when dropped.
-    struct TempDb(PathBuf);
-
-    impl std::ops::Deref for TempDb {
-        type Target = std::path::Path;
-        fn deref(&self) -> &std::path::Path {
-            &self.0
-        }
+    /// A database file in a temporary directory of its own, removed (with its WAL files) when
+    /// dropped.
+    struct TempDb {
+        _dir: TempDir,
+        path: PathBuf,
     }
 
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = self.0.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
+    impl std::ops::Deref for TempDb {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.path
         }
     }
 
     fn temp_db(name: &str) -> TempDb {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("nh-alerts-{name}-{}-{n}.db", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        TempDb(p)
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(format!("nh-alerts-{name}.db"));
+        TempDb { _dir: dir, path }
     }
 
     fn open(path: &std::path::Path) -> Lifecycle {

@@ -22,6 +22,17 @@ impl Priority {
             Priority::P4 => "P4",
         }
     }
+
+    /// Position in P1..P4 (P1 = 0): the index of tables kept per priority, such as the
+    /// escalation tiers.
+    pub fn index(self) -> usize {
+        match self {
+            Priority::P1 => 0,
+            Priority::P2 => 1,
+            Priority::P3 => 2,
+            Priority::P4 => 3,
+        }
+    }
 }
 
 /// A rule's condition became true (after its `for` window), or got worse.

@@ -13,6 +13,13 @@
 //! window, so it restarts from zero. Entries sharing an id form one episode per device: raised
 //! once, raised again only with a higher priority (or by a `reraise` entry), cleared when every
 //! entry that fired has cleared. Time is only ever the `now_ms` passed in.
+//!
+//! This module holds the engine, its serializable state and the evaluation loop over a
+//! device's entries ([`Engine::observe`], [`Engine::tick`]); `evaluate.rs` the conditions and
+//! the triggers they raise, `episodes.rs` the episodes the entries of one id form.
+
+mod episodes;
+mod evaluate;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,23 +27,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Condition, Rule, RuleSet, Window};
-use super::output::{Priority, RuleOutput, Trigger};
+use super::catalog::{Condition, RuleSet, Window};
+use super::output::RuleOutput;
 use crate::journal::Record;
 use crate::reading::Value;
 use crate::registry::Registry;
+use episodes::Episode;
+use evaluate::{evaluate, resting, AT_REST_WINDOW_MS};
 
 /// Rate samples kept per device and metric, at most (a 1 Hz device over a 60 s window, twice).
 const MAX_RATE_SAMPLES: usize = 128;
-/// A rate of rise is not computed over less than this span: two samples a second apart with
-/// sensor noise would read as a fire.
-const MIN_RATE_SPAN_MS: i64 = 20_000;
-/// "At rest" (R8): steps counted over this span...
-const AT_REST_WINDOW_MS: i64 = 600_000;
-/// ... below this many. Walking is about 100 steps a minute; a resident shuffling to the
-/// bathroom and back stays under it, one walking for a minute does not (project default, after
-/// the 10 minutes of inactivity consumer watches wait before a heart-rate notification).
-const AT_REST_MAX_STEPS: f64 = 100.0;
 
 /// The engine's whole state: serializable, so a restarted gateway continues its windows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -86,19 +86,6 @@ struct PartState {
     /// Readings that showed the trigger condition since `since_ms` (see `Rule::min_readings`).
     #[serde(default)]
     readings: u32,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Episode {
-    /// The priority last raised.
-    priority: Option<Priority>,
-    raised_at_ms: i64,
-    /// `reraise` entries already announced in this episode.
-    reraised: Vec<String>,
-    /// This episode was upgraded into that rule's (the alert now carries the other rule).
-    upgraded_into: Option<String>,
-    /// Rules whose open episodes were upgraded into this one; it clears only once they have.
-    absorbed: Vec<String>,
 }
 
 /// What the engine knows about one device while evaluating it.
@@ -194,22 +181,7 @@ impl Engine {
                 (id, idx)
             })
             .collect();
-        let mut room_flags: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
-        for d in registry.devices() {
-            if d.room.is_empty() {
-                continue;
-            }
-            let flags = room_flags
-                .entry(d.building.clone())
-                .or_default()
-                .entry(d.room.clone())
-                .or_default();
-            for f in &d.care_flags {
-                if !flags.contains(f) {
-                    flags.push(f.clone());
-                }
-            }
-        }
+        let room_flags = room_flags(&registry);
 
         let outage = if state.devices.is_empty() {
             0
@@ -509,348 +481,25 @@ impl Engine {
         self.episodes(&mut ds, &ctx, &fired, now, out);
         self.state.devices.insert(key, ds);
     }
-
-    fn active(&self, ds: &DeviceState, idx: &[usize]) -> Vec<usize> {
-        idx.iter()
-            .copied()
-            .filter(|i| ds.parts.get(&self.rules.rules()[*i].key).is_some_and(|p| p.active))
-            .collect()
-    }
-
-    /// Whether an entry of rule `id` has its trigger condition true for the device.
-    fn triggered(&self, ds: &DeviceState, id: &str) -> bool {
-        self.rules
-            .rules()
-            .iter()
-            .filter(|r| r.id == id)
-            .any(|r| ds.parts.get(&r.key).is_some_and(|p| p.triggered))
-    }
-
-    /// Whether the rule `r` upgrades into is open for the device already.
-    fn superseded(&self, ds: &DeviceState, r: &Rule) -> bool {
-        r.upgrade_to
-            .as_ref()
-            .and_then(|to| ds.episodes.get(to))
-            .is_some_and(|e| e.priority.is_some() && e.upgraded_into.is_none())
-    }
-
-    fn episodes(&self, ds: &mut DeviceState, ctx: &Context<'_>, fired: &[usize], now: i64, out: &mut Vec<RuleOutput>) {
-        let rules = self.rules.rules();
-        // Upgraded episodes end silently once their own condition is gone: the alert carries
-        // the other rule now, whose episode then no longer waits for them.
-        for (id, idx) in &self.groups {
-            let Some(into) = ds.episodes.get(id).and_then(|e| e.upgraded_into.clone()) else {
-                continue;
-            };
-            if self.active(ds, idx).is_empty() {
-                ds.episodes.remove(id);
-                if let Some(target) = ds.episodes.get_mut(&into) {
-                    target.absorbed.retain(|a| a != id);
-                }
-            }
-        }
-        for (id, idx) in &self.groups {
-            let mut ep = ds.episodes.remove(id).unwrap_or_default();
-            if ep.upgraded_into.is_some() {
-                ds.episodes.insert(id.clone(), ep);
-                continue;
-            }
-            let active = self.active(ds, idx);
-            ep.reraised.retain(|k| active.iter().any(|i| rules[*i].key == *k));
-            // The most urgent active entry; among equals, one that just fired (its message is news).
-            let best = active
-                .iter()
-                .copied()
-                .min_by_key(|i| (rules[*i].priority, !fired.contains(i)));
-            match (best, ep.priority) {
-                (Some(b), None) if self.superseded(ds, &rules[b]) => {
-                    // The rule it upgrades into is already open (R13 pre-alarm while R14 is on):
-                    // no second alert; the open one waits for this condition to clear too.
-                    let to = rules[b].upgrade_to.clone().unwrap_or_default();
-                    if let Some(target) = ds.episodes.get_mut(&to) {
-                        target.absorbed.push(id.clone());
-                    }
-                    ep.priority = Some(rules[b].priority);
-                    ep.raised_at_ms = now;
-                    ep.upgraded_into = Some(to);
-                    ds.episodes.insert(id.clone(), ep);
-                    continue;
-                }
-                (Some(b), None) => {
-                    let mut t = trigger(&rules[b], ds, ctx, now);
-                    // A rule that upgrades into this one and is open for the device: same alert.
-                    for (other, _) in &self.groups {
-                        let upgrades_here = rules
-                            .iter()
-                            .any(|r| r.id == *other && r.upgrade_to.as_ref() == Some(id));
-                        if !upgrades_here {
-                            continue;
-                        }
-                        if let Some(src) = ds.episodes.get_mut(other) {
-                            if src.priority.is_some() && src.upgraded_into.is_none() {
-                                src.upgraded_into = Some(id.clone());
-                                ep.absorbed.push(other.clone());
-                                t.upgrades.get_or_insert_with(|| other.clone());
-                            }
-                        }
-                    }
-                    ep.priority = Some(t.priority);
-                    ep.raised_at_ms = now;
-                    ep.reraised = active
-                        .iter()
-                        .filter(|i| rules[**i].reraise)
-                        .map(|i| rules[*i].key.clone())
-                        .collect();
-                    out.push(RuleOutput::Raise(t));
-                }
-                (Some(b), Some(p)) if rules[b].priority < p => {
-                    ep.priority = Some(rules[b].priority);
-                    out.push(RuleOutput::Raise(trigger(&rules[b], ds, ctx, now)));
-                }
-                (Some(_), Some(p)) => {
-                    for &i in fired {
-                        let r = &rules[i];
-                        if r.id == *id && r.reraise && r.priority <= p && !ep.reraised.contains(&r.key) {
-                            ep.reraised.push(r.key.clone());
-                            let mut t = trigger(r, ds, ctx, now);
-                            t.priority = p;
-                            out.push(RuleOutput::Raise(t));
-                        }
-                    }
-                }
-                // Absorbed rules (R2 upgraded to R1, R13 under R14) keep the alert while their
-                // trigger holds; once it ends they end with it and start afresh.
-                (None, Some(_)) if !ep.absorbed.iter().any(|a| self.triggered(ds, a)) => {
-                    for a in &ep.absorbed {
-                        ds.episodes.remove(a);
-                        for r in rules.iter().filter(|r| r.id == *a) {
-                            ds.parts.remove(&r.key);
-                        }
-                    }
-                    out.push(RuleOutput::Clear {
-                        rule: id.clone(),
-                        subject: ctx.device.to_owned(),
-                        at: now,
-                    });
-                    continue;
-                }
-                _ => {}
-            }
-            // Not cleared within `upgrade_after_s`: the alert becomes the other rule's (R2 -> R1).
-            if ep.priority.is_some() {
-                let due = active.iter().find_map(|i| {
-                    let r = &rules[*i];
-                    match (&r.upgrade_to, r.upgrade_after_ms) {
-                        (Some(to), Some(after)) if now - ep.raised_at_ms >= after => Some((r, to.clone())),
-                        _ => None,
-                    }
-                });
-                if let Some((from, to)) = due {
-                    if let Some(target) = rules.iter().find(|r| r.id == to) {
-                        let mut t = trigger(target, ds, ctx, now);
-                        t.upgrades = Some(id.clone());
-                        t.metric = from.condition.metric().map(str::to_owned);
-                        t.value = t.metric.as_ref().and_then(|m| ds.values.get(m).cloned());
-                        let tep = ds.episodes.entry(to.clone()).or_default();
-                        if tep.priority.is_none() {
-                            tep.priority = Some(t.priority);
-                            tep.raised_at_ms = now;
-                        }
-                        tep.absorbed.push(id.clone());
-                        ep.upgraded_into = Some(to);
-                        out.push(RuleOutput::Raise(t));
-                    }
-                }
-            }
-            if ep != Episode::default() {
-                ds.episodes.insert(id.clone(), ep);
-            }
-        }
-    }
 }
 
-/// (trigger, clear) of one condition for one device at `now`, before windows and suppression.
-/// Whether the device's resident is at rest: not reported moving, and fewer than
-/// [`AT_REST_MAX_STEPS`] steps over the last [`AT_REST_WINDOW_MS`] (scaled down when the oldest
-/// sample kept is older). A device that reports neither counts as at rest: no data is no reason
-/// to hold an alarm back.
-fn resting(ds: &DeviceState) -> bool {
-    if ds.values.get("motion_state") == Some(&Value::Text("moving".to_owned())) {
-        return false;
-    }
-    let Some((t0, v0, t1, v1)) = ds
-        .samples
-        .get("steps")
-        .and_then(|s| Some((s.front()?, s.back()?)))
-        .map(|(a, b)| (a.0, a.1, b.0, b.1))
-    else {
-        return true;
-    };
-    let span = (t1 - t0).max(1);
-    let steps = (v1 - v0) * (AT_REST_WINDOW_MS as f64 / span.max(AT_REST_WINDOW_MS) as f64);
-    steps < AT_REST_MAX_STEPS
-}
-
-/// `active`: the entry has fired and not cleared.
-fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, active: bool, now: i64) -> (bool, bool) {
-    let num = |m: &str| ds.values.get(m).and_then(Value::as_f64);
-    match c {
-        Condition::Threshold {
-            metric,
-            above,
-            below,
-            clear_below,
-            clear_above,
-        } => {
-            let Some(v) = num(metric) else {
-                return (false, false);
-            };
-            let trigger = above.is_some_and(|a| v >= a) || below.is_some_and(|b| v <= b);
-            let clear = if clear_below.is_none() && clear_above.is_none() {
-                !trigger
-            } else {
-                clear_below.map_or(true, |c| v < c) && clear_above.map_or(true, |c| v > c)
-            };
-            (trigger, clear)
+/// The care flags of each room's devices: building -> room -> flags.
+fn room_flags(registry: &Registry) -> HashMap<String, HashMap<String, Vec<String>>> {
+    let mut room_flags: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    for d in registry.devices() {
+        if d.room.is_empty() {
+            continue;
         }
-        Condition::State {
-            metric,
-            values,
-            clear_values,
-        } => {
-            let Some(v) = ds.values.get(metric) else {
-                return (false, false);
-            };
-            let trigger = values.contains(v);
-            let clear = match clear_values {
-                Some(cv) => cv.contains(v),
-                None => !trigger,
-            };
-            (trigger, clear)
-        }
-        Condition::Rate {
-            metric,
-            rise_per_min,
-            floor,
-            window_ms: _,
-            clear_below,
-        } => {
-            let Some(v) = num(metric) else {
-                return (false, false);
-            };
-            let rate = ds.samples.get(metric).and_then(|s| {
-                let (t0, v0) = *s.front()?;
-                let (t1, v1) = *s.back()?;
-                (t1 - t0 >= MIN_RATE_SPAN_MS).then(|| (v1 - v0) * 60_000.0 / (t1 - t0) as f64)
-            });
-            let trigger = rate.is_some_and(|r| r >= *rise_per_min) && floor.map_or(true, |f| v >= f);
-            let clear = match clear_below {
-                Some(c) => v < *c,
-                None => !trigger,
-            };
-            (trigger, clear)
-        }
-        Condition::Absence { multiple } => {
-            // A device already offline stays so until it is heard itself: a serial link that
-            // went down and came back meanwhile neither clears nor renews its alert. Otherwise,
-            // while its link is down the link's alert speaks for it (no trigger, no clear).
-            let from = if active {
-                Some(ds.last_seen_ms)
-            } else {
-                ctx.silence_from
-            };
-            match (ctx.interval_ms, from) {
-                (Some(i), Some(from)) => {
-                    let offline = now - from > i * *multiple as i64;
-                    (offline, !offline)
-                }
-                _ => (false, false),
+        let flags = room_flags
+            .entry(d.building.clone())
+            .or_default()
+            .entry(d.room.clone())
+            .or_default();
+        for f in &d.care_flags {
+            if !flags.contains(f) {
+                flags.push(f.clone());
             }
         }
-        Condition::Missing {
-            metric,
-            after_ms,
-            offline_multiple,
-        } => {
-            // Only a device that reported the metric before: one that never does does not
-            // measure it.
-            let Some(seen) = ds.metric_seen.get(metric) else {
-                return (false, false);
-            };
-            let missing = now - seen >= *after_ms;
-            let online = ctx
-                .interval_ms
-                .is_some_and(|i| now - ds.last_seen_ms <= i * i64::from(*offline_multiple));
-            (missing && online, !missing)
-        }
-        Condition::LowBattery {
-            below_pct,
-            clear_above_pct,
-        } => {
-            let low_flag = ds.values.get("battery_low") == Some(&Value::Bool(true));
-            let pct = num("battery_pct");
-            let trigger = low_flag || pct.is_some_and(|p| p <= *below_pct);
-            let clear = !low_flag && pct.map_or(true, |p| p > *clear_above_pct);
-            (trigger, clear)
-        }
     }
-}
-
-fn trigger(rule: &Rule, ds: &DeviceState, ctx: &Context<'_>, now: i64) -> Trigger {
-    let metric = rule.condition.metric().map(str::to_owned);
-    let value = match &rule.condition {
-        Condition::Absence { .. } => Some(Value::Num(((now - ds.last_seen_ms) / 1000) as f64)),
-        Condition::Missing { metric, .. } => ds
-            .metric_seen
-            .get(metric)
-            .map(|seen| Value::Num(((now - seen) / 60_000) as f64)),
-        Condition::LowBattery { .. } => ds
-            .values
-            .get("battery_pct")
-            .or_else(|| ds.values.get("battery_low"))
-            .cloned(),
-        _ => metric.as_ref().and_then(|m| ds.values.get(m).cloned()),
-    };
-    let shown = value.as_ref().map(display).unwrap_or_default();
-    // A battery level is a percentage, or only the device's own low-battery flag: the unit (or
-    // the word for the flag) comes with the value, since the template cannot know which.
-    let (shown_zh, shown_en) = match (&rule.condition, &value) {
-        (Condition::LowBattery { .. }, Some(Value::Num(_))) => (format!("{shown}%"), format!("{shown} %")),
-        (Condition::LowBattery { .. }, _) => ("低电量告警".to_owned(), "low-battery warning".to_owned()),
-        _ => (shown.clone(), shown),
-    };
-    let fill = |template: &str, shown: &str| {
-        template
-            .replace("{room}", &ctx.room)
-            .replace("{device}", ctx.device)
-            .replace("{value}", shown)
-            .replace("{resident}", ctx.resident.unwrap_or(""))
-            .replace("{metric}", metric.as_deref().unwrap_or(""))
-    };
-    Trigger {
-        rule: rule.id.clone(),
-        subject: ctx.device.to_owned(),
-        priority: rule.priority,
-        upgrades: None,
-        device: ctx.device.to_owned(),
-        room: ctx.room.to_string(),
-        resident: ctx.resident.map(str::to_owned),
-        hazard: rule.hazard.clone(),
-        metric: metric.clone(),
-        value,
-        latching: rule.latching,
-        person_centred: rule.person_centred,
-        message: fill(&rule.message, &shown_zh),
-        message_en: fill(&rule.message_en, &shown_en),
-        at: now,
-    }
-}
-
-fn display(v: &Value) -> String {
-    match v {
-        Value::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", *n as i64),
-        Value::Num(n) => format!("{n:.1}"),
-        Value::Bool(b) => b.to_string(),
-        Value::Text(s) => s.clone(),
-    }
+    room_flags
 }
