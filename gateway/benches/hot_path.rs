@@ -29,31 +29,8 @@ const T0: i64 = 1_763_880_000_000;
 /// A radar's usual report, the bulk of the load (`nh-sim load --payload typical`).
 const CANONICAL: &[u8] = br#"{"ts":1763880000000,"seq":42,"metrics":{"presence":true,"motion_state":"moving","posture":"sitting","body_movement":42,"heart_rate":72,"resp_rate":16,"rssi":-61}}"#;
 const ZIGBEE: &[u8] = br#"{"smoke":false,"smoke_density":0.5,"test":false,"battery":98,"voltage":2995,"linkquality":87,"last_seen":1763880000000}"#;
-const ACME_PROFILE: &str = r#"
-name = "acme-gas-v2"
-device_pointer = "/devEUI"
-device_prefix = "lorawan:"
-ts_pointer = "/time"
-ts_format = "rfc3339"
-seq_pointer = "/fCnt"
-[[fields]]
-pointer = "/object/gas"
-metric = "gas_lel"
-scale = 0.1
-unit = "%LEL"
-[[fields]]
-pointer = "/object/alarm"
-metric = "gas_alarm"
-true_values = [1]
-[[fields]]
-pointer = "/object/battery_mv"
-metric = "battery_v"
-scale = 0.001
-unit = "V"
-[[fields]]
-pointer = "/rxInfo/0/rssi"
-metric = "rssi"
-"#;
+/// The shared test profile of a LoRaWAN gas detector.
+const ACME_PROFILE: &str = include_str!("../../tests/fixtures/acme-profile.toml");
 const ACME: &[u8] = br#"{"devEUI":"a84041000181c61e","fCnt":77,"time":"2025-11-23T06:40:00.123Z","object":{"gas":52,"alarm":0,"battery_mv":3021},"rxInfo":[{"rssi":-97,"snr":7.5}]}"#;
 
 const REGISTRY: &str = r#"

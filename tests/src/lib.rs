@@ -1,21 +1,22 @@
 //! The end-to-end test harness: real processes on free loopback ports with temporary folders.
 //!
-//! - [`TempDir`]: a temporary folder removed on drop.
+//! - [`TempDir`]: a temporary folder removed on drop (`tempfile`'s, with a label in its name).
 //! - [`VictoriaMetrics`]: a real VictoriaMetrics server (Debian's `victoria-metrics`), read back
 //!   through its export API.
 //! - [`Mosquitto`]: a real Mosquitto broker for the external-broker mode.
-//! - [`Gateway`]: the `nh-gateway` binary, started and waited for on its `ready` line.
+//! - [`Gateway`]: the `nh-gateway` binary, started and waited for on its `ready` line
+//!   ([`wait_ready`] reads that line from any gateway's stdout).
 //! - [`sim`]: runs the `nh-sim` binary.
 //! - [`fault_proxy`]: an HTTP proxy in front of VictoriaMetrics that injects 5xx, timeouts and
 //!   400s, to exercise the InfluxDB forwarder's error paths against the real database.
-//! - helpers to read `/metrics` and to wait for a condition with a deadline.
+//! - helpers to read `/metrics` and to wait for a condition with a deadline ([`wait_for`],
+//!   [`wait_until`]): tests wait for what they can observe, never for a fixed time.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -58,30 +59,21 @@ pub fn free_port() -> u16 {
 }
 
 /// A temporary folder, removed on drop unless `NH_KEEP_TMP` is set.
-pub struct TempDir(PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
+    /// A new empty folder under the system's temporary folder, named `nh-e2e-<label>-<random>`.
     pub fn new(label: &str) -> Result<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nh-e2e-{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
+        let keep = std::env::var_os("NH_KEEP_TMP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("nh-e2e-{label}-"))
+            .disable_cleanup(keep)
+            .tempdir()
+            .with_context(|| format!("creating a temporary folder for {label}"))?;
+        Ok(TempDir(dir))
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("NH_KEEP_TMP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        self.0.path()
     }
 }
 
@@ -114,9 +106,24 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    wait_until(what, timeout, every, || {
+        let answer = probe();
+        async move { anyhow::Ok(answer.await) }
+    })
+    .await
+}
+
+/// Waits until `probe` answers `Ok(Some(_))`, polling every `every`, for at most `timeout`. An
+/// error from the probe ends the wait at once: a browser or a process that failed will not
+/// answer later either.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
     let start = Instant::now();
     loop {
-        if let Some(v) = probe().await {
+        if let Some(v) = probe().await.with_context(|| format!("while waiting for {what}"))? {
             return Ok(v);
         }
         if start.elapsed() > timeout {
@@ -126,7 +133,8 @@ where
     }
 }
 
-async fn tcp_accepts(addr: SocketAddr) -> bool {
+/// Whether something accepts TCP connections on `addr` now (a server that is up).
+pub async fn tcp_accepts(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
 }
 
@@ -397,33 +405,15 @@ impl Gateway {
             log,
         };
         let pid = proc.child.id();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ready ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let line = match tokio::time::timeout(Duration::from_secs(60), rx).await {
-            Ok(Ok(line)) => line,
-            _ => bail!("nh-gateway did not print its ready line; log:\n{}", proc.log_tail()),
-        };
-        let mut http = None;
-        let mut mqtt = None;
-        for part in line.split_whitespace().skip(1) {
-            match part.split_once('=') {
-                Some(("http", a)) => http = a.parse().ok(),
-                Some(("mqtt", "external")) => {}
-                Some(("mqtt", a)) => mqtt = a.parse().ok(),
-                _ => {}
-            }
-        }
-        let http = http.ok_or_else(|| anyhow!("bad ready line `{line}`"))?;
-        Ok(Gateway { http, mqtt, proc, pid })
+        let ready = wait_ready(stdout, READY_TIMEOUT)
+            .await
+            .with_context(|| format!("nh-gateway did not start; log:\n{}", proc.log_tail()))?;
+        Ok(Gateway {
+            http: ready.http,
+            mqtt: ready.mqtt,
+            proc,
+            pid,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -466,6 +456,55 @@ impl Gateway {
         )
         .await
         .with_context(|| self.proc.log_tail())
+    }
+}
+
+/// How long a gateway may take to print its `ready` line (a salvage of a damaged journal or a
+/// loaded CI machine included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a gateway's `ready` line announces: `ready http=ADDR mqtt=ADDR` (or `mqtt=external`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub http: SocketAddr,
+    /// The embedded broker's address (None in external mode).
+    pub mqtt: Option<SocketAddr>,
+}
+
+/// Parses a `ready` line.
+pub fn parse_ready(line: &str) -> Result<Ready> {
+    let mut http = None;
+    let mut mqtt = None;
+    for part in line.split_whitespace().skip(1) {
+        match part.split_once('=') {
+            Some(("http", a)) => http = a.parse().ok(),
+            Some(("mqtt", "external")) => {}
+            Some(("mqtt", a)) => mqtt = a.parse().ok(),
+            _ => {}
+        }
+    }
+    let http = http.ok_or_else(|| anyhow!("bad ready line `{line}`"))?;
+    Ok(Ready { http, mqtt })
+}
+
+/// Reads a gateway's stdout until its `ready` line, for at most `timeout`, and parses it. A
+/// thread of its own keeps reading the rest, so the gateway never blocks on a full pipe.
+pub async fn wait_ready(stdout: ChildStdout, timeout: Duration) -> Result<Ready> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ready ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(line)) => parse_ready(&line),
+        Ok(Err(_)) => bail!("the gateway's stdout closed without a ready line"),
+        Err(_) => bail!("no ready line within {timeout:?}"),
     }
 }
 
@@ -603,4 +642,56 @@ pub fn cpu_and_rss(pid: u32) -> Option<(f64, u64)> {
         .parse()
         .ok()?;
     Some((cpu, rss_kb * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_line_gives_the_http_and_broker_addresses() {
+        let embedded = parse_ready("ready http=127.0.0.1:40001 mqtt=127.0.0.1:40002").ok();
+        assert_eq!(
+            embedded,
+            Some(Ready {
+                http: ([127, 0, 0, 1], 40001).into(),
+                mqtt: Some(([127, 0, 0, 1], 40002).into()),
+            })
+        );
+        let external = parse_ready("ready http=127.0.0.1:40001 mqtt=external").ok();
+        assert_eq!(external.and_then(|r| r.mqtt), None);
+        assert!(parse_ready("ready mqtt=127.0.0.1:40002").is_err());
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_at_the_first_answer_at_an_error_or_at_the_deadline() {
+        let mut polls = 0;
+        let third = wait_until(
+            "the third poll",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                polls += 1;
+                std::future::ready(anyhow::Ok((polls >= 3).then_some(polls)))
+            },
+        )
+        .await;
+        assert_eq!(third.ok(), Some(3));
+        let failed = wait_until(
+            "a failing probe",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || std::future::ready(Err::<Option<()>, _>(anyhow!("gone"))),
+        )
+        .await;
+        assert!(failed.is_err_and(|e| format!("{e:#}").contains("gone")));
+        let never = wait_for(
+            "nothing",
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || async { None::<()> },
+        )
+        .await;
+        assert!(never.is_err_and(|e| e.to_string().starts_with("timed out after")));
+    }
 }

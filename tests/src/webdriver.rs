@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value as J};
@@ -17,6 +17,9 @@ use crate::{free_port, Proc, TempDir};
 
 /// The key under which the W3C protocol hands out element references.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// How often a wait looks at the page again.
+const POLL: Duration = Duration::from_millis(50);
 
 /// A browser session: chromedriver plus the Chromium it started.
 pub struct Browser {
@@ -232,36 +235,27 @@ impl Browser {
 
     /// Waits for an element matching `css` that is displayed.
     pub async fn wait_visible(&self, css: &str, timeout: Duration) -> Result<Element> {
-        let start = Instant::now();
-        loop {
+        crate::wait_until(&format!("a visible `{css}`"), timeout, POLL, || async move {
             for e in self.find_all(css).await? {
                 if self.displayed(&e).await.unwrap_or(false) {
-                    return Ok(e);
+                    return Ok(Some(e));
                 }
             }
-            if start.elapsed() > timeout {
-                bail!("no visible `{css}` after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            anyhow::Ok(None)
+        })
+        .await
     }
 
     /// Waits until no displayed element matches `css`.
     pub async fn wait_gone(&self, css: &str, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        loop {
+        crate::wait_until(&format!("no visible `{css}`"), timeout, POLL, || async move {
             let mut any = false;
             for e in self.find_all(css).await? {
                 any |= self.displayed(&e).await.unwrap_or(false);
             }
-            if !any {
-                return Ok(());
-            }
-            if start.elapsed() > timeout {
-                bail!("`{css}` still visible after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            anyhow::Ok((!any).then_some(()))
+        })
+        .await
     }
 
     pub async fn click(&self, e: &Element) -> Result<()> {
@@ -336,6 +330,18 @@ impl Browser {
     pub async fn execute_async(&self, script: &str, args: J) -> Result<J> {
         self.cmd("POST", "/execute/async", Some(json!({"script": script, "args": args})))
             .await
+    }
+
+    /// Waits until the page has drawn what it holds now: the second of two animation frames
+    /// runs after the paint that follows the first.
+    pub async fn wait_painted(&self) -> Result<()> {
+        self.execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+            json!([]),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// A PNG of the viewport.

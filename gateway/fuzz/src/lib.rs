@@ -34,45 +34,8 @@ pub const JSON_MAP_TOPIC: &str = "acme/up/24e124538b223213";
 
 /// The json_map target's profile: the operator manual's LoRaWAN gas detector, which uses every
 /// kind of mapping (RFC 3339 time, sequence number, scale, inverted boolean, enum table, a
-/// pointer into an array).
-pub const JSON_MAP_PROFILE: &str = r#"
-name = "acme-gas-v2"
-device_pointer = "/devEUI"
-device_prefix = "lorawan:"
-ts_pointer = "/time"
-ts_format = "rfc3339"
-seq_pointer = "/fCnt"
-
-[[fields]]
-pointer = "/object/gas"
-metric = "gas_lel"
-scale = 0.1
-unit = "%LEL"
-
-[[fields]]
-pointer = "/object/alarm"
-metric = "gas_alarm"
-true_values = [0]
-
-[[fields]]
-pointer = "/object/fall"
-metric = "fall_state"
-enum_map = { "0" = "none", "1" = "suspected", "2" = "fall" }
-
-[[fields]]
-pointer = "/object/battery_mv"
-metric = "battery_v"
-scale = 0.001
-unit = "V"
-
-[[fields]]
-pointer = "/rxInfo/0/rssi"
-metric = "rssi"
-
-[[fields]]
-pointer = "/object/code"
-metric = "fault_code"
-"#;
+/// pointer into an array); the one test profile of the repository.
+pub const JSON_MAP_PROFILE: &str = include_str!("../../../tests/fixtures/acme-profile.toml");
 
 /// Tight limits, so that the size and depth checks are reached by small inputs too.
 const SMALL: Limits = Limits {

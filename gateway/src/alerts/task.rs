@@ -526,7 +526,8 @@ mod tests {
 
     #[test]
     fn the_judged_watermark_waits_for_bulk_transactions_a_priority_one_overtook() {
-        let db = std::env::temp_dir().join(format!("nh-alerts-watermark-{}.db", std::process::id()));
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let db = dir.path().join("alerts-watermark.db");
         let mut task = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
         task.mark_judged(10);
         let batch = |after, last_id| Observed {
@@ -546,16 +547,12 @@ mod tests {
             "the gap closed: every row up to 22 judged"
         );
         assert!(task.judged_ahead.is_empty());
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     #[tokio::test]
     async fn task_raises_from_readings_answers_commands_and_keeps_engine_state() {
-        let db = std::env::temp_dir().join(format!("nh-alerts-task-{}.db", std::process::id()));
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let db = dir.path().join("alerts-task.db");
         let task = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
         let mut events = task.events();
         let (handle, commands) = command_channel();
@@ -628,10 +625,5 @@ mod tests {
         drop(again);
         let third = AlertsTask::new(ScriptedEngine::default(), lifecycle(&db));
         assert_eq!(third.observed_row(), Some(3), "saved after the replay");
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

@@ -284,8 +284,8 @@ mod tests {
 
     #[tokio::test]
     async fn alerts_api_lists_shows_acknowledges_and_resolves() {
-        let db = std::env::temp_dir().join(format!("nh-alerts-api-{}.db", std::process::id()));
-        let base = serve(db.clone()).await;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let base = serve(dir.path().join("alerts-api.db")).await;
 
         let (status, list) = call("GET", &format!("{base}/api/v1/alerts?state=open"), None).await;
         assert_eq!(status, 200);
@@ -353,11 +353,5 @@ mod tests {
         assert_eq!(one["audit"][1]["note"], "helped up");
         let (_, resolved) = call("GET", &format!("{base}/api/v1/alerts?state=resolved"), None).await;
         assert_eq!(resolved.as_array().map(Vec::len), Some(1));
-
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

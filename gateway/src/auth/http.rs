@@ -325,8 +325,8 @@ mod tests {
 
     #[tokio::test]
     async fn roles_sessions_tokens_limits_and_audit() {
-        let db = std::env::temp_dir().join(format!("nh-auth-http-{}.db", std::process::id()));
-        let base = serve(db.clone()).await;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let base = serve(dir.path().join("auth-http.db")).await;
         let c = reqwest011::Client::new();
         let url = |p: &str| format!("{base}{p}");
         let login = |user: &str, password: &str| {
@@ -514,11 +514,5 @@ mod tests {
         expected.extend([("nurse1", "login_failed"); 5]);
         expected.extend([("nurse1", "logout"), ("guest", "login"), ("nurse1", "login")]);
         assert_eq!(actions, expected);
-
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

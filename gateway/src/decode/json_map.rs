@@ -472,41 +472,8 @@ mod tests {
         Value::Text(s.to_owned())
     }
 
-    /// The example of the operator's manual: a LoRaWAN gas detector.
-    const ACME_GAS: &str = r#"
-        name = "acme-gas-v2"
-        device_pointer = "/devEUI"
-        device_prefix = "lorawan:"
-        ts_pointer = "/time"
-        ts_format = "rfc3339"
-        seq_pointer = "/fCnt"
-
-        [[fields]]
-        pointer = "/object/gas"
-        metric = "gas_lel"
-        scale = 0.1
-        unit = "%LEL"
-
-        [[fields]]
-        pointer = "/object/alarm"
-        metric = "gas_alarm"
-        true_values = [0]
-
-        [[fields]]
-        pointer = "/object/fall"
-        metric = "fall_state"
-        enum_map = { "0" = "none", "1" = "suspected", "2" = "fall" }
-
-        [[fields]]
-        pointer = "/object/battery_mv"
-        metric = "battery_v"
-        scale = 0.001
-        unit = "V"
-
-        [[fields]]
-        pointer = "/rxInfo/0/rssi"
-        metric = "rssi"
-    "#;
+    /// The example of the operator's manual: a LoRaWAN gas detector (the one shared test profile).
+    const ACME_GAS: &str = include_str!("../../../tests/fixtures/acme-profile.toml");
 
     /// A CTWing NB-IoT smoke alarm (LiAn; docs/devices.md). `Alarm_Status` is one code for the whole
     /// device state, read by several boolean fields; RSRP is sent without its sign.

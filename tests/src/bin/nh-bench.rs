@@ -732,17 +732,19 @@ async fn run_mode(mode: Mode, a: &Args) -> Result<Value> {
 fn binary_size() -> Value {
     let path = bin("nh-gateway");
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let stripped = std::env::temp_dir().join(format!("nh-gateway-stripped-{}", std::process::id()));
-    let stripped_size = std::process::Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&path)
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .and_then(|_| std::fs::metadata(&stripped).ok())
-        .map(|m| m.len());
-    let _ = std::fs::remove_file(&stripped);
+    let scratch = TempDir::new("strip").ok();
+    let stripped_size = scratch.as_ref().and_then(|dir| {
+        let stripped = dir.path().join("nh-gateway-stripped");
+        std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&path)
+            .status()
+            .ok()
+            .filter(|s| s.success())
+            .and_then(|_| std::fs::metadata(&stripped).ok())
+            .map(|m| m.len())
+    });
     json!({"path": path.display().to_string(), "bytes": size, "mb": mb(size), "stripped_mb": stripped_size.map(mb)})
 }
 

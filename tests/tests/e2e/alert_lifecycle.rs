@@ -2,10 +2,13 @@
 //! the API; a gateway killed mid-window and restarted on the same timeline raises at the original
 //! deadline, and open alerts survive with their audit trail.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nh_e2e::{http, wait_for, workspace_root, write_config, Gateway, TempDir};
+use nh_gateway::alerts::task::OBSERVED_ROW;
+use nh_gateway::alerts::{AlertStore, ENGINE_STATE};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value as J;
 use tokio::sync::mpsc;
@@ -217,6 +220,41 @@ async fn unacknowledged_p1_escalates_at_60_and_180_s_and_ack_stops_it() -> Resul
     Ok(())
 }
 
+/// The CO detector's reporting period in the restart test: 30 virtual seconds at x20.
+const CO_REPORT_PERIOD: Duration = Duration::from_millis(1500);
+
+/// Waits until the journal holds `readings` readings and the rules engine has saved a state
+/// that judged every one of them (`engine_state` in the journal file: the state and, after it,
+/// the last judged row; saved every few ticks of 1 s), so a kill from here on loses no judgement.
+async fn wait_engine_state_saved(gw: &Gateway, journal: &Path, readings: u64) -> Result<()> {
+    let last_row = wait_for(
+        "every reading committed",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async move {
+            let m = gw.metrics().await.ok()?;
+            let committed = m.get("nh_readings_accepted_total").copied().unwrap_or(0.0) as u64;
+            let last_row = m.get("nh_journal_last_id").copied().unwrap_or(0.0) as i64;
+            (committed >= readings).then_some(last_row)
+        },
+    )
+    .await
+    .with_context(|| gw.proc.log_tail())?;
+    wait_for(
+        "the rules engine state saved with every committed row judged",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async move {
+            let store = AlertStore::open(journal).ok()?;
+            store.load_state(ENGINE_STATE).ok()??;
+            let judged: i64 = store.load_state(OBSERVED_ROW).ok()??.parse().ok()?;
+            (judged >= last_row).then_some(())
+        },
+    )
+    .await
+    .with_context(|| gw.proc.log_tail())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_window_raises_at_the_original_deadline_and_keeps_open_alerts() -> Result<()> {
     // R15: CO >= 100 ppm sustained 10 min. At x20 the window is 30 s of real time.
@@ -238,17 +276,20 @@ async fn a_restart_mid_window_raises_at_the_original_deadline_and_keeps_open_ale
     .await?;
     let sos_id = open["id"].as_str().unwrap_or_default().to_owned();
 
-    // CO at 120 ppm every 30 virtual seconds (1.5 s real) for 4 virtual minutes.
+    // CO at 120 ppm every 30 virtual seconds (1.5 s real) for 4 virtual minutes: the pause is
+    // the detector's reporting period, virtual time that must pass, not a wait for the gateway.
     let first_high = clock.now_ms();
     let mut ts = first_high;
+    let mut co_readings = 0;
     while ts < first_high + 240_000 {
         publish(&client, "co-1", ts, r#"{"co_ppm":120,"co_alarm":false}"#).await?;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        co_readings += 1;
+        tokio::time::sleep(CO_REPORT_PERIOD).await;
         ts = clock.now_ms();
     }
-    // The engine has saved its window by now (it saves every 5 ticks of 1 s; the first high
-    // reading was 12 s ago), then kill -9.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Every reading (the SOS press and the CO ones) committed and judged by a saved engine
+    // state, then kill -9: the window is in the saved state, not in a replay of the journal.
+    wait_engine_state_saved(&gw, &site.dir.path().join("journal.db"), 1 + co_readings).await?;
     drop(client);
     drop(gw);
 
@@ -267,7 +308,7 @@ async fn a_restart_mid_window_raises_at_the_original_deadline_and_keeps_open_ale
             {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::time::sleep(CO_REPORT_PERIOD).await;
         }
     });
     let co = next_alert(&mut alerts, "R15 CO alarm", Duration::from_secs(90), |a| {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nh_e2e::webdriver::{Browser, NetworkLog};
-use nh_e2e::{bin, sim, workspace_root, write_config, Gateway, Proc, TempDir};
+use nh_e2e::{bin, sim, wait_until, workspace_root, write_config, Gateway, Proc, TempDir};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value as J};
 
@@ -125,6 +125,8 @@ const TOKEN: &str = "e2e-browser-test-token-0123456789";
 /// The acceptance figure is 2 s from publish to board; the assertion allows 5x.
 const FALL_DEADLINE: Duration = Duration::from_secs(10);
 const UI_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a wait looks at the page again.
+const UI_POLL: Duration = Duration::from_millis(50);
 
 /// Where the screenshots go: `target/test-artifacts/` (so a test run leaves the tree clean), or
 /// `tests/artifacts/` with `NH_UPDATE_ARTIFACTS=1` to refresh the committed ones.
@@ -280,17 +282,16 @@ async fn body_data(b: &Browser, key: &str) -> Result<String> {
 }
 
 async fn wait_body_data(b: &Browser, key: &str, want: &str, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    loop {
+    let what = format!("body data-{key} to be `{want}`");
+    let reached = wait_until(&what, timeout, UI_POLL, || async move {
+        anyhow::Ok((body_data(b, key).await? == want).then_some(()))
+    })
+    .await;
+    if reached.is_err() {
         let got = body_data(b, key).await?;
-        if got == want {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("body data-{key} is `{got}`, not `{want}`, after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        bail!("body data-{key} is `{got}`, not `{want}`, after {timeout:?}");
     }
+    Ok(())
 }
 
 async fn login(b: &Browser, gw: &Gateway, (user, password): (&str, &str)) -> Result<()> {
@@ -327,14 +328,47 @@ async fn tone_plays(b: &Browser) -> Result<u64> {
 /// the connection-lost one every 4 s).
 async fn tone_repeats(b: &Browser) -> Result<()> {
     let start = tone_plays(b).await?;
-    let t0 = Instant::now();
-    while tone_plays(b).await? < start + 2 {
-        if t0.elapsed() > Duration::from_secs(12) {
-            bail!("the tone did not repeat (plays: {start} -> {})", tone_plays(b).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    tone_plays_reach(b, start + 2, Duration::from_secs(12)).await
+}
+
+/// Waits until the page has sounded its tone `plays` times in all.
+async fn tone_plays_reach(b: &Browser, plays: u64, timeout: Duration) -> Result<()> {
+    let reached = wait_until("the tone to repeat", timeout, UI_POLL, || async move {
+        anyhow::Ok((tone_plays(b).await? >= plays).then_some(()))
+    })
+    .await;
+    if reached.is_err() {
+        bail!(
+            "the tone did not repeat within {timeout:?} (plays: {} of {plays})",
+            tone_plays(b).await?
+        );
     }
     Ok(())
+}
+
+/// Clicks the first element matching `css`, found again when the page rebuilt it between the
+/// find and the click (the board is redrawn on every alert change it hears of).
+async fn click_current(b: &Browser, css: &str) -> Result<()> {
+    wait_until(&format!("a click on `{css}`"), UI_TIMEOUT, UI_POLL, || async move {
+        let clicked: Result<Option<()>> = match b.click(&b.find(css).await?).await {
+            Ok(()) => Ok(Some(())),
+            Err(e) if format!("{e:#}").contains("stale element reference") => Ok(None),
+            Err(e) => Err(e),
+        };
+        clicked
+    })
+    .await
+}
+
+/// The open alert of `rule` on `device`, as the API shows it.
+async fn open_alert(gw: &Gateway, rule: &str, device: &str) -> Result<Option<J>> {
+    let open = gw.get_json("/api/v1/alerts?state=open").await?;
+    Ok(open
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["rule"] == rule && a["device"] == device)
+        .cloned())
 }
 
 /// The board's cards as (priority, rule, device, state), top to bottom.
@@ -437,15 +471,16 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     let fall_card = "#alerts li.alert[data-rule='R1'][data-device='radar-101']";
     let published = Instant::now();
     publish(&devices, "radar-101", json!({"fall_state": "fall", "presence": true})).await?;
-    loop {
-        if !b.find_all(fall_card).await?.is_empty() {
-            break;
-        }
-        if published.elapsed() > FALL_DEADLINE {
-            bail!("the fall did not reach the board in {FALL_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let browser = &b;
+    // Looked at every 20 ms: the figure printed below is only as fine as this.
+    wait_until(
+        "the fall on the board",
+        FALL_DEADLINE,
+        Duration::from_millis(20),
+        || async move { anyhow::Ok((!browser.find_all(fall_card).await?.is_empty()).then_some(())) },
+    )
+    .await
+    .with_context(|| format!("the fall did not reach the board in {FALL_DEADLINE:?}"))?;
     let latency = published.elapsed();
     println!("fall published -> on the board: {} ms", latency.as_millis());
     let card = b.find(fall_card).await?;
@@ -467,7 +502,7 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     // The P1 tone repeats until acknowledged.
     wait_body_data(&b, "tone", "p1", Duration::from_secs(3)).await?;
     tone_repeats(&b).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.wait_painted().await?;
     b.save_screenshot(&artifacts().join("board-zh.png")).await?;
 
     // ---- English after the toggle, remembered across a reload.
@@ -502,13 +537,19 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     assert!(b.find_all(&format!("{fall_card} button.ack")).await?.is_empty());
     wait_body_data(&b, "tone", "none", Duration::from_secs(3)).await?;
     let plays = tone_plays(&b).await?;
+    // Time that must pass with nothing happening: longer than the 2 s repeat of the P1 pattern.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(tone_plays(&b).await?, plays, "a tone sounded after the acknowledgement");
 
-    // ---- resolve with a note, once the resident is up again.
+    // ---- resolve with a note, once the resident is up again (the gateway recorded the clear).
     publish(&devices, "radar-101", json!({"fall_state": "none", "presence": true})).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    b.click(&b.find(&format!("{fall_card} button.resolve")).await?).await?;
+    let gateway = &gw;
+    wait_until("the fall's condition cleared", UI_TIMEOUT, UI_POLL, || async move {
+        let fall = open_alert(gateway, "R1", "radar-101").await?;
+        anyhow::Ok(fall.filter(|a| a["condition_cleared"] == true).map(|_| ()))
+    })
+    .await?;
+    click_current(&b, &format!("{fall_card} button.resolve")).await?;
     let note = b.wait_visible("#action-note", UI_TIMEOUT).await?;
     b.send_keys(&note, "已扶起，未受伤，已通知家属").await?;
     b.click(&b.find("input[name='resolution'][value='handled']").await?)
@@ -748,7 +789,7 @@ async fn control_room_page_in_a_real_browser() -> Result<()> {
     );
     wait_body_data(&b, "tone", "conn", Duration::from_secs(2)).await?;
     tone_repeats(&b).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.wait_painted().await?;
     b.save_screenshot(&artifacts().join("connection-lost.png")).await?;
 
     b.quit().await?;
@@ -784,14 +825,10 @@ async fn a_degraded_gateway_is_shown_with_a_banner_and_tone() -> Result<()> {
     );
     // No P1 is open (S1 for the link is a P2), so what sounds is the degraded pattern.
     wait_body_data(&b, "tone", "degraded", UI_TIMEOUT).await?;
-    let t0 = Instant::now();
     let first = tone_plays(&b).await?;
-    while tone_plays(&b).await? < first + 1 {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("the degraded tone did not repeat within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tone_plays_reach(&b, first + 1, Duration::from_secs(30))
+        .await
+        .context("the degraded tone")?;
     b.save_screenshot(&artifacts().join("degraded.png")).await?;
     b.quit().await?;
     Ok(())

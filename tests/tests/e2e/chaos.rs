@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nh_e2e::{bin, wait_for, write_config, Gateway, Mosquitto, TempDir, VictoriaMetrics};
+use nh_e2e::{bin, tcp_accepts, wait_for, write_config, Gateway, Mosquitto, TempDir, VictoriaMetrics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value as J;
 use tokio::time::Instant;
@@ -90,8 +90,8 @@ fn acked(record: &Path) -> Result<BTreeMap<(String, i64), u64>> {
 }
 
 /// One SOS press, as a button does it: connect, publish at QoS 1, wait for the PUBACK; on any
-/// failure (the broker restarting) try again on a new connection, for up to 30 s. True once the
-/// broker acknowledged it.
+/// failure (the broker restarting) try again on a new connection once the broker listens, for
+/// up to 30 s. True once the broker acknowledged it.
 async fn press(broker: SocketAddr, device: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     let payload = format!(
@@ -130,7 +130,12 @@ async fn press(broker: SocketAddr, device: &str) -> bool {
         if acked {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The broker is restarting: try again once it listens (or give up at the deadline).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = wait_for("the broker to listen", left, Duration::from_millis(50), || async move {
+            tcp_accepts(broker).await.then_some(())
+        })
+        .await;
     }
     false
 }
@@ -189,6 +194,7 @@ async fn external_mode_loses_nothing_under_kills_and_outages() -> Result<()> {
     }
     events.sort();
     for (second, action) in events {
+        // The script's own clock: each fault at its second, not when the system looks ready.
         tokio::time::sleep_until(at(second)).await;
         eprintln!("chaos t={second}s: {action}");
         match action {
@@ -362,6 +368,7 @@ async fn embedded_mode_loss_window_per_kill_is_measured() -> Result<()> {
     let t0 = Instant::now();
     let kills = 3u64;
     for k in 1..=kills {
+        // The schedule under test: a kill every 10 s of the load, whatever the gateway is doing.
         tokio::time::sleep_until(t0 + Duration::from_secs(k * 10)).await;
         gw.proc.child.kill()?;
         gw.proc.child.wait()?;

@@ -1,13 +1,12 @@
 //! The documents say what the code does: every rule with its numbers, every configuration key,
 //! no pointer outside the repository, and the README's first site works as written.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use nh_e2e::{bin, workspace_root, TempDir};
+use anyhow::{anyhow, Context, Result};
+use nh_e2e::{bin, wait_ready, wait_until, workspace_root, TempDir, READY_TIMEOUT};
 
 fn read(rel: &str) -> Result<String> {
     std::fs::read_to_string(workspace_root().join(rel)).with_context(|| format!("reading {rel}"))
@@ -231,32 +230,15 @@ async fn the_readme_first_site_runs_as_written() -> Result<()> {
         name: "nh-gateway",
         log: log.clone(),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("ready ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(line);
-                }
-            }
-        }
-    });
-    let ready = match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(line)) => line,
-        _ => bail!(
-            "no ready line; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ),
-    };
-    let field = |k: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            .ok_or_else(|| anyhow!("no {k} in `{ready}`"))
-    };
-    let (http, mqtt) = (field("http")?, field("mqtt")?);
-    let mqtt_port = mqtt.rsplit(':').next().unwrap_or_default().to_owned();
+    let ready = wait_ready(stdout, READY_TIMEOUT)
+        .await
+        .with_context(|| format!("log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))?;
+    let http = ready.http.to_string();
+    let mqtt_port = ready
+        .mqtt
+        .ok_or_else(|| anyhow!("the first site runs no embedded broker"))?
+        .port()
+        .to_string();
     // Step 5: publish once, then ask until the reading is committed.
     let step5 = blocks[4]
         .replace("127.0.0.1:8080", &http)
@@ -269,26 +251,29 @@ async fn the_readme_first_site_runs_as_written() -> Result<()> {
         "{publish}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let started = Instant::now();
-    loop {
-        let out = sh(dir.path(), &path_env, query)?;
-        let body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Ok(rows) = serde_json::from_str::<serde_json::Value>(&body) {
+    let (site, search_path) = (dir.path(), path_env.as_str());
+    wait_until(
+        "the reading listed",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async move {
+            let out = sh(site, search_path, query)?;
+            let rows = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
             let found = rows.as_array().is_some_and(|rows| {
                 rows.iter()
                     .any(|r| r["metrics"]["battery_pct"] == 97.0 && r["metrics"]["smoke"] == false)
             });
-            if found {
-                break;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "the reading was not listed: {body}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+            anyhow::Ok(found.then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        let listed = sh(site, search_path, query)
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        format!(
+            "the reading was not listed: {listed}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
 }

@@ -69,6 +69,7 @@ async fn rss_stays_bounded_under_steady_load_with_the_broker_log_capped() -> Res
     let out = loop {
         tokio::select! {
             out = &mut run => break out?,
+            // The sampling period of the memory curve.
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
                 if let Some((_, rss)) = cpu_and_rss(gw.pid) {
                     samples.push((started.elapsed().as_secs_f64(), rss));

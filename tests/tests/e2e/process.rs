@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nh_e2e::{wait_for, write_config, Gateway, TempDir};
+use nh_e2e::{wait_for, wait_until, write_config, Gateway, TempDir};
 
 /// Two devices: a fall radar on a serial link (`uart:b1`) and a smoke alarm on MQTT.
 const REGISTRY: &str = r#"
@@ -49,14 +49,15 @@ path = "{journal}"
 
 /// Waits up to `timeout` for `child` to exit; its status, or None if it still runs.
 async fn exit_within(child: &mut std::process::Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let exited = wait_until("the process to exit", timeout, Duration::from_millis(50), || {
+        std::future::ready(child.try_wait().map_err(anyhow::Error::from))
+    })
+    .await;
+    match exited {
+        Ok(status) => Ok(Some(status)),
+        // The deadline passed (or the status was unreadable): one last look says which.
+        Err(_) => Ok(child.try_wait()?),
     }
-    Ok(None)
 }
 
 #[tokio::test]

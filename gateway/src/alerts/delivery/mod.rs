@@ -204,32 +204,24 @@ impl Backoff {
 pub(crate) mod test_support {
     //! Temporary directories and event rows for the delivery tests.
 
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::path::Path;
 
-    /// A directory under the system temp dir, removed on drop.
-    pub struct TempDir(PathBuf);
+    /// A directory under the system temp dir (`nh-delivery-<tag>-<random>`), removed on drop.
+    pub struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         pub fn new(tag: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("nh-delivery-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            if let Err(e) = std::fs::create_dir_all(&path) {
-                panic!("cannot create {}: {e}", path.display());
+            match tempfile::Builder::new()
+                .prefix(&format!("nh-delivery-{tag}-"))
+                .tempdir()
+            {
+                Ok(dir) => TempDir(dir),
+                Err(e) => panic!("cannot create a temporary directory for {tag}: {e}"),
             }
-            TempDir(path)
         }
 
         pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path()
         }
     }
 
