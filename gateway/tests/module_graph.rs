@@ -17,7 +17,11 @@ type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 #[test]
 fn the_gateway_has_no_module_cycle() {
     let graph = graph_of(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    assert!(graph.len() > 10, "the source was read: {:?}", graph.keys().collect::<Vec<_>>());
+    assert!(
+        graph.len() > 10,
+        "the source was read: {:?}",
+        graph.keys().collect::<Vec<_>>()
+    );
     // The bottom of the house really is at the bottom.
     for low in ["reading", "clock", "telemetry", "diagnostics", "secret", "safety"] {
         let ups: Vec<&String> = graph.get(low).map(|e| e.keys().collect()).unwrap_or_default();
@@ -43,14 +47,21 @@ fn the_simulator_has_no_module_cycle() {
 fn a_cycle_is_found_and_named() {
     let mut g = Graph::new();
     let mut edge = |a: &str, b: &str| {
-        g.entry(a.into()).or_default().entry(b.into()).or_default().insert(format!("{a}.rs"));
+        g.entry(a.into())
+            .or_default()
+            .entry(b.into())
+            .or_default()
+            .insert(format!("{a}.rs"));
     };
     edge("config", "journal");
     edge("journal", "telemetry");
     edge("telemetry", "config");
     edge("app", "config");
     let cycles = cycles(&g);
-    assert_eq!(cycles, vec![vec!["config".to_owned(), "journal".into(), "telemetry".into()]]);
+    assert_eq!(
+        cycles,
+        vec![vec!["config".to_owned(), "journal".into(), "telemetry".into()]]
+    );
     // Test code and comments are not dependencies.
     let code = "use crate::a::X;\n// crate::b\n/// [`crate::c`]\nfn f() { super::d(); \"crate::e\"; }\n#[cfg(test)]\nmod tests {\n    use crate::f;\n    fn g() { let s = \"}\"; }\n}\n#[cfg(test)]\nuse crate::h;\nfn k() { crate::i::j() }\n";
     let refs = references(code, &["m".to_owned()]);
@@ -65,7 +76,10 @@ fn assert_acyclic(graph: &Graph) {
         for a in c {
             for (b, files) in &graph[a] {
                 if c.contains(b) {
-                    report.push_str(&format!("  {a} -> {b}  ({})\n", files.iter().cloned().collect::<Vec<_>>().join(", ")));
+                    report.push_str(&format!(
+                        "  {a} -> {b}  ({})\n",
+                        files.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ));
                 }
             }
         }
@@ -191,9 +205,13 @@ fn references(code: &str, module: &[String]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let bytes = code.as_bytes();
     let ident_at = |i: usize| -> String {
-        code[i..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+        code[i..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
     };
-    let boundary = |i: usize| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':');
+    let boundary =
+        |i: usize| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':');
     let mut i = 0;
     while i < code.len() {
         if code[i..].starts_with("crate::") && boundary(i) {
@@ -279,7 +297,9 @@ fn strip_comments_and_strings(code: &str) -> String {
             }
             out.push_str("\"\"");
             i = j + 1;
-        } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || (next == Some('\\') && chars.get(i + 3) == Some(&'\''))) {
+        } else if c == '\''
+            && (chars.get(i + 2) == Some(&'\'') || (next == Some('\\') && chars.get(i + 3) == Some(&'\'')))
+        {
             // A char literal ('{', '\n'); lifetimes ('a) are left alone.
             out.push_str("' '");
             i += if next == Some('\\') { 4 } else { 3 };

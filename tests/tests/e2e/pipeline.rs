@@ -176,7 +176,7 @@ async fn run_against_database(mqtt_section: &str, broker_of: impl Fn(&Gateway) -
         .filter(|s| {
             registry
                 .get(&s.device)
-                .is_some_and(|d| nh_gateway::registry::is_life_safety_class(&d.class))
+                .is_some_and(|d| nh_gateway::safety::takes_priority_lane(&d.class))
         })
         .count();
     assert!(life_safety > 0);
