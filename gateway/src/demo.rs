@@ -2,18 +2,25 @@
 //! broker, embedded journal) with the simulated fleet of `config/demo/devices.toml`
 //! (3 floors x 20 rooms, 313 devices) publishing to its broker in process, and prints a short
 //! live summary until Ctrl-C. `NH_INFLUX_URL` and friends turn on InfluxDB forwarding as usual.
+//!
+//! Built with the `demo` feature only (it links the simulator):
+//! `cargo run --release -p nh-gateway --features demo -- demo`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::app::{self, MqttEndpoint, RunOptions};
+use crate::app::{self, wait_for_signal, MqttEndpoint, RunOptions, Running};
 use crate::clock::{system_now_ms, Clock};
-use crate::config::{self, Env};
+use crate::config::{self, Env, Loaded};
 use crate::journal::Store;
+use crate::stages::StageFailure;
 
 /// The demo site configuration and registry, compiled in so the demo runs from anywhere.
 pub const SITE_TOML: &str = include_str!("../../config/demo/site.toml");
@@ -36,22 +43,7 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
             (d.clone(), Some(RemoveOnDrop(d)))
         }
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    std::fs::write(data_dir.join("residents.toml"), RESIDENTS_TOML)
-        .with_context(|| format!("writing residents into {}", data_dir.display()))?;
-    // The journal goes into the data folder, whatever the demo file says.
-    let site_toml = SITE_TOML.replace(
-        "path = \"data/journal.db\"",
-        &format!("path = {:?}", data_dir.join("journal.db").display().to_string()),
-    );
-    let loaded = config::load_str(
-        Path::new("config/demo/site.toml"),
-        &site_toml,
-        &data_dir,
-        &Env::from_process(),
-        Some(DEVICES_TOML),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = load_config(&data_dir)?;
     let journal_path = loaded.journal_path.clone();
     let devices: Vec<(String, i64)> = loaded
         .registry
@@ -76,49 +68,9 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
         running.http_addr
     );
 
-    let fleet = nh_sim::Fleet::from_toml(DEVICES_TOML).map_err(|e| anyhow::anyhow!("demo registry: {e}"))?;
-    let sim_clock = nh_sim::Clock {
-        origin_real_ms: now,
-        start_virtual_ms: clock.at(now),
-        scale: clock.scale(),
-    };
-    let sim_opts = nh_sim::RunOptions {
-        clock: sim_clock,
-        incidents: true,
-        client_id: Some("nh-demo-fleet".into()),
-        ..nh_sim::RunOptions::new(broker.to_string())
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let fleet_stop = stop.clone();
-    let fleet_task =
-        tokio::spawn(
-            async move { nh_sim::run_fleet(fleet, sim_opts, async move { fleet_stop.cancelled().await }).await },
-        );
-
-    let telemetry = running.telemetry.clone();
-    let mut ticker = tokio::time::interval(SUMMARY_EVERY);
-    ticker.tick().await;
-    let mut last = (Instant::now(), telemetry.readings_accepted.load(Ordering::Relaxed));
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
-    let mut failed = None;
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            f = running.stage_failed() => {
-                failed = Some(f);
-                break;
-            }
-            _ = ticker.tick() => {
-                let accepted = telemetry.readings_accepted.load(Ordering::Relaxed);
-                let rate = (accepted - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), accepted);
-                let online = count_online(&journal_path, &devices, clock.now_ms()).await;
-                println!("devices online {online}/{} | readings/s {rate:.1} | readings total {accepted} | rejected {}",
-                    devices.len(), telemetry.rejected_total());
-            }
-        }
-    }
+    let stop = CancellationToken::new();
+    let fleet_task = spawn_fleet(broker, clock, now, stop.clone())?;
+    let failed = print_summaries(&mut running, &journal_path, &devices, clock).await;
     stop.cancel();
     match fleet_task.await {
         Ok(Ok(summary)) => eprintln!(
@@ -135,6 +87,82 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
     }
 }
 
+/// The demo site configuration, its registry and residents written into `data_dir`, its
+/// journal moved there.
+fn load_config(data_dir: &Path) -> anyhow::Result<Loaded> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::write(data_dir.join("residents.toml"), RESIDENTS_TOML)
+        .with_context(|| format!("writing residents into {}", data_dir.display()))?;
+    // The journal goes into the data folder, whatever the demo file says.
+    let site_toml = SITE_TOML.replace(
+        "path = \"data/journal.db\"",
+        &format!("path = {:?}", data_dir.join("journal.db").display().to_string()),
+    );
+    config::load_str(
+        Path::new("config/demo/site.toml"),
+        &site_toml,
+        data_dir,
+        &Env::from_process(),
+        Some(DEVICES_TOML),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The simulated fleet of the demo registry, publishing to `broker` on the gateway's timeline
+/// (`now` real ms reads `clock.at(now)`) until `stop`.
+fn spawn_fleet(
+    broker: SocketAddr,
+    clock: Clock,
+    now: i64,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<anyhow::Result<nh_sim::Summary>>> {
+    let fleet = nh_sim::Fleet::from_toml(DEVICES_TOML).map_err(|e| anyhow::anyhow!("demo registry: {e}"))?;
+    let sim_clock = nh_sim::Clock {
+        origin_real_ms: now,
+        start_virtual_ms: clock.at(now),
+        scale: clock.scale(),
+    };
+    let sim_opts = nh_sim::RunOptions {
+        clock: sim_clock,
+        incidents: true,
+        client_id: Some("nh-demo-fleet".into()),
+        ..nh_sim::RunOptions::new(broker.to_string())
+    };
+    Ok(tokio::spawn(async move {
+        nh_sim::run_fleet(fleet, sim_opts, async move { stop.cancelled().await }).await
+    }))
+}
+
+/// Prints the live summary every [`SUMMARY_EVERY`] until Ctrl-C or SIGTERM (None) or a stage
+/// fails (Some).
+async fn print_summaries(
+    running: &mut Running,
+    journal_path: &Path,
+    devices: &[(String, i64)],
+    clock: Clock,
+) -> Option<StageFailure> {
+    let telemetry = running.telemetry.clone();
+    let mut ticker = tokio::time::interval(SUMMARY_EVERY);
+    ticker.tick().await;
+    let mut last = (Instant::now(), telemetry.readings_accepted.load(Ordering::Relaxed));
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => return None,
+            f = running.stage_failed() => return Some(f),
+            _ = ticker.tick() => {
+                let accepted = telemetry.readings_accepted.load(Ordering::Relaxed);
+                let rate = (accepted - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), accepted);
+                let online = count_online(journal_path, devices, clock.now_ms()).await;
+                println!("devices online {online}/{} | readings/s {rate:.1} | readings total {accepted} | rejected {}",
+                    devices.len(), telemetry.rejected_total());
+            }
+        }
+    }
+}
+
 async fn count_online(journal: &Path, devices: &[(String, i64)], now_ms: i64) -> usize {
     let journal = journal.to_owned();
     let rows = tokio::task::spawn_blocking(move || Store::open_secondary(&journal).and_then(|s| s.devices())).await;
@@ -144,21 +172,6 @@ async fn count_online(journal: &Path, devices: &[(String, i64)], now_ms: i64) ->
         .iter()
         .filter(|(id, interval)| seen.get(id).is_some_and(|t| now_ms - t <= ONLINE_INTERVALS * interval))
         .count()
-}
-
-/// Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -10,7 +10,6 @@ use nh_gateway::app::{self, RunOptions};
 use nh_gateway::auth;
 use nh_gateway::clock::Clock;
 use nh_gateway::config::{self, Env};
-use nh_gateway::demo;
 
 /// jemalloc instead of glibc's malloc: the buffers the embedded broker's log frees are reused
 /// and returned instead of fragmenting per-thread arenas, so RSS stays flat under a steady load
@@ -41,7 +40,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Run a demo facility (3 floors x 20 rooms, simulated devices) on the embedded defaults.
+    /// Run a demo facility (3 floors x 20 rooms, simulated devices) on the embedded defaults
+    /// (in a binary built with `--features demo`).
     Demo {
         /// Folder for the demo's journal (default: a new temporary folder).
         #[arg(long)]
@@ -170,12 +170,24 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(serve(loaded, opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { data, speed, common } => {
-            let opts = common.options()?;
-            runtime()?.block_on(demo::run(data, speed, opts))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo { data, speed, common } => run_demo(data, speed, &common),
     }
+}
+
+/// `demo`: the demo facility, with its simulated fleet.
+#[cfg(feature = "demo")]
+fn run_demo(data: Option<PathBuf>, speed: f64, common: &Common) -> anyhow::Result<ExitCode> {
+    let opts = common.options()?;
+    runtime()?.block_on(nh_gateway::demo::run(data, speed, opts))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demo` in a binary built without the simulator: refused, with the command that builds it.
+#[cfg(not(feature = "demo"))]
+fn run_demo(_data: Option<PathBuf>, _speed: f64, _common: &Common) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "the demo is not built into this binary: build it with `cargo run --release -p nh-gateway --features demo -- demo`"
+    )
 }
 
 /// The first line of stdin, without its line end.
@@ -198,7 +210,7 @@ async fn serve(loaded: config::Loaded, opts: RunOptions) -> anyhow::Result<()> {
     let mut running = app::start(loaded, opts).await?;
     println!("{}", running.ready_line());
     let failed = tokio::select! {
-        _ = demo::wait_for_signal() => None,
+        _ = app::wait_for_signal() => None,
         f = running.stage_failed() => Some(f),
     };
     running.shutdown().await;

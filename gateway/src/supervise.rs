@@ -182,15 +182,28 @@ impl Detector {
     /// Looks at one sample; returns the flags that changed.
     pub fn check(&mut self, s: &Sample) -> Vec<Change> {
         let scale = if s.scale > 0.0 { s.scale } else { 1.0 };
-        let mut now: Vec<(&'static str, bool, String)> = Vec::new();
         let prev = self.prev.take();
         if let Some(p) = &prev {
             self.t += ((s.real_ms - p.real_ms) as f64 * scale) as i64;
         }
         let t = self.t;
+        let p = prev.as_ref();
+        let now = [
+            self.mqtt_receiving(s, p, t),
+            self.db_writes_ok(s, p, t),
+            self.journal_budget_high(s),
+            self.journal_dropping(s, p, t),
+            self.broker_log_overrun(s, p, t),
+            self.journal_recovered(s),
+            clock_jumped(s, p, scale),
+        ];
+        self.prev = Some(s.clone());
+        self.changed(now)
+    }
 
-        // MQTT: silence while devices should be talking.
-        let progressed = match &prev {
+    /// MQTT: silence while devices should be talking.
+    fn mqtt_receiving(&mut self, s: &Sample, prev: Option<&Sample>, t: i64) -> Flag {
+        let progressed = match prev {
             Some(p) => s.messages_received != p.messages_received,
             None => s.messages_received > 0,
         };
@@ -200,7 +213,7 @@ impl Detector {
         let armed = self.expect_mqtt || s.messages_received > 0;
         let silent_ms = self.mqtt_progress_at.map(|p| t - p);
         let receiving = !armed || silent_ms.is_some_and(|ms| ms < MQTT_SILENCE_MS);
-        now.push((
+        (
             "mqtt_receiving",
             receiving,
             format!(
@@ -209,18 +222,18 @@ impl Detector {
                 s.mqtt_connected,
                 s.messages_received
             ),
-        ));
+        )
+    }
 
-        // InfluxDB: rows waiting and the cursor not moving.
+    /// InfluxDB: rows waiting and the cursor not moving.
+    fn db_writes_ok(&mut self, s: &Sample, prev: Option<&Sample>, t: i64) -> Flag {
         let lag = s.journal_last_id - s.influx_cursor;
-        let moved = prev.as_ref().is_some_and(|p| p.influx_cursor != s.influx_cursor);
+        let moved = prev.is_some_and(|p| p.influx_cursor != s.influx_cursor);
         if lag <= 0 || moved {
             self.db_progress_at = t;
         }
-        let failures = prev
-            .as_ref()
-            .map_or(0, |p| s.influx_failures.saturating_sub(p.influx_failures));
-        now.push((
+        let failures = prev.map_or(0, |p| s.influx_failures.saturating_sub(p.influx_failures));
+        (
             "db_writes_ok",
             !self.influx || t - self.db_progress_at < DB_STALL_MS,
             format!(
@@ -228,9 +241,11 @@ impl Detector {
                 t - self.db_progress_at,
                 s.influx_failures
             ),
-        ));
+        )
+    }
 
-        // Journal: share of the disk budget, with hysteresis.
+    /// Journal: share of the disk budget, with hysteresis.
+    fn journal_budget_high(&mut self, s: &Sample) -> Flag {
         if s.journal_budget_bytes > 0 {
             let pct = (u128::from(s.journal_bytes) * 100 / u128::from(s.journal_budget_bytes)) as u64;
             if pct >= BUDGET_HIGH_PCT {
@@ -239,51 +254,48 @@ impl Detector {
                 self.budget_high = false;
             }
         }
-        now.push((
+        (
             "journal_budget_high",
             self.budget_high,
             format!("bytes={} budget_bytes={}", s.journal_bytes, s.journal_budget_bytes),
-        ));
+        )
+    }
 
-        // Journal: unforwarded rows dropped for the budget.
-        let dropped_before = prev.as_ref().map_or(0, |p| p.dropped_unforwarded);
+    /// Journal: unforwarded rows dropped for the budget.
+    fn journal_dropping(&mut self, s: &Sample, prev: Option<&Sample>, t: i64) -> Flag {
+        let dropped_before = prev.map_or(0, |p| p.dropped_unforwarded);
         if s.dropped_unforwarded > dropped_before {
             self.last_drop_at = Some(t);
         }
-        now.push((
+        (
             "journal_dropping",
             self.last_drop_at.is_some_and(|d| t - d < DROP_QUIET_MS),
             format!("dropped_total={}", s.dropped_unforwarded),
-        ));
+        )
+    }
 
-        // The embedded broker: a subscriber lost messages its log had dropped.
-        let overruns_before = prev.as_ref().map_or(0, |p| p.broker_log_overruns);
+    /// The embedded broker: a subscriber lost messages its log had dropped.
+    fn broker_log_overrun(&mut self, s: &Sample, prev: Option<&Sample>, t: i64) -> Flag {
+        let overruns_before = prev.map_or(0, |p| p.broker_log_overruns);
         if s.broker_log_overruns > overruns_before {
             self.last_overrun_at = Some(t);
         }
-        now.push((
+        (
             "broker_log_overrun",
             self.last_overrun_at.is_some_and(|o| t - o < DROP_QUIET_MS),
             format!("overruns_total={}", s.broker_log_overruns),
-        ));
+        )
+    }
 
-        // Journal: salvaged at start (an event: up at one check, down at the next).
+    /// Journal: salvaged at start (an event: up at one check, down at the next).
+    fn journal_recovered(&mut self, s: &Sample) -> Flag {
         let recovered = s.recoveries > self.recoveries_seen;
         self.recoveries_seen = s.recoveries;
-        now.push(("journal_recovered", recovered, format!("recoveries={}", s.recoveries)));
+        ("journal_recovered", recovered, format!("recoveries={}", s.recoveries))
+    }
 
-        // Clock: a step against the monotonic clock, in real time.
-        let step_ms = prev.as_ref().map_or(0, |p| {
-            let expected = (s.real_ms - p.real_ms) as f64 * scale;
-            (((s.wall_ms - p.wall_ms) as f64 - expected) / scale) as i64
-        });
-        now.push((
-            "clock_jumped",
-            step_ms.abs() > CLOCK_JUMP_MS,
-            format!("step_ms={step_ms}"),
-        ));
-
-        self.prev = Some(s.clone());
+    /// Records the flags' values now; returns those that differ from the last journaled ones.
+    fn changed(&mut self, now: [Flag; 7]) -> Vec<Change> {
         let mut changes = Vec::new();
         for (metric, value, detail) in now {
             let last = self.flags.insert(metric, value);
@@ -302,6 +314,22 @@ impl Detector {
         }
         changes
     }
+}
+
+/// One flag's value at a check, with what the detection saw (for the log line).
+type Flag = (&'static str, bool, String);
+
+/// Clock: a step against the monotonic clock, in real time.
+fn clock_jumped(s: &Sample, prev: Option<&Sample>, scale: f64) -> Flag {
+    let step_ms = prev.map_or(0, |p| {
+        let expected = (s.real_ms - p.real_ms) as f64 * scale;
+        (((s.wall_ms - p.wall_ms) as f64 - expected) / scale) as i64
+    });
+    (
+        "clock_jumped",
+        step_ms.abs() > CLOCK_JUMP_MS,
+        format!("step_ms={step_ms}"),
+    )
 }
 
 /// The supervision task.

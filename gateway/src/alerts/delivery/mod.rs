@@ -103,8 +103,10 @@ impl AlertsConfig {
     }
 }
 
-/// Counters of the delivery channels (until they move into `telemetry.rs`; the names they
-/// should get are in the field docs).
+/// Counters of the delivery channels, owned by the delivery stages: the wiring makes one and
+/// hands it to the MQTT publisher, the webhooks and the alert stream. They are not on `/metrics`
+/// yet; publishing them means implementing `telemetry::MetricsSource` for this type and
+/// registering it, under the names in the field docs.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
     /// `nh_alerts_mqtt_connected` (gauge 0/1).
