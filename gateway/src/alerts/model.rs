@@ -167,15 +167,44 @@ pub struct AuditEntry {
     pub detail: Option<serde_json::Value>,
 }
 
-/// One entry of the delivery log: the alert JSON at `seq`.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the delivery log (`alert_events`): one alert change, the alert JSON at `seq`.
+/// The alert store writes it; every delivery channel reads it from its own cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertEvent {
     pub seq: u64,
     pub alert_id: String,
+    /// Gateway clock time (ms) of the change.
     pub at: i64,
-    /// The alert JSON exactly as published.
+    /// The alert JSON exactly as published (the contract of docs/contracts.md).
     pub json: String,
+}
+
+impl AlertEvent {
+    /// The `priority` field of the JSON (`"P1"`..`"P4"`), if present and well formed.
+    pub fn priority(&self) -> Option<Priority> {
+        #[derive(Deserialize)]
+        struct Head {
+            priority: Priority,
+        }
+        serde_json::from_str::<Head>(&self.json).ok().map(|h| h.priority)
+    }
 }
 
 /// The actor of rule-driven transitions.
 pub const SYSTEM_ACTOR: &str = "system";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_is_none_for_malformed_json() {
+        let e = AlertEvent {
+            seq: 1,
+            alert_id: "a".into(),
+            at: 0,
+            json: "{\"priority\":\"urgent\"}".into(),
+        };
+        assert_eq!(e.priority(), None);
+    }
+}

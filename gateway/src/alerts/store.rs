@@ -4,13 +4,20 @@
 //! (`alert_audit`) and the delivery log entry (`alert_events`, keyed by the alert `seq`). The
 //! delivery stages (MQTT outbox, webhooks, SSE replay) read `alert_events` after their cursor,
 //! so nothing is published that is not durable and nothing durable is missed.
+//!
+//! This module owns the SQL of `alert_events`: the delivery log ([`super::delivery::log`]) reads
+//! it through `read_events_after` and `last_event_seq`. It also tells the journal what to do
+//! for the alert tables when it opens the file ([`HOSTED_IN_JOURNAL`]): read them at start, and
+//! after a salvage of a damaged file, [`repair_after_salvage`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use tracing::{error, warn};
 
 use super::model::{Alert, AlertEvent, AlertState, AuditEntry};
+use crate::journal::recovery::{table_exists, HostedTables};
 use crate::journal::store::WriteTurns;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +48,6 @@ CREATE TABLE IF NOT EXISTS alert_audit (
     detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_audit_alert ON alert_audit (alert_id, id);
-CREATE TABLE IF NOT EXISTS alert_events (
-    seq         INTEGER PRIMARY KEY,
-    alert_id    TEXT    NOT NULL,
-    at          INTEGER NOT NULL,
-    json        TEXT    NOT NULL
-);
 CREATE TABLE IF NOT EXISTS access_audit (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     at          INTEGER NOT NULL,
@@ -60,6 +61,21 @@ CREATE TABLE IF NOT EXISTS engine_state (
     json        TEXT    NOT NULL
 );
 ";
+
+/// The delivery log, `alert_events`: every alert change keyed by its seq. `CREATE ... IF NOT
+/// EXISTS`, run by the alert store and by the delivery log, so whoever opens the database first
+/// creates it.
+pub(crate) const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq         INTEGER PRIMARY KEY,
+    alert_id    TEXT    NOT NULL,
+    at          INTEGER NOT NULL,
+    json        TEXT    NOT NULL
+);
+";
+
+/// Appends one entry to the delivery log.
+const INSERT_EVENT: &str = "INSERT INTO alert_events (seq, alert_id, at, json) VALUES (?1, ?2, ?3, ?4)";
 
 /// One entry of the whole audit log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -138,6 +154,7 @@ impl AlertStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(EVENTS_SCHEMA)?;
         Ok(AlertStore {
             conn,
             turns: WriteTurns::of(path),
@@ -146,10 +163,7 @@ impl AlertStore {
 
     /// The highest alert seq ever written (0 when none).
     pub fn last_seq(&self) -> Result<u64, AlertStoreError> {
-        let seq: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(seq) FROM alert_events", [], |r| r.get(0))?;
-        Ok(seq.unwrap_or(0) as u64)
+        Ok(last_event_seq(&self.conn)?)
     }
 
     /// Writes the changes in one transaction: alert rows, audit entries, delivery log.
@@ -168,8 +182,7 @@ impl AlertStore {
             let mut audit = tx.prepare_cached(
                 "INSERT INTO alert_audit (alert_id, at, actor, action, note, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut event =
-                tx.prepare_cached("INSERT INTO alert_events (seq, alert_id, at, json) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut event = tx.prepare_cached(INSERT_EVENT)?;
             for c in changes {
                 let a = &c.alert;
                 let json = serde_json::to_string(a)?;
@@ -320,18 +333,7 @@ impl AlertStore {
 
     /// Delivery log entries with `seq > after`, in seq order, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<AlertEvent>, AlertStoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, alert_id, at, json FROM alert_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![after as i64, limit.min(i64::MAX as usize) as i64], |r| {
-            Ok(AlertEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                alert_id: r.get(1)?,
-                at: r.get(2)?,
-                json: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        Ok(read_events_after(&self.conn, after, limit)?)
     }
 
     /// A saved state (the rules engine snapshot), when there is one.
@@ -356,4 +358,263 @@ impl AlertStore {
 /// The creation seq in an `a-<seq>` id, so ties sort in creation order.
 fn alert_number(id: &str) -> u64 {
     id.strip_prefix("a-").and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// A seq as SQLite stores it (saturating: seqs never come near `i64::MAX`).
+fn seq_to_sql(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Delivery log entries with `seq > after`, in seq order, at most `limit`: on any connection to
+/// the journal's file (the alert store's, or a delivery channel's).
+pub(crate) fn read_events_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<AlertEvent>, rusqlite::Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, alert_id, at, json FROM alert_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(
+        params![seq_to_sql(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(AlertEvent {
+                seq: r.get::<_, i64>(0)?.max(0) as u64,
+                alert_id: r.get(1)?,
+                at: r.get(2)?,
+                json: r.get(3)?,
+            })
+        },
+    )?;
+    rows.collect::<Result<Vec<_>, _>>()
+}
+
+/// The highest seq in the delivery log (0 when empty).
+pub(crate) fn last_event_seq(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let seq: Option<i64> = conn.query_row("SELECT MAX(seq) FROM alert_events", [], |r| r.get(0))?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
+/// Appends one entry to the delivery log outside a change of the alert store (tests and tools).
+pub(crate) fn append_event(
+    conn: &Connection,
+    seq: u64,
+    alert_id: &str,
+    at: i64,
+    json: &str,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(INSERT_EVENT, params![seq_to_sql(seq), alert_id, at, json])?;
+    Ok(())
+}
+
+/// What the journal does for the alert tables when it opens its file: reads them at start (a
+/// damaged page there is found then, not as a failed start of the alerts task) and, after a
+/// salvage of a damaged file, [`repair_after_salvage`].
+pub const HOSTED_IN_JOURNAL: HostedTables = HostedTables {
+    read_at_start: &["alerts", "alert_events", "engine_state", "delivery_cursors"],
+    repair: repair_after_salvage,
+};
+
+/// Makes the salvaged alert tables agree again (nothing to do without both `alerts` and
+/// `alert_events`). The alert manager takes `MAX(alert_events.seq) + 1` as its next seq and
+/// the delivery channels send only what is past their cursor: a lost tail of `alert_events`
+/// would make new alerts reuse seqs (and `a-<seq>` ids) that were delivered or are still in
+/// `alerts`.
+pub fn repair_after_salvage(conn: &Connection) -> Result<(), rusqlite::Error> {
+    if !(table_exists(conn, "alerts")? && table_exists(conn, "alert_events")?) {
+        return Ok(());
+    }
+    recreate_from_each_other(conn)?;
+    raise_seq_to_delivery_cursors(conn)
+}
+
+/// An alert's row is its latest version: its event is re-created when the event was lost, and
+/// an alert whose row was lost gets it back from its latest event.
+fn recreate_from_each_other(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let recreated = conn.execute(
+        "INSERT OR IGNORE INTO alert_events (seq, alert_id, at, json)
+         SELECT json_extract(json, '$.seq'), id, updated_at, json FROM alerts
+         WHERE json_valid(json) AND json_extract(json, '$.seq') > (SELECT coalesce(max(seq), 0) FROM alert_events)",
+        [],
+    )?;
+    let restored = conn.execute(
+        "INSERT OR IGNORE INTO alerts (id, state, json, updated_at)
+         SELECT e.alert_id, json_extract(e.json, '$.state'), e.json, e.at FROM alert_events e
+         WHERE e.seq = (SELECT max(seq) FROM alert_events WHERE alert_id = e.alert_id)
+           AND json_valid(e.json) AND json_extract(e.json, '$.state') IS NOT NULL",
+        [],
+    )?;
+    if recreated + restored > 0 {
+        warn!(
+            recreated,
+            restored, "salvage: alert events and rows re-created from each other"
+        );
+    }
+    Ok(())
+}
+
+/// Every channel's cursor is a seq it delivered: when the log now ends below the highest
+/// cursor, the latest alert is published again under that seq, so the next seq is above every
+/// cursor and no new alert hides behind one.
+fn raise_seq_to_delivery_cursors(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let floor: Option<i64> = if table_exists(conn, "delivery_cursors")? {
+        conn.query_row("SELECT max(seq) FROM delivery_cursors", [], |r| r.get(0))?
+    } else {
+        None
+    };
+    let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM alert_events", [], |r| r.get(0))?;
+    let Some(floor) = floor.filter(|f| *f > last) else {
+        return Ok(());
+    };
+    // Every channel already delivered up to `floor`: publish the most recent alert again under
+    // that seq (a repeat of its current state, as any change is), so the next seq is above it.
+    let latest: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT id, updated_at FROM alerts WHERE json_valid(json)
+             ORDER BY json_extract(json, '$.seq') DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match latest {
+        Some((id, at)) => {
+            conn.execute(
+                "UPDATE alerts SET json = json_set(json, '$.seq', ?2) WHERE id = ?1",
+                params![id, floor],
+            )?;
+            conn.execute(
+                "INSERT INTO alert_events (seq, alert_id, at, json) SELECT ?2, id, ?3, json FROM alerts WHERE id = ?1",
+                params![id, floor, at],
+            )?;
+            warn!(alert = %id, seq = floor, "salvage: alert seq raised to the delivery cursors");
+        }
+        None => error!(
+            delivery_cursor = floor,
+            last_seq = last,
+            "salvage: every alert was lost and the delivery cursors are ahead; new alert seqs may repeat delivered ones"
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::recovery::{open, CheckOutcome};
+    use crate::journal::test_support::{count, fill, opts_hosting, root_page, smash_page, temp_db, SyncPolicy};
+    use crate::journal::Store;
+
+    /// A journal of `n` readings and the alert tables with a few rows (two alerts, three events,
+    /// a delivery cursor at 3), checkpointed into the main file and closed.
+    fn journal_with_alerts(path: &Path, n: i64) {
+        let mut store = Store::open(path, SyncPolicy::Full).expect("open");
+        fill(&mut store, 1, n);
+        drop(AlertStore::open(path).expect("alert tables"));
+        crate::alerts::delivery::EventLog::open(path).expect("delivery tables");
+        store
+            .conn_mut()
+            .execute_batch(
+                "INSERT INTO alerts VALUES ('a-1', 'resolved', '{\"id\":\"a-1\",\"seq\":2,\"state\":\"resolved\"}', 20);
+                 INSERT INTO alerts VALUES ('a-3', 'active', '{\"id\":\"a-3\",\"seq\":3,\"state\":\"active\"}', 30);
+                 INSERT INTO alert_audit (alert_id, at, actor, action) VALUES ('a-1', 10, 'system', 'raised');
+                 INSERT INTO alert_events VALUES (1, 'a-1', 10, '{\"id\":\"a-1\",\"seq\":1,\"state\":\"active\"}');
+                 INSERT INTO alert_events VALUES (2, 'a-1', 20, '{\"id\":\"a-1\",\"seq\":2,\"state\":\"resolved\"}');
+                 INSERT INTO alert_events VALUES (3, 'a-3', 30, '{\"id\":\"a-3\",\"seq\":3,\"state\":\"active\"}');
+                 INSERT INTO engine_state VALUES ('rules', '{\"v\":1}');
+                 INSERT INTO delivery_cursors VALUES ('mqtt', 3);",
+            )
+            .expect("alerts");
+        store
+            .conn_mut()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+    }
+
+    #[test]
+    fn a_damaged_event_log_is_found_at_start_salvaged_and_its_lost_events_recreated() {
+        let (_dir, path) = temp_db("smashed-alert-events");
+        journal_with_alerts(&path, 2_000);
+        // The event log's root page: read at every start.
+        smash_page(&path, root_page(&path, "alert_events"));
+        let (mut store, report) = open(&path, opts_hosting(&[HOSTED_IN_JOURNAL]), 5).expect("start");
+        assert!(!report.unclean);
+        assert_eq!(report.check, CheckOutcome::Skipped);
+        let recovery = report.recovery.expect("recovered");
+        assert_eq!(recovery.table("readings").map(|t| (t.rows, t.lost)), Some((2_000, 0)));
+        assert_eq!(
+            count(&mut store, "alert_events"),
+            2,
+            "events re-created from the alert rows"
+        );
+        for (table, n) in [
+            ("alerts", 2),
+            ("alert_audit", 1),
+            ("engine_state", 1),
+            ("delivery_cursors", 1),
+        ] {
+            assert_eq!(count(&mut store, table), n, "{table}");
+        }
+        let max_seq: i64 = store
+            .conn_mut()
+            .query_row("SELECT max(seq) FROM alert_events", [], |r| r.get(0))
+            .expect("seq");
+        assert_eq!(max_seq, 3, "the next alert seq is past the delivery cursor");
+    }
+
+    #[test]
+    fn lost_alert_events_are_recreated_and_seqs_never_fall_behind_a_delivery_cursor() {
+        let (_dir, path) = temp_db("alert-seq");
+        journal_with_alerts(&path, 1);
+        let conn = Connection::open(&path).expect("open");
+        // The tail of the event log lost, and a channel that had delivered up to 7.
+        conn.execute_batch(
+            "DELETE FROM alert_events WHERE seq >= 2;
+             INSERT INTO delivery_cursors VALUES ('webhook:0', 7);",
+        )
+        .expect("damage");
+        repair_after_salvage(&conn).expect("repair");
+        let events: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, alert_id FROM alert_events ORDER BY seq")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("events");
+        assert_eq!(
+            events,
+            vec![
+                (1, "a-1".to_owned()),
+                (2, "a-1".to_owned()),
+                (3, "a-3".to_owned()),
+                (7, "a-3".to_owned())
+            ],
+            "lost events re-created from the alert rows; the latest alert repeated at the cursor"
+        );
+        let json: String = conn
+            .query_row("SELECT json FROM alerts WHERE id = 'a-3'", [], |r| r.get(0))
+            .expect("alert");
+        assert!(json.contains("\"seq\":7"), "{json}");
+    }
+
+    #[test]
+    fn the_delivery_log_reads_what_the_store_commits_and_what_is_appended() {
+        let (_dir, path) = temp_db("alert-events");
+        let store = AlertStore::open(&path).expect("open");
+        assert_eq!(store.last_seq().expect("last"), 0);
+        append_event(&store.conn, 2, "a-2", 20, "{\"seq\":2}").expect("append");
+        append_event(&store.conn, 1, "a-1", 10, "{\"seq\":1}").expect("append");
+        let events = store.events_after(0, 10).expect("events");
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            events[1],
+            AlertEvent {
+                seq: 2,
+                alert_id: "a-2".into(),
+                at: 20,
+                json: "{\"seq\":2}".into()
+            }
+        );
+        assert_eq!(store.last_seq().expect("last"), 2);
+        assert!(store.events_after(2, 10).expect("after").is_empty());
+        assert_eq!(store.events_after(0, 1).expect("limit").len(), 1);
+    }
 }

@@ -35,6 +35,7 @@ impl Wiring {
             sync: journal.sync,
             check: journal.integrity_check,
             check_max: Duration::from_secs(journal.integrity_check_max_s),
+            hosted: &[crate::alerts::store::HOSTED_IN_JOURNAL],
         };
         let (store, opened) = recovery::open(&self.journal_path, open_options, system_now_ms())?;
         recovery::count(&opened, &self.telemetry);

@@ -90,10 +90,10 @@ mod tests {
 
     #[test]
     fn a_second_holder_is_refused_with_the_pid_and_the_lock_frees_on_drop() {
-        let dir = std::env::temp_dir().join(format!("nh-lock-{}", std::process::id()));
-        let journal = dir.join("journal.db");
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let journal = dir.path().join("journal.db");
         let first = JournalLock::acquire(&journal).expect("first");
-        assert_eq!(first.path(), dir.join("journal.db.lock"));
+        assert_eq!(first.path(), dir.path().join("journal.db.lock"));
         // A second open file description of the same file: as another process would see it.
         let err = JournalLock::acquire(&journal).expect_err("held");
         let text = err.to_string();
@@ -101,6 +101,5 @@ mod tests {
         assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
         drop(first);
         JournalLock::acquire(&journal).expect("free again");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,18 +6,29 @@
 //! owns the write connection and groups whatever arrived during the previous commit into the
 //! next transaction (group commit); readers use their own connections.
 //!
-//! - [`writer`]: the writer thread, its priority and bulk inputs, group commit,
-//!   acknowledgements, device state, retention and the disk budget.
+//! - [`writer`]: the writer thread, its priority and bulk inputs, group commit and
+//!   acknowledgements.
+//! - [`devices`]: the `devices` summary table, brought up to date behind the commits.
+//! - [`checkpoint`]: the thread that checkpoints the WAL beside the writer.
+//! - [`retention`]: retention by age and the disk budget, enforced by the writer.
 //! - [`store`]: the schema and every query (history, devices, cursors, quarantine).
-//! - [`recovery`]: opening after a crash: the start-up check, salvage of a damaged file.
+//! - [`recovery`]: opening after a crash: the start-up check, the tables of other modules
+//!   ([`recovery::HostedTables`]).
+//! - [`salvage`]: rebuilding a damaged file: what is readable copied onto a fresh one.
 //! - [`budget`]: what the disk budget may delete, and what is life-safety and never is.
 //! - [`lock`]: one gateway per journal (an OS file lock held for the process's life).
 
 pub mod budget;
+pub mod checkpoint;
 pub mod config;
+pub mod devices;
 pub mod lock;
 pub mod recovery;
+pub mod retention;
+pub mod salvage;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod writer;
 
 use std::collections::BTreeMap;

@@ -451,8 +451,8 @@ mod tests {
 
     #[test]
     fn the_journal_writer_lets_a_waiting_small_writer_go_first_but_not_forever() {
-        let dir = std::env::temp_dir().join(format!("nh-turns-{}", std::process::id()));
-        let (a, b) = (dir.join("a.db"), dir.join("b.db"));
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
         let writer = WriteTurns::of(&a);
         // One counter per file, whichever handle asks.
         let turn = WriteTurns::of(&a).ask();

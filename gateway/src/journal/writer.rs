@@ -22,25 +22,26 @@
 //! Durability: with `sync = "full"` each group commit fsyncs the WAL before the acks go out;
 //! with `normal` only checkpoints are fsynced (see [`super::recovery`]).
 //!
-//! The `devices` table (each device's last state and counters) is a summary of the rows, brought
-//! up to date at most every [`DEVICES_EVERY`] inside a bulk commit, or by itself when the writer
-//! has nothing else to do; with it a mark (`cursors.devices`) names the last row it reflects.
-//! Written per commit, its upserts were about half of the WAL pages of a commit at 2,000
-//! devices. A crash loses none of it: at start the rows after the mark are counted again.
+//! Beside group commit, the writer keeps the `devices` summary up to date ([`super::devices`]),
+//! hands WAL checkpoints to a thread of their own ([`super::checkpoint`]) and enforces
+//! retention and the disk budget ([`super::retention`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::params;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
+use super::devices::{self, DeviceDelta};
 use super::store::{Store, StoreError, WriteTurns};
-use super::{budget, recovery, Record, RowId};
+use super::{budget, checkpoint, recovery, retention, Record, RowId};
 use crate::clock::Clock;
 use crate::telemetry::Telemetry;
+
+pub use super::devices::DEVICES_EVERY;
 
 /// Acknowledges one source message once its readings are durable.
 pub struct Ack(Box<dyn FnOnce() + Send>);
@@ -115,33 +116,6 @@ pub const QUEUE_CAPACITY: usize = 20_000;
 /// whole, and each of its transactions is committed ahead of the bulk. Full = senders wait.
 pub const PRIORITY_QUEUE_CAPACITY: usize = 2_000;
 
-/// How often the checkpoint thread copies committed WAL pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// WAL size (pages of 4 KiB) at which the writer checkpoints itself, should the checkpoint
-/// thread fall behind: 64 MiB.
-const CHECKPOINT_BACKSTOP_PAGES: i64 = 16_384;
-
-/// How often retention and the disk budget are enforced.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
-
-/// How often at most the `devices` table is brought up to date while commits come (the
-/// device list of the API is at most this much behind the journal; idle, at most this much
-/// after the last commit).
-pub const DEVICES_EVERY: Duration = Duration::from_secs(1);
-
-/// The cursor naming the last row the `devices` table reflects.
-const DEVICES_MARK: &str = "devices";
-
-/// Rows read per query when the rows after the mark are counted again at start.
-const DEVICES_REPLAY_CHUNK: usize = 10_000;
-
-/// Rows deleted per statement when over budget, so a delete never holds the lock for long.
-const BUDGET_DELETE_CHUNK: usize = 10_000;
-
-/// Unforwarded rows dropped per statement: small, so the budget drops little more than needed.
-const UNFORWARDED_DROP_CHUNK: usize = 1_000;
-
 pub struct WriterHandle {
     /// Bulk telemetry.
     pub tx: mpsc::Sender<Ingest>,
@@ -154,7 +128,7 @@ pub struct WriterHandle {
 
 /// Which input a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
+pub(super) enum Lane {
     Priority,
     Bulk,
 }
@@ -179,16 +153,11 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
         .journal_budget_bytes
         .store(cfg.disk_budget_bytes, Ordering::Relaxed);
     let (committed_tx, committed) = watch::channel(last);
-    let mut seqs = load_seq_state(&store)?;
+    let mut seqs = devices::load_seq_state(&store)?;
     let mut store = store;
-    catch_up_devices(&mut store, &mut seqs, last)?;
+    devices::catch_up_devices(&mut store, &mut seqs, last)?;
     if let Some(path) = store.path() {
-        // Checkpoints move to a thread of their own (see `checkpoints`); the writer's automatic
-        // checkpoint stays only as a backstop should that thread fall behind.
-        store
-            .conn()
-            .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)?;
-        spawn_checkpointer(path, committed.clone());
+        checkpoint::take_over_checkpoints(&store, path, committed.clone())?;
     }
     let turns = store.path().map(|p| WriteTurns::of(&p));
     let rt = tokio::runtime::Handle::current();
@@ -222,228 +191,23 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, telemetry: Arc<Telemetry>) 
     })
 }
 
-/// Runs WAL checkpoints off the writer thread, every [`CHECKPOINT_EVERY`] while commits come.
-///
-/// SQLite checkpoints in the committing connection by default, once the WAL passes 1000 pages:
-/// that commit then also copies thousands of pages into the database file and fsyncs it, tens
-/// of ms during which a life-safety reading on the priority input waits (`perf` at 20,000
-/// readings/s: 8 % of the gateway's CPU in `walCheckpoint` inside the writer's commits). A
-/// passive checkpoint from another connection runs beside the writer and never blocks it.
-/// Durability is unchanged: with `sync = "full"` a commit is durable in the WAL; with
-/// `normal` the WAL is fsynced at each checkpoint, now at least every 250 ms under load.
-fn spawn_checkpointer(path: std::path::PathBuf, mut committed: watch::Receiver<RowId>) {
-    let spawned = std::thread::Builder::new()
-        .name("journal-checkpoint".into())
-        .spawn(move || {
-            let store = match Store::open_secondary(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "journal checkpoint thread cannot open the journal; the writer checkpoints itself");
-                    return;
-                }
-            };
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                match committed.has_changed() {
-                    // The writer is gone: one last checkpoint is its own (clean close).
-                    Err(_) => return,
-                    Ok(false) => continue,
-                    Ok(true) => {
-                        committed.borrow_and_update();
-                    }
-                }
-                if let Err(e) = store.conn().execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                    debug!(error = %e, "journal checkpoint skipped");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "journal checkpoint thread not started; the writer checkpoints itself");
-    }
-}
-
-fn load_seq_state(store: &Store) -> Result<HashMap<String, u64>, StoreError> {
-    Ok(store
-        .devices()?
-        .into_iter()
-        .filter_map(|d| Some((d.id, d.last_seq?)))
-        .collect())
-}
-
-struct Writer {
-    store: Store,
-    cfg: WriterConfig,
-    telemetry: Arc<Telemetry>,
-    committed: watch::Sender<RowId>,
+/// The writer thread's state: the write connection, the inputs and the device bookkeeping.
+pub(super) struct Writer {
+    pub(super) store: Store,
+    pub(super) cfg: WriterConfig,
+    pub(super) telemetry: Arc<Telemetry>,
+    pub(super) committed: watch::Sender<RowId>,
     /// Last seq per device, to count duplicates, gaps and resets.
-    seqs: HashMap<String, u64>,
+    pub(super) seqs: HashMap<String, u64>,
     /// Committed device changes not yet in the `devices` table.
-    pending: HashMap<String, DeviceDelta>,
+    pub(super) pending: HashMap<String, DeviceDelta>,
     /// When the `devices` table was last brought up to date.
-    devices_at: Instant,
+    pub(super) devices_at: Instant,
     /// The small writers of the same file (alerts) go first at each transaction.
-    turns: Option<WriteTurns>,
-    rx: mpsc::Receiver<Ingest>,
-    rx_priority: mpsc::Receiver<Ingest>,
-    rt: tokio::runtime::Handle,
-}
-
-#[derive(Default, Clone)]
-struct DeviceDelta {
-    class: String,
-    room: String,
-    last_seen: i64,
-    last_ts: i64,
-    last_seq: Option<u64>,
-    metrics: BTreeMap<String, crate::reading::Value>,
-    readings: u64,
-    duplicates: u64,
-    gaps: u64,
-    resets: u64,
-}
-
-impl DeviceDelta {
-    /// Adds a later delta of the same device.
-    fn merge(&mut self, later: DeviceDelta) {
-        self.class = later.class;
-        self.room = later.room;
-        self.last_seen = self.last_seen.max(later.last_seen);
-        self.last_ts = self.last_ts.max(later.last_ts);
-        self.last_seq = later.last_seq.or(self.last_seq);
-        self.metrics.extend(later.metrics);
-        self.readings += later.readings;
-        self.duplicates += later.duplicates;
-        self.gaps += later.gaps;
-        self.resets += later.resets;
-    }
-}
-
-/// Adds a device's delta to the pending ones.
-fn merge_into(pending: &mut HashMap<String, DeviceDelta>, id: &str, d: DeviceDelta) {
-    match pending.get_mut(id) {
-        Some(p) => p.merge(d),
-        None => {
-            pending.insert(id.to_owned(), d);
-        }
-    }
-}
-
-/// One committed row's share of its device's delta, with the seq checks against the batch's
-/// own seqs, then the last known ones.
-fn account<'a>(
-    deltas: &mut HashMap<&'a str, DeviceDelta>,
-    seqs: &mut HashMap<&'a str, u64>,
-    known: &HashMap<String, u64>,
-    r: &'a Record,
-) {
-    let d = deltas.entry(r.device.as_str()).or_default();
-    d.class.clone_from(&r.class);
-    d.room.clone_from(&r.room);
-    d.last_seen = d.last_seen.max(r.ts_recv);
-    d.last_ts = d.last_ts.max(r.ts);
-    d.readings += 1;
-    d.metrics.extend(r.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
-    if let Some(seq) = r.seq {
-        let prev = seqs.get(r.device.as_str()).or_else(|| known.get(&r.device)).copied();
-        match prev {
-            Some(prev) if seq == prev => d.duplicates += 1,
-            Some(prev) if seq > prev + 1 => d.gaps += seq - prev - 1,
-            Some(prev) if seq < prev => d.resets += 1,
-            _ => {}
-        }
-        seqs.insert(r.device.as_str(), seq);
-        d.last_seq = Some(seq);
-    }
-}
-
-/// Folds a committed batch's seqs into the last known ones.
-fn remember_seqs(known: &mut HashMap<String, u64>, seqs: HashMap<&str, u64>) {
-    for (device, seq) in seqs {
-        match known.get_mut(device) {
-            Some(s) => *s = seq,
-            None => {
-                known.insert(device.to_owned(), seq);
-            }
-        }
-    }
-}
-
-/// Writes device deltas into the `devices` table and moves the mark to `through`, inside `tx`.
-fn upsert_devices<'a>(
-    tx: &rusqlite::Transaction<'_>,
-    deltas: impl Iterator<Item = (&'a str, &'a DeviceDelta)>,
-    through: RowId,
-) -> Result<(), StoreError> {
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO devices (id, class, room, last_seen, last_ts, last_seq, metrics, readings, seq_duplicates, seq_gaps, seq_resets)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT(id) DO UPDATE SET
-            class = excluded.class, room = excluded.room,
-            last_seen = max(last_seen, excluded.last_seen), last_ts = max(last_ts, excluded.last_ts),
-            last_seq = coalesce(excluded.last_seq, last_seq),
-            metrics = json_patch(metrics, excluded.metrics),
-            readings = readings + excluded.readings,
-            seq_duplicates = seq_duplicates + excluded.seq_duplicates,
-            seq_gaps = seq_gaps + excluded.seq_gaps,
-            seq_resets = seq_resets + excluded.seq_resets",
-    )?;
-    for (id, d) in deltas {
-        upsert.execute(params![
-            id,
-            d.class,
-            d.room,
-            d.last_seen,
-            d.last_ts,
-            d.last_seq.map(|s| s as i64),
-            serde_json::to_string(&d.metrics)?,
-            d.readings as i64,
-            d.duplicates as i64,
-            d.gaps as i64,
-            d.resets as i64
-        ])?;
-    }
-    super::store::write_cursor(tx, DEVICES_MARK, through)?;
-    Ok(())
-}
-
-/// Brings the `devices` table up to the last row at start: the rows after its mark (committed
-/// after the last update before a crash) are counted again, their seq checks included. A
-/// journal without the mark (written before the mark existed, when every commit updated the
-/// table) is current: the mark is set to its last row.
-fn catch_up_devices(store: &mut Store, seqs: &mut HashMap<String, u64>, last: RowId) -> Result<(), StoreError> {
-    let mark = store.cursor_if_set(DEVICES_MARK)?;
-    let mut after = mark.unwrap_or(last);
-    let mut replayed = 0u64;
-    while after < last {
-        let rows = store.rows_after(after, DEVICES_REPLAY_CHUNK)?;
-        let Some(end) = rows.last().map(|r| r.id) else {
-            break;
-        };
-        let mut deltas = HashMap::new();
-        let mut batch_seqs = HashMap::new();
-        for row in &rows {
-            account(&mut deltas, &mut batch_seqs, seqs, &row.record);
-        }
-        let tx = store.conn_mut().transaction()?;
-        upsert_devices(&tx, deltas.iter().map(|(k, v)| (*k, v)), end)?;
-        tx.commit()?;
-        remember_seqs(seqs, batch_seqs);
-        replayed += rows.len() as u64;
-        after = end;
-    }
-    if mark.is_none() || replayed > 0 || after < last {
-        let tx = store.conn_mut().transaction()?;
-        upsert_devices(&tx, std::iter::empty(), last)?;
-        tx.commit()?;
-    }
-    if replayed > 0 {
-        info!(
-            rows = replayed,
-            through = last,
-            "devices table brought up to date after an unclean stop"
-        );
-    }
-    Ok(())
+    pub(super) turns: Option<WriteTurns>,
+    pub(super) rx: mpsc::Receiver<Ingest>,
+    pub(super) rx_priority: mpsc::Receiver<Ingest>,
+    pub(super) rt: tokio::runtime::Handle,
 }
 
 /// What waiting for input brought.
@@ -466,7 +230,7 @@ fn drain(rx: &mut mpsc::Receiver<Ingest>, batch: &mut Vec<Ingest>, max: usize) {
 
 impl Writer {
     fn run(&mut self) {
-        let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+        let mut next_housekeeping = Instant::now() + retention::HOUSEKEEPING_EVERY;
         self.housekeeping();
         let max = self.cfg.commit_max_messages.max(1);
         let mut pending: Option<(Lane, Ingest)> = None;
@@ -494,7 +258,7 @@ impl Writer {
             }
             if Instant::now() >= next_housekeeping {
                 self.housekeeping();
-                next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+                next_housekeeping = Instant::now() + retention::HOUSEKEEPING_EVERY;
             }
             if !idle {
                 continue;
@@ -642,7 +406,9 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &[Ingest], lane: Lane) -> Result<RowId, StoreError> {
+    /// Commits one transaction of `batch` and accounts its rows to their devices: the `devices`
+    /// table comes along when it is due (bulk only), else the changes wait in `pending`.
+    pub(super) fn commit(&mut self, batch: &[Ingest], lane: Lane) -> Result<RowId, StoreError> {
         // The batch's own seq updates, applied to `self.seqs` only once the commit holds (a
         // failed commit is retried with the same batch). Not a clone of the whole map: that cost
         // one String per known device per commit, thousands of allocations per transaction.
@@ -677,7 +443,7 @@ impl Writer {
                     budget::kept_under_budget(r) as i64
                 ])?;
                 rows += 1;
-                account(&mut deltas, &mut seqs, &self.seqs, r);
+                devices::account(&mut deltas, &mut seqs, &self.seqs, r);
             }
         }
         let last = tx.last_insert_rowid();
@@ -686,23 +452,24 @@ impl Writer {
             // commit holds (a failed commit is retried with the same batch).
             let mut all = self.pending.clone();
             for (id, d) in &deltas {
-                merge_into(&mut all, id, d.clone());
+                devices::merge_into(&mut all, id, d.clone());
             }
-            upsert_devices(&tx, all.iter().map(|(k, v)| (k.as_str(), v)), last)?;
+            devices::upsert_devices(&tx, all.iter().map(|(k, v)| (k.as_str(), v)), last)?;
         }
         tx.commit()?;
-        let (dups, gaps, resets) = deltas
-            .values()
-            .fold((0, 0, 0), |a, d| (a.0 + d.duplicates, a.1 + d.gaps, a.2 + d.resets));
+        let (dups, gaps, resets) = deltas.values().fold((0, 0, 0), |a, d| {
+            let (dup, gap, reset) = d.seq_anomalies();
+            (a.0 + dup, a.1 + gap, a.2 + reset)
+        });
         if update_devices && rows > 0 {
             self.pending.clear();
             self.devices_at = Instant::now();
         } else {
             for (id, d) in deltas {
-                merge_into(&mut self.pending, id, d);
+                devices::merge_into(&mut self.pending, id, d);
             }
         }
-        remember_seqs(&mut self.seqs, seqs);
+        devices::remember_seqs(&mut self.seqs, seqs);
         let t = &self.telemetry;
         t.journal_commits.fetch_add(1, Ordering::Relaxed);
         t.journal_rows.fetch_add(rows, Ordering::Relaxed);
@@ -714,178 +481,28 @@ impl Writer {
     }
 
     /// Lets the alert store and the other small writers of the file take the write lock first.
-    fn let_others_go_first(&self) {
+    pub(super) fn let_others_go_first(&self) {
         if let Some(turns) = &self.turns {
             turns.let_others_go_first();
         }
     }
 
-    /// Writes the pending device changes into the `devices` table in a transaction of their
-    /// own (the writer is idle, or stopping). A failure keeps them pending for the next try.
-    fn update_devices(&mut self) {
-        if self.pending.is_empty() {
-            self.devices_at = Instant::now();
-            return;
-        }
-        let through = *self.committed.borrow();
-        self.let_others_go_first();
-        let result = (|| -> Result<(), StoreError> {
-            let tx = self.store.conn_mut().transaction()?;
-            upsert_devices(&tx, self.pending.iter().map(|(k, v)| (k.as_str(), v)), through)?;
-            tx.commit()?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => self.pending.clear(),
-            Err(e) => {
-                self.telemetry.journal_commit_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, devices = self.pending.len(), "devices table not updated; trying again later");
-            }
-        }
-        self.devices_at = Instant::now();
-    }
-
-    /// Retention by age, then the disk budget as [`super::budget`] says. Retention deletes only
-    /// rows already forwarded (when a forwarder exists).
-    fn housekeeping(&mut self) {
-        let result = (|| -> Result<(), StoreError> {
-            let forwarded_up_to = match self.cfg.guard_cursor {
-                Some(name) => self.store.cursor(name)?,
-                None => i64::MAX,
-            };
-            let now = self.cfg.clock.now_ms();
-            let mut deleted = self.store.delete_older(now - self.cfg.retention_ms, forwarded_up_to)?;
-            let budget = self.cfg.disk_budget_bytes;
-            let mut size = self.store.size_bytes()?;
-            while size > budget {
-                let n = self.store.delete_oldest(BUDGET_DELETE_CHUNK, forwarded_up_to)?;
-                if n == 0 {
-                    break;
-                }
-                deleted += n;
-                // Deleted pages go to the free list; size_bytes() counts pages in use.
-                size = self.store.size_bytes()?;
-            }
-            if deleted > 0 {
-                info!(deleted, "journal retention");
-                self.telemetry.journal_deleted.fetch_add(deleted, Ordering::Relaxed);
-            }
-            let mut dropped = 0;
-            if self.cfg.guard_cursor.is_some() {
-                while size > budget {
-                    let n = self
-                        .store
-                        .delete_oldest_unprotected(UNFORWARDED_DROP_CHUNK, forwarded_up_to)?;
-                    if n == 0 {
-                        break;
-                    }
-                    dropped += n;
-                    size = self.store.size_bytes()?;
-                }
-            }
-            if dropped > 0 {
-                warn!(
-                    dropped,
-                    forwarded_up_to,
-                    budget_bytes = budget,
-                    "journal over its disk budget while InfluxDB is behind: dropped the oldest non-life-safety readings not yet forwarded"
-                );
-                self.telemetry
-                    .journal_dropped_unforwarded
-                    .fetch_add(dropped, Ordering::Relaxed);
-            }
-            if size > budget {
-                warn!(
-                    size_bytes = size,
-                    budget_bytes = budget,
-                    "journal over its disk budget with only life-safety readings and alerts left: keeping them"
-                );
-                self.telemetry.journal_over_budget.fetch_add(1, Ordering::Relaxed);
-            }
-            self.telemetry.journal_bytes.store(size, Ordering::Relaxed);
-            Ok(())
-        })();
-        if let Err(e) = result {
-            warn!(error = %e, "journal housekeeping failed");
-        }
+    /// Retention by age, then the disk budget (see [`super::retention`]).
+    pub(super) fn housekeeping(&mut self) {
+        retention::housekeeping(&self.store, &self.cfg, &self.telemetry);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::config::SyncPolicy;
+    use crate::journal::test_support::{config, manual, opts, record, temp_db, wait_until, IntegrityCheck, SyncPolicy};
     use crate::reading::Value;
-    use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
-
-    fn temp_db(label: &str) -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "nh-journal-{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("journal.db")
-    }
-
-    fn record(device: &str, ts: i64, seq: Option<u64>, metrics: &[(&str, Value)]) -> Record {
-        Record {
-            device: device.into(),
-            class: "wearable".into(),
-            building: "A".into(),
-            floor: "1".into(),
-            room: "A-101".into(),
-            zone: String::new(),
-            ts,
-            ts_recv: ts,
-            ts_replaced: false,
-            seq,
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        }
-    }
-
-    fn config(observer: Option<mpsc::Sender<crate::journal::Observed>>) -> WriterConfig {
-        WriterConfig {
-            commit_max_messages: 100,
-            retention_ms: 3_600_000,
-            disk_budget_bytes: u64::MAX,
-            guard_cursor: Some("influx"),
-            clock: Clock::test(0, 10_000_000, 1.0),
-            observer,
-            observer_priority: None,
-            exit_on_corruption: false,
-            bulk_linger: Duration::ZERO,
-            bulk_linger_gap: Duration::ZERO,
-            bulk_linger_messages: 1,
-        }
-    }
-
-    /// A writer driven by hand (no thread): for housekeeping and timing.
-    fn manual(path: &std::path::Path, sync: SyncPolicy, cfg: WriterConfig, telemetry: Arc<Telemetry>) -> Writer {
-        Writer {
-            store: Store::open(path, sync).expect("open"),
-            cfg,
-            telemetry,
-            committed: watch::channel(0).0,
-            seqs: HashMap::new(),
-            pending: HashMap::new(),
-            devices_at: Instant::now(),
-            turns: Some(WriteTurns::of(path)),
-            rx: mpsc::channel(1).1,
-            rx_priority: mpsc::channel(1).1,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("rt")
-                .handle()
-                .clone(),
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commits_acknowledge_after_durability_and_count_seq_anomalies() {
-        let path = temp_db("seq");
+        let (_dir, path) = temp_db("seq");
         let telemetry = Arc::new(Telemetry::default());
         let (obs_tx, mut obs_rx) = mpsc::channel(16);
         let store = Store::open(&path, SyncPolicy::Full).expect("open");
@@ -950,110 +567,6 @@ mod tests {
         assert_eq!(d[0].metrics["heart_rate"].as_f64(), Some(64.0));
     }
 
-    #[test]
-    fn the_devices_table_follows_at_most_every_second_and_a_crash_loses_none_of_it() {
-        let path = temp_db("devices-mark");
-        let mut w = manual(&path, SyncPolicy::Full, config(None), Arc::new(Telemetry::default()));
-        let ingest = |rows: Vec<Record>| {
-            vec![Ingest {
-                records: rows,
-                ack: None,
-            }]
-        };
-        let hr = |v: f64| [("heart_rate", Value::Num(v))];
-        let devices = |path: &std::path::Path| {
-            let mut d = Store::open_secondary(path).expect("reader").devices().expect("devices");
-            d.sort_by(|a, b| a.id.cmp(&b.id));
-            d.into_iter()
-                .map(|d| {
-                    let hr = d.metrics["heart_rate"].as_f64();
-                    (d.id, d.readings, d.seq_duplicates, d.seq_gaps, d.last_seq, hr)
-                })
-                .collect::<Vec<_>>()
-        };
-
-        // Within the second: committed, acknowledged, but not yet in the table.
-        w.commit(
-            &ingest(
-                (1..=3)
-                    .map(|s| record("a", 1000 + s as i64, Some(s), &hr(60.0)))
-                    .collect(),
-            ),
-            Lane::Bulk,
-        )
-        .expect("commit");
-        assert_eq!(devices(&path), vec![]);
-        // A second later the next bulk commit brings everything pending along.
-        w.devices_at -= DEVICES_EVERY;
-        w.commit(
-            &ingest(vec![
-                record("a", 1004, Some(3), &hr(61.0)),
-                record("b", 1004, Some(1), &hr(70.0)),
-            ]),
-            Lane::Bulk,
-        )
-        .expect("commit");
-        let expected = vec![
-            ("a".to_owned(), 4, 1, 0, Some(3), Some(61.0)),
-            ("b".to_owned(), 1, 0, 0, Some(1), Some(70.0)),
-        ];
-        assert_eq!(devices(&path), expected);
-        // A priority commit never carries the table, even when it is due.
-        w.devices_at -= DEVICES_EVERY;
-        w.commit(&ingest(vec![record("b", 1005, Some(1), &hr(71.0))]), Lane::Priority)
-            .expect("commit");
-        w.devices_at = Instant::now();
-        w.commit(&ingest(vec![record("a", 1006, Some(7), &hr(62.0))]), Lane::Bulk)
-            .expect("commit");
-        assert_eq!(devices(&path), expected);
-
-        // A crash: the pending changes are gone with the process; the rows are not.
-        drop(w);
-        let mut store = Store::open(&path, SyncPolicy::Full).expect("reopen");
-        let mut seqs = load_seq_state(&store).expect("seqs");
-        let last = store.last_id().expect("last");
-        catch_up_devices(&mut store, &mut seqs, last).expect("catch up");
-        assert_eq!(
-            devices(&path),
-            vec![
-                ("a".to_owned(), 5, 1, 3, Some(7), Some(62.0)),
-                ("b".to_owned(), 2, 1, 0, Some(1), Some(71.0)),
-            ]
-        );
-        assert_eq!(seqs.get("a"), Some(&7));
-        // Counted once: a second start has nothing after the mark.
-        catch_up_devices(&mut store, &mut seqs, last).expect("again");
-        assert_eq!(devices(&path)[0].1, 5);
-    }
-
-    #[test]
-    fn retention_deletes_only_what_was_forwarded() {
-        let path = temp_db("retention");
-        let mut w = manual(&path, SyncPolicy::Normal, config(None), Arc::new(Telemetry::default()));
-        // Clock reads 10,000,000 ms; retention 1 h: rows received at 1000..1009 are old.
-        let batch: Vec<Ingest> = (0..10)
-            .map(|i| Ingest {
-                records: vec![record("d", 1000 + i, None, &[("spo2", Value::Num(97.0))])],
-                ack: None,
-            })
-            .collect();
-        w.commit(&batch, Lane::Bulk).expect("commit");
-        w.store.set_cursor("influx", 4).expect("cursor");
-        w.housekeeping();
-        let left: Vec<i64> = w.store.rows_after(0, 100).expect("rows").iter().map(|r| r.id).collect();
-        assert_eq!(left, vec![5, 6, 7, 8, 9, 10], "rows not yet forwarded must stay");
-        // Ids are never reused after deletes (the forwarder's cursor relies on it).
-        w.commit(
-            &[Ingest {
-                records: vec![record("d", 2000, None, &[("spo2", Value::Num(96.0))])],
-                ack: None,
-            }],
-            Lane::Bulk,
-        )
-        .expect("commit");
-        assert_eq!(w.store.last_id().expect("last"), 11);
-    }
-
     fn ingest_counted(
         record: Record,
         lane: &'static str,
@@ -1073,7 +586,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn priority_messages_are_committed_before_the_bulk_backlog_in_their_own_transaction() {
-        let path = temp_db("priority");
+        let (_dir, path) = temp_db("priority");
         let telemetry = Arc::new(Telemetry::default());
         // An observer nobody reads yet: the writer blocks after its second commit, so a backlog
         // builds up behind it deterministically.
@@ -1086,9 +599,10 @@ mod tests {
         let bulk = |seq: u64| record("w-1", seq as i64, Some(seq), &[("heart_rate", Value::Num(70.0))]);
         for seq in [1, 2] {
             w.tx.send(ingest_counted(bulk(seq), "bulk", &log)).await.expect("send");
-            while log.lock().expect("log").len() < seq as usize {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until(Duration::from_secs(30), "the bulk message acknowledged", || {
+                log.lock().expect("log").len() >= seq as usize
+            })
+            .await;
         }
         // The writer is now stuck handing commit 2 to the observer. Queue 12,000 bulk messages,
         // then one life-safety reading.
@@ -1138,7 +652,7 @@ mod tests {
     /// What a life-safety reading may wait for: the one bulk commit already running.
     #[test]
     fn commit_time_of_a_full_bulk_transaction_and_of_a_priority_one() {
-        let path = temp_db("priority-timing");
+        let (_dir, path) = temp_db("priority-timing");
         // Direct commits, sync = full: a 5000-message bulk transaction against a single reading.
         let mut w = manual(&path, SyncPolicy::Full, config(None), Arc::new(Telemetry::default()));
         let bulk: Vec<Ingest> = (0..5000)
@@ -1169,7 +683,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_priority_reading_waits_at_most_one_bulk_commit_not_the_backlog() {
         // Through the writer: a priority reading sent every 20 ms while 40,000 bulk messages stream in.
-        let path = temp_db("priority-latency");
+        let (_dir, path) = temp_db("priority-latency");
         let mut cfg = config(None);
         cfg.commit_max_messages = 5000;
         let store = Store::open(&path, SyncPolicy::Full).expect("open");
@@ -1243,165 +757,9 @@ mod tests {
         );
     }
 
-    /// Commits `n` rows through a manual writer: every third a smoke alarm, the others wearable
-    /// vitals, and every 50th wearable row an SOS press.
-    fn fill_mixed(w: &mut Writer, n: i64) {
-        let batch: Vec<Ingest> = (1..=n)
-            .map(|i| {
-                let mut r = match i % 3 {
-                    0 => record("smoke-1", 10_000_000 + i, None, &[("smoke", Value::Bool(false))]),
-                    _ if i % 50 == 1 => record("w-1", 10_000_000 + i, None, &[("sos", Value::Bool(true))]),
-                    _ => record(
-                        "w-1",
-                        10_000_000 + i,
-                        None,
-                        &[("heart_rate", Value::Num(70.0)), ("spo2", Value::Num(97.0))],
-                    ),
-                };
-                if i % 3 == 0 {
-                    r.class = "smoke_alarm".into();
-                }
-                Ingest {
-                    records: vec![r],
-                    ack: None,
-                }
-            })
-            .collect();
-        w.commit(&batch, Lane::Bulk).expect("commit");
-    }
-
-    /// (id, life_safety) of every row left.
-    fn rows(w: &mut Writer) -> Vec<(i64, bool)> {
-        let conn = w.store.conn_mut();
-        let mut stmt = conn
-            .prepare("SELECT id, life_safety FROM readings ORDER BY id")
-            .expect("prepare");
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)))
-            .expect("query");
-        rows.collect::<Result<_, _>>().expect("rows")
-    }
-
-    fn alert_table_counts(w: &mut Writer) -> Vec<i64> {
-        let conn = w.store.conn_mut();
-        [
-            "alerts",
-            "alert_audit",
-            "alert_events",
-            "engine_state",
-            "delivery_cursors",
-        ]
-        .iter()
-        .map(|t| {
-            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-                .expect("count")
-        })
-        .collect()
-    }
-
-    #[test]
-    fn over_budget_with_influx_behind_drops_forwarded_then_the_oldest_non_life_safety_rows_only() {
-        let path = temp_db("budget");
-        let telemetry = Arc::new(Telemetry::default());
-        let mut cfg = config(None);
-        cfg.retention_ms = i64::MAX / 4; // the budget alone at work
-        let mut w = manual(&path, SyncPolicy::Normal, cfg, telemetry.clone());
-        // The alert tables live in the same file; the budget must never touch them.
-        drop(crate::alerts::store::AlertStore::open(&path).expect("alert tables"));
-        crate::alerts::delivery::EventLog::open(&path).expect("delivery tables");
-        w.store
-            .conn_mut()
-            .execute_batch(
-                "INSERT INTO alerts VALUES ('a-1', 'active', '{\"seq\":1}', 1);
-                 INSERT INTO alert_audit (alert_id, at, actor, action) VALUES ('a-1', 1, 'system', 'raised');
-                 INSERT INTO alert_events VALUES (1, 'a-1', 1, '{\"seq\":1}');
-                 INSERT INTO engine_state VALUES ('rules', '{}');
-                 INSERT INTO delivery_cursors VALUES ('mqtt', 1);",
-            )
-            .expect("alerts");
-        let alerts_before = alert_table_counts(&mut w);
-        fill_mixed(&mut w, 6000);
-        let all = rows(&mut w);
-        let protected_before: Vec<i64> = all.iter().filter(|r| r.1).map(|r| r.0).collect();
-        assert_eq!(protected_before.len(), 2000 + 80, "smoke alarms and SOS presses");
-        // InfluxDB took the first 1200 rows, then went down.
-        w.store.set_cursor("influx", 1200).expect("cursor");
-        let size = w.store.size_bytes().expect("size");
-        w.cfg.disk_budget_bytes = size * 6 / 10;
-        w.housekeeping();
-
-        let left = rows(&mut w);
-        assert!(left.iter().all(|r| r.0 > 1200), "forwarded rows went first");
-        assert_eq!(telemetry.journal_deleted.load(Ordering::Relaxed), 1200);
-        let protected_after: Vec<i64> = left.iter().filter(|r| r.1).map(|r| r.0).collect();
-        assert_eq!(
-            protected_after,
-            protected_before
-                .iter()
-                .copied()
-                .filter(|id| *id > 1200)
-                .collect::<Vec<_>>(),
-            "no unforwarded life-safety row dropped"
-        );
-        let dropped: Vec<i64> = all
-            .iter()
-            .filter(|r| r.0 > 1200 && !r.1 && !left.contains(r))
-            .map(|r| r.0)
-            .collect();
-        let kept_plain: Vec<i64> = left.iter().filter(|r| !r.1).map(|r| r.0).collect();
-        assert!(!dropped.is_empty() && !kept_plain.is_empty());
-        assert!(dropped.iter().max() < kept_plain.iter().min(), "oldest first");
-        assert_eq!(
-            telemetry.journal_dropped_unforwarded.load(Ordering::Relaxed),
-            dropped.len() as u64
-        );
-        assert!(w.store.size_bytes().expect("size") <= w.cfg.disk_budget_bytes);
-        assert_eq!(telemetry.journal_over_budget.load(Ordering::Relaxed), 0);
-        assert_eq!(alert_table_counts(&mut w), alerts_before);
-        assert!(telemetry
-            .render()
-            .contains("nh_journal_dropped_unforwarded_total{reason=\"budget\"}"));
-
-        // A budget nothing can meet: every plain row goes, every life-safety row stays.
-        w.cfg.disk_budget_bytes = 1;
-        w.housekeeping();
-        let left = rows(&mut w);
-        assert!(left.iter().all(|r| r.1));
-        assert_eq!(left.len(), protected_after.len());
-        assert_eq!(telemetry.journal_over_budget.load(Ordering::Relaxed), 1, "counted");
-        assert_eq!(alert_table_counts(&mut w), alerts_before);
-        // The forwarder reads past the gaps: rows after its cursor, in id order.
-        let next: Vec<i64> = w
-            .store
-            .rows_after(1200, 5)
-            .expect("rows")
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(next, left.iter().take(5).map(|r| r.0).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn without_influx_the_budget_rotates_the_oldest_rows_of_any_kind() {
-        let path = temp_db("budget-no-influx");
-        let telemetry = Arc::new(Telemetry::default());
-        let mut cfg = config(None);
-        cfg.guard_cursor = None;
-        cfg.retention_ms = i64::MAX / 4;
-        let mut w = manual(&path, SyncPolicy::Normal, cfg, telemetry.clone());
-        fill_mixed(&mut w, 30_000);
-        w.cfg.disk_budget_bytes = w.store.size_bytes().expect("size") / 2;
-        w.housekeeping();
-        let left = rows(&mut w);
-        assert!(left.first().map(|r| r.0) > Some(1), "oldest rows went");
-        assert_eq!(left.last().map(|r| r.0), Some(30_000));
-        assert!(left.iter().any(|r| !r.1) && left.iter().any(|r| r.1));
-        assert_eq!(telemetry.journal_dropped_unforwarded.load(Ordering::Relaxed), 0);
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_bulk_batch_lingers_but_a_priority_reading_does_not_wait_for_it() {
-        let path = temp_db("linger");
+        let (_dir, path) = temp_db("linger");
         let telemetry = Arc::new(Telemetry::default());
         let (obs_tx, mut obs_rx) = mpsc::channel(16);
         let mut cfg = config(Some(obs_tx));
@@ -1416,8 +774,22 @@ mod tests {
         for seq in [1, 2] {
             w.tx.send(ingest_counted(bulk(seq), "bulk", &log)).await.expect("send");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(log.lock().expect("log").is_empty(), "lingering, nothing committed yet");
+        // The writer takes both off the queue, then lingers: no commit reaches the observer
+        // within the linger window.
+        wait_until(Duration::from_secs(30), "the writer takes the bulk messages", || {
+            w.tx.capacity() == QUEUE_CAPACITY
+        })
+        .await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), obs_rx.recv())
+                .await
+                .is_err(),
+            "lingering, nothing committed yet"
+        );
+        assert!(
+            log.lock().expect("log").is_empty(),
+            "lingering, nothing acknowledged yet"
+        );
         // A life-safety reading ends the wait: committed first and alone, then the bulk batch.
         let started = std::time::Instant::now();
         let mut smoke = record("smoke-1", 99, Some(1), &[("smoke", Value::Bool(true))]);
@@ -1453,13 +825,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clean_end_of_the_writer_removes_the_running_marker() {
-        let path = temp_db("marker");
-        let opts = recovery::OpenOptions {
-            sync: SyncPolicy::Full,
-            check: crate::journal::config::IntegrityCheck::AfterCrash,
-            check_max: Duration::from_secs(5),
-        };
-        let (store, report) = recovery::open(&path, opts, 1).expect("open");
+        let (_dir, path) = temp_db("marker");
+        let options = opts(IntegrityCheck::AfterCrash);
+        let (store, report) = recovery::open(&path, options, 1).expect("open");
         assert!(!report.unclean);
         assert!(recovery::marker_path(&path).exists(), "marked while running");
         let w = spawn_writer(store, config(None), Arc::new(Telemetry::default())).expect("writer");
@@ -1470,7 +838,7 @@ mod tests {
             .expect("join")
             .expect("writer thread");
         assert!(!recovery::marker_path(&path).exists(), "clean end");
-        let (_store, report) = recovery::open(&path, opts, 2).expect("reopen");
+        let (_store, report) = recovery::open(&path, options, 2).expect("reopen");
         assert!(!report.unclean);
         assert_eq!(report.check, recovery::CheckOutcome::Skipped);
     }

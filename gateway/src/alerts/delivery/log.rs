@@ -1,5 +1,7 @@
-//! Reading the alert event log (`alert_events`, written by the alert manager) and the delivery
-//! cursors (`delivery_cursors`, one row per channel) in the journal's SQLite database.
+//! The delivery channels' view of the journal's SQLite database: the alert event log
+//! (`alert_events`, written by the alert manager; its SQL is the alert store's, in
+//! [`crate::alerts::store`]) and the delivery cursors (`delivery_cursors`, one row per channel,
+//! owned here).
 //!
 //! Each delivery task opens its own connection: SQLite in WAL mode lets them read while the
 //! journal writer and the alert manager write. Every call blocks; async callers go through
@@ -11,10 +13,14 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// The event log table as the alert manager writes it, and the cursors of the delivery channels.
-/// `CREATE ... IF NOT EXISTS` on both sides, so whoever opens the database first creates it.
+use crate::alerts::store::{append_event, last_event_seq, read_events_after, EVENTS_SCHEMA};
+
+/// One entry of the event log: the same type the alert store reads and writes.
+pub use crate::alerts::model::AlertEvent;
+
+/// The cursors of the delivery channels. `CREATE ... IF NOT EXISTS`: whoever opens the
+/// database first creates it (the event log's own table is the alert store's `EVENTS_SCHEMA`).
 pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS alert_events (seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, at INTEGER NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS delivery_cursors (channel TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 ";
 
@@ -29,27 +35,6 @@ pub enum LogError {
     Sql(#[from] rusqlite::Error),
     #[error("alert event log: the blocking task failed: {0}")]
     Task(String),
-}
-
-/// One alert change: the full alert JSON (the contract of docs/contracts.md) at that `seq`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertEvent {
-    pub seq: u64,
-    pub alert_id: String,
-    /// Gateway clock time (ms) of the change.
-    pub at: i64,
-    pub json: String,
-}
-
-impl AlertEvent {
-    /// The `priority` field of the JSON (`"P1"`..`"P4"`), if present and well formed.
-    pub fn priority(&self) -> Option<crate::rules::output::Priority> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            priority: crate::rules::output::Priority,
-        }
-        serde_json::from_str::<Head>(&self.json).ok().map(|h| h.priority)
-    }
 }
 
 /// One connection to the event log.
@@ -82,6 +67,7 @@ impl EventLog {
         // WAL is a property of the file; setting it again is a no-op when the journal did.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.execute_batch(EVENTS_SCHEMA).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(EventLog {
             conn,
@@ -91,26 +77,12 @@ impl EventLog {
 
     /// Up to `limit` events with `seq > after`, in seq order.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<AlertEvent>, LogError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, alert_id, at, json FROM alert_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![to_sql(after), limit as i64], |r| {
-            Ok(AlertEvent {
-                seq: r.get::<_, i64>(0)?.max(0) as u64,
-                alert_id: r.get(1)?,
-                at: r.get(2)?,
-                json: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        Ok(read_events_after(&self.conn, after, limit)?)
     }
 
     /// The highest seq in the log (0 when empty).
     pub fn last_seq(&self) -> Result<u64, LogError> {
-        let seq: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(seq) FROM alert_events", [], |r| r.get(0))?;
-        Ok(seq.unwrap_or(0).max(0) as u64)
+        Ok(last_event_seq(&self.conn)?)
     }
 
     /// A channel's persisted cursor: the last seq it delivered (0 when never set).
@@ -139,11 +111,7 @@ impl EventLog {
 
     /// Appends an event (tests and tools; the alert manager has its own writer).
     pub fn append(&self, seq: u64, alert_id: &str, at: i64, json: &str) -> Result<(), LogError> {
-        self.conn.execute(
-            "INSERT INTO alert_events (seq, alert_id, at, json) VALUES (?1, ?2, ?3, ?4)",
-            params![to_sql(seq), alert_id, at, json],
-        )?;
-        Ok(())
+        Ok(append_event(&self.conn, seq, alert_id, at, json)?)
     }
 }
 
@@ -213,6 +181,7 @@ impl SharedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tempfile::TempDir;
 
     fn event_json(seq: u64, priority: &str) -> String {
         format!(r#"{{"id":"a{seq}","seq":{seq},"priority":"{priority}","state":"active"}}"#)
@@ -220,7 +189,7 @@ mod tests {
 
     #[test]
     fn reads_events_after_a_seq_in_order_with_a_limit() -> Result<(), LogError> {
-        let dir = crate::alerts::delivery::test_support::TempDir::new("log-after");
+        let dir = TempDir::new().expect("temp dir");
         let log = EventLog::open(&dir.path().join("journal.db"))?;
         assert_eq!(log.last_seq()?, 0);
         assert!(log.after(0, 10)?.is_empty());
@@ -240,7 +209,7 @@ mod tests {
 
     #[test]
     fn cursors_persist_across_connections() -> Result<(), LogError> {
-        let dir = crate::alerts::delivery::test_support::TempDir::new("log-cursor");
+        let dir = TempDir::new().expect("temp dir");
         let path = dir.path().join("journal.db");
         {
             let log = EventLog::open(&path)?;
@@ -256,20 +225,9 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn priority_is_none_for_malformed_json() {
-        let e = AlertEvent {
-            seq: 1,
-            alert_id: "a".into(),
-            at: 0,
-            json: "{\"priority\":\"urgent\"}".into(),
-        };
-        assert_eq!(e.priority(), None);
-    }
-
     #[tokio::test]
     async fn shared_log_reopens_lazily() -> Result<(), LogError> {
-        let dir = crate::alerts::delivery::test_support::TempDir::new("log-shared");
+        let dir = TempDir::new().expect("temp dir");
         let shared = SharedLog::new(dir.path().join("sub").join("journal.db"));
         assert_eq!(shared.cursor("mqtt").await?, 0);
         shared.set_cursor("mqtt", 4).await?;
