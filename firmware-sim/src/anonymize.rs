@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 
-use crate::capture::{Capture, Captured};
+use crate::mqtt::capture::{Capture, Captured};
 
 /// JSON keys whose values identify a device unless told otherwise.
 pub const DEFAULT_FIELDS: &[&str] = &[
@@ -419,8 +419,8 @@ mod tests {
 
     fn capture_of(payloads: &[(&str, &str)]) -> Capture {
         Capture {
-            header: crate::capture::Header {
-                format: crate::capture::FORMAT.into(),
+            header: crate::mqtt::capture::Header {
+                format: crate::mqtt::capture::FORMAT.into(),
                 broker: "b".into(),
                 filters: vec!["#".into()],
                 start_ms: 1_700_000_000_000,

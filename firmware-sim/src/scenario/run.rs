@@ -14,11 +14,11 @@ use serde_json::{json, Value as Json};
 
 use super::expect::{evaluate, Evaluation, ReceivedAlert};
 use super::{time, Action, Scenario, Step};
-use crate::behaviour::Report;
 use crate::clock::{system_now_ms, Clock};
-use crate::link::{parse_broker, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
-use crate::metrics::{round2, Value};
-use crate::schedule::{Message, Overlay, Stream};
+use crate::model::behaviour::Report;
+use crate::model::metrics::{round2, Value};
+use crate::model::schedule::{Message, Overlay, Stream};
+use crate::mqtt::link::{parse_broker, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
 
 /// A step as the overlay holds it: (absolute from, absolute until, action, pulse done).
 type ActiveStep = (i64, Option<i64>, Action, bool);
@@ -401,31 +401,7 @@ pub async fn run_scenario(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<ScenarioReport> {
     let started = Instant::now();
-    let clock = match opts.clock {
-        Some(c) => {
-            if let Some(s) = sc.start_ms {
-                if s != c.start_virtual_ms {
-                    tracing::warn!(
-                        file_start = s,
-                        clock_start = c.start_virtual_ms,
-                        "--test-clock-start differs from the scenario's start: the clock wins"
-                    );
-                }
-            }
-            if (c.scale - sc.time_scale).abs() > f64::EPSILON {
-                tracing::warn!(
-                    file_scale = sc.time_scale,
-                    clock_scale = c.scale,
-                    "--time-scale differs from the scenario's"
-                );
-            }
-            c
-        }
-        None => {
-            tracing::warn!("no test clock: running on the system clock at scale 1 from now");
-            Clock::system()
-        }
-    };
+    let clock = scenario_clock(sc, opts.clock);
     let start_ms = clock.start_virtual_ms;
     let site = sc.registry.site.clone();
     let inbox: Inbox = Arc::default();
@@ -449,9 +425,89 @@ pub async fn run_scenario(
     }
     tracing::info!(scenario = %sc.name, site = %site, start_ms, scale = clock.scale, "scenario running");
 
+    let played = play(sc, &opts, &link, clock, &inbox, shutdown).await?;
+    let acked = link.wait_acked(played.published, Duration::from_secs(5)).await;
+    link.close().await;
+    let _ = sub_client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), sub_task).await;
+    let alerts = inbox.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut evaluation = evaluate(sc, start_ms, &played.anchors, &alerts);
+    if played.interrupted {
+        evaluation.pass = false;
+    }
+    let observed_s = ((clock.now() - start_ms) as f64 / 100.0).round() / 10.0;
+    Ok(ScenarioReport {
+        scenario: sc.name.clone(),
+        file: sc.path.clone(),
+        pass: evaluation.pass,
+        site,
+        start_ms,
+        time_scale: clock.scale,
+        duration_s: sc.duration_s,
+        observed_s,
+        elapsed_real_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        published: played.published,
+        acked,
+        max_publish_lag_ms: played.max_lag,
+        events: played
+            .anchors
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v - start_ms) as f64 / 1000.0))
+            .collect(),
+        alerts_received: alerts.len(),
+        evaluation,
+    })
+}
+
+/// The clock the run lives on: the test clock when given (warning where it disagrees with the
+/// file), else the system clock from now.
+fn scenario_clock(sc: &Scenario, given: Option<Clock>) -> Clock {
+    let Some(c) = given else {
+        tracing::warn!("no test clock: running on the system clock at scale 1 from now");
+        return Clock::system();
+    };
+    if let Some(s) = sc.start_ms {
+        if s != c.start_virtual_ms {
+            tracing::warn!(
+                file_start = s,
+                clock_start = c.start_virtual_ms,
+                "--test-clock-start differs from the scenario's start: the clock wins"
+            );
+        }
+    }
+    if (c.scale - sc.time_scale).abs() > f64::EPSILON {
+        tracing::warn!(
+            file_scale = sc.time_scale,
+            clock_scale = c.scale,
+            "--time-scale differs from the scenario's"
+        );
+    }
+    c
+}
+
+/// What the publishing phase did.
+struct Played {
+    /// Named events and the virtual time they happened.
+    anchors: HashMap<String, i64>,
+    published: u64,
+    /// Virtual ms behind the schedule at worst.
+    max_lag: i64,
+    interrupted: bool,
+}
+
+/// Publishes the plan paced on the clock, anchoring named events as their first message goes
+/// out, until [`stop_real_at`] says the run has seen enough or `shutdown` completes.
+async fn play(
+    sc: &Scenario,
+    opts: &ScenarioOptions,
+    link: &Link,
+    clock: Clock,
+    inbox: &Inbox,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Played> {
+    let start_ms = clock.start_virtual_ms;
     let (mut stream, events) = outgoing(sc, start_ms, None)?;
     let grace_ms = (opts.grace_s.unwrap_or(sc.grace_s) * 1000.0) as i64;
-    let end_ms = start_ms + sc.duration_s as i64 * 1000;
     let mut anchors: HashMap<String, i64> = HashMap::new();
     // Silences are anchored at their scheduled time: nothing is published then.
     for (name, _, at, publishes) in &events {
@@ -464,34 +520,13 @@ pub async fn run_scenario(
     let mut interrupted = false;
     let mut next: Option<Outgoing> = stream.next();
     let mut shutdown = std::pin::pin!(shutdown);
-    let stop_real_at = |ev: &Evaluation| -> i64 {
-        let all_met = ev.expectations.iter().all(|e| e.met);
-        let last = if all_met {
-            end_ms
-        } else {
-            // Every unmet expectation could still be met until its deadline; one waiting for an
-            // event that has not happened yet keeps the run going until that event is due.
-            let mut until = end_ms.max(ev.pending_until_ms.unwrap_or(end_ms));
-            for e in &sc.expect {
-                if let Some(a) = &e.after {
-                    if !anchors_has(&ev.expectations, &e.name) {
-                        if let Some((_, _, at, _)) = events.iter().find(|(n, ..)| n == a) {
-                            until = until.max(*at + e.within_ms);
-                        }
-                    }
-                }
-            }
-            until
-        };
-        clock.real_at(last) + grace_ms
-    };
     loop {
         let evaluation = {
             let alerts = inbox.lock().map(|v| v.clone()).unwrap_or_default();
             evaluate(sc, start_ms, &anchors, &alerts)
         };
         let now_real = system_now_ms();
-        if now_real >= stop_real_at(&evaluation) {
+        if now_real >= stop_real_at(sc, &events, &evaluation, clock) + grace_ms {
             break;
         }
         // Publish every message that is due.
@@ -531,36 +566,37 @@ pub async fn run_scenario(
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }
-    let acked = link.wait_acked(published, Duration::from_secs(5)).await;
-    link.close().await;
-    let _ = sub_client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), sub_task).await;
-    let alerts = inbox.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut evaluation = evaluate(sc, start_ms, &anchors, &alerts);
-    if interrupted {
-        evaluation.pass = false;
-    }
-    let observed_s = ((clock.now() - start_ms) as f64 / 100.0).round() / 10.0;
-    Ok(ScenarioReport {
-        scenario: sc.name.clone(),
-        file: sc.path.clone(),
-        pass: evaluation.pass,
-        site,
-        start_ms,
-        time_scale: clock.scale,
-        duration_s: sc.duration_s,
-        observed_s,
-        elapsed_real_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    Ok(Played {
+        anchors,
         published,
-        acked,
-        max_publish_lag_ms: max_lag,
-        events: anchors
-            .iter()
-            .map(|(k, v)| (k.clone(), (*v - start_ms) as f64 / 1000.0))
-            .collect(),
-        alerts_received: alerts.len(),
-        evaluation,
+        max_lag,
+        interrupted,
     })
+}
+
+/// Real time (ms) until which the run goes on, before the grace for alerts in flight: the end of
+/// the duration once every expectation is met, else the last deadline that could still be met.
+fn stop_real_at(sc: &Scenario, events: &[NamedEvent], ev: &Evaluation, clock: Clock) -> i64 {
+    let end_ms = clock.start_virtual_ms + sc.duration_s as i64 * 1000;
+    let all_met = ev.expectations.iter().all(|e| e.met);
+    let last = if all_met {
+        end_ms
+    } else {
+        // Every unmet expectation could still be met until its deadline; one waiting for an
+        // event that has not happened yet keeps the run going until that event is due.
+        let mut until = end_ms.max(ev.pending_until_ms.unwrap_or(end_ms));
+        for e in &sc.expect {
+            if let Some(a) = &e.after {
+                if !anchors_has(&ev.expectations, &e.name) {
+                    if let Some((_, _, at, _)) = events.iter().find(|(n, ..)| n == a) {
+                        until = until.max(*at + e.within_ms);
+                    }
+                }
+            }
+        }
+        until
+    };
+    clock.real_at(last)
 }
 
 fn anchors_has(results: &[super::ExpectationResult], name: &str) -> bool {
@@ -692,10 +728,10 @@ pulse = { sos = true }
     }
 
     /// A capture in a fresh temporary folder beside a copy of the test registry; returns the
-    /// folder.
-    fn capture_dir(name: &str, lines: &[String]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nh-capture-scenario-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+    /// folder (removed on drop).
+    fn capture_dir(name: &str, lines: &[String]) -> tempfile::TempDir {
+        let temp = tempfile::Builder::new().prefix(name).tempdir().expect("temp dir");
+        let dir = temp.path();
         std::fs::copy(
             crate::scenario::tests::test_dir().join("../test/devices.toml"),
             dir.join("devices.toml"),
@@ -703,18 +739,18 @@ pulse = { sos = true }
         .expect("registry");
         let mut text = format!(
             "{{\"format\":\"{}\",\"broker\":\"b\",\"filters\":[\"#\"],\"start_ms\":1000000000000}}\n",
-            crate::capture::FORMAT
+            crate::mqtt::capture::FORMAT
         );
         for l in lines {
             text.push_str(l);
             text.push('\n');
         }
         std::fs::write(dir.join("c.jsonl"), text).expect("capture");
-        dir
+        temp
     }
 
     fn captured(t_ms: i64, topic: &str, payload: &str) -> String {
-        serde_json::to_string(&crate::capture::Captured::new(
+        serde_json::to_string(&crate::mqtt::capture::Captured::new(
             t_ms,
             topic.into(),
             0,
@@ -744,7 +780,7 @@ pulse = { sos = true }
             ],
         );
         let text = format!("{HEADER}duration_s = 10\n");
-        let s = parse(&text, &dir).expect("valid");
+        let s = parse(&text, dir.path()).expect("valid");
         assert!(!s.baseline, "no simulated fleet beside a capture");
         let (out, events) = outgoing(&s, T0, None).expect("outgoing");
         let out: Vec<Outgoing> = out.collect();
@@ -757,7 +793,6 @@ pulse = { sos = true }
         );
         assert_eq!(&*out[1].topic, "nh/nh-test/radar-t-101/telemetry");
         assert!(out[1].device_index.is_none());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -766,7 +801,7 @@ pulse = { sos = true }
         let text = format!(
             "{HEADER}duration_s = 30\nbaseline = true\n\n[[timeline]]\nat_s = 1\ndevice = \"radar-t-101\"\npulse = {{ presence = true }}\n"
         );
-        let e = parse(&text, &dir).expect_err("refused").to_string();
+        let e = parse(&text, dir.path()).expect_err("refused").to_string();
         assert!(e.contains("scenario.baseline"), "{e}");
         assert!(e.contains("timeline: steps script simulated devices"), "{e}");
         assert!(e.contains("shorter than the capture"), "{e}");
@@ -774,12 +809,11 @@ pulse = { sos = true }
             &HEADER
                 .replace("c.jsonl", "none.jsonl")
                 .replace("name", "duration_s = 9\nname"),
-            &dir,
+            dir.path(),
         )
         .expect_err("no capture")
         .to_string();
         assert!(missing.contains("scenario.capture"), "{missing}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -788,8 +822,8 @@ mod quiet_night {
     //! The quiet night's baseline must trip no rule of the catalog (docs/rules.md) and no
     //! device may look offline: checked here on the message stream, without a gateway.
     use super::*;
-    use crate::behaviour::is_night;
-    use crate::registry::{CareFlag, DeviceClass};
+    use crate::model::behaviour::is_night;
+    use crate::model::registry::{CareFlag, DeviceClass};
 
     #[test]
     fn the_quiet_night_baseline_crosses_no_threshold_and_no_device_falls_silent() {

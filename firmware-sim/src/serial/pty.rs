@@ -134,6 +134,7 @@ mod tests {
     use tokio_serial::SerialPortBuilderExt;
 
     use super::*;
+    use crate::test_broker::wait_until;
 
     async fn read_exactly(pty: &Pty, n: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -171,11 +172,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_gateway_can_open_close_and_reopen_the_slave_through_the_link() {
-        let dir = std::env::temp_dir().join(format!("nh-sim-pty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path();
         let pty = Pty::open().expect("pty");
         assert!(pty.path().starts_with("/dev/pts"), "{}", pty.path().display());
-        let link = point_link(&dir, "bus", pty.path()).expect("link");
+        let link = point_link(dir, "bus", pty.path()).expect("link");
         assert_eq!(std::fs::read_link(&link).expect("read link"), pty.path());
         exchange(&pty, &link).await;
         // The gateway's port is closed now: the master must not see a hangup (EIO) meanwhile.
@@ -187,24 +188,25 @@ mod tests {
 
         // The link moves atomically to a new pty.
         let other = Pty::open().expect("pty");
-        point_link(&dir, "bus", other.path()).expect("relink");
+        point_link(dir, "bus", other.path()).expect("relink");
         assert_eq!(std::fs::read_link(&link).expect("read link"), other.path());
         assert!(!dir.join(".bus.tmp").exists());
         remove_link(&link).expect("remove");
         remove_link(&link).expect("remove twice");
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]
     async fn unread_bytes_are_seen_until_the_gateway_reads_them() {
-        let dir = std::env::temp_dir().join(format!("nh-sim-pty-unread-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path();
         let pty = Pty::open().expect("pty");
-        let link = point_link(&dir, "bus", pty.path()).expect("link");
+        let link = point_link(dir, "bus", pty.path()).expect("link");
         assert!(!pty.has_unread().expect("poll"));
         pty.write(&[1, 2, 3]).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(pty.has_unread().expect("poll"));
+        wait_until("the bytes written waiting on the slave", Duration::from_secs(2), || {
+            pty.has_unread().expect("poll")
+        })
+        .await;
         let mut port = tokio_serial::new(link.to_string_lossy(), 9600)
             .open_native_async()
             .expect("open");
@@ -215,7 +217,6 @@ mod tests {
             .expect("read");
         assert_eq!(got, [1, 2, 3], "written before the open, read after it");
         assert!(!pty.has_unread().expect("poll"));
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]

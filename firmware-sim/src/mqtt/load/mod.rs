@@ -8,39 +8,40 @@
 //! its send time (so the gateway side can measure latency), kept strictly increasing per device so
 //! no two readings of a device share a timestamp.
 //!
-//! The link reconnects on its own (see [`crate::link`]): while the broker is away, publishes queue
-//! up to the link's limits, then the sender waits and the schedule's lag shows as `late` and
-//! `max_lag_ms`; the offered rate never changes. With `record_acked`, every message the broker
-//! acknowledged gets a line `<device> <seq> <ts>` in that file (see [`AckRecord`]).
+//! The link reconnects on its own (see [`crate::mqtt::link`]): while the broker is away,
+//! publishes queue up to the link's limits, then the sender waits and the schedule's lag shows as
+//! `late` and `max_lag_ms`; the offered rate never changes. With `record_acked`, every message
+//! the broker acknowledged gets a line `<device> <seq> <ts>` in that file (see [`AckRecord`]).
+//!
+//! This module holds the options, the schedule and the run; the readings the devices send are in
+//! `readings.rs`, the acknowledged-messages file in `ack_record.rs`.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::future::Future;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use rumqttc::QoS;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::fleet::{qos_of, DEFAULT_ACK_TIMEOUT};
 use crate::latency::Percentiles;
-use crate::link::{Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
+use crate::mqtt::fleet::{qos_of, DEFAULT_ACK_TIMEOUT};
+use crate::mqtt::link::{Credentials, Link, LinkOptions, LinkStats, FIRST_CONNECT_TIMEOUT};
 use crate::wire::{canonical, zigbee2mqtt, Format};
+
+mod ack_record;
+mod readings;
+
+pub use ack_record::{ack_line, AckRecord, ACK_RECORD_FLUSH};
+pub use readings::{LoadClass, Mix, PayloadSize};
+
+use readings::{class_payload, speaks};
 
 /// A send later than this after its slot counts as late: below it is timer and scheduler noise.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);
-
-/// The acknowledged-messages file is flushed at least this often, so a test can follow it while
-/// the load runs (and loses at most this much of it if the process is killed).
-pub const ACK_RECORD_FLUSH: Duration = Duration::from_secs(1);
 
 /// Options of a load run.
 #[derive(Debug, Clone)]
@@ -69,124 +70,6 @@ pub struct LoadOptions {
     pub payload: PayloadSize,
     /// Device classes of the load devices (device `n` has class [`Mix::class_of`]`(n)`).
     pub mix: Mix,
-}
-
-/// A device class the load generator can play, with readings of a quiet night (nothing any rule
-/// of the catalog raises an alert on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadClass {
-    PresenceRadar,
-    Wearable,
-    BedSensor,
-    DoorContact,
-    SmokeAlarm,
-}
-
-impl LoadClass {
-    pub const ALL: [LoadClass; 5] = [
-        LoadClass::PresenceRadar,
-        LoadClass::Wearable,
-        LoadClass::BedSensor,
-        LoadClass::DoorContact,
-        LoadClass::SmokeAlarm,
-    ];
-
-    /// The registry's class name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LoadClass::PresenceRadar => "presence_radar",
-            LoadClass::Wearable => "wearable",
-            LoadClass::BedSensor => "bed_sensor",
-            LoadClass::DoorContact => "door_contact",
-            LoadClass::SmokeAlarm => "smoke_alarm",
-        }
-    }
-
-    fn parse(s: &str) -> Option<LoadClass> {
-        LoadClass::ALL.into_iter().find(|c| c.name() == s)
-    }
-}
-
-/// Which classes the load devices have, by weight: `presence_radar=6,wearable=2,smoke_alarm=1`
-/// makes 6 of every 9 devices presence radars, 2 wearables, 1 a smoke alarm (interleaved).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mix {
-    /// One entry per weight unit, in the order devices take them.
-    slots: Vec<LoadClass>,
-}
-
-impl Default for Mix {
-    /// Presence radars only.
-    fn default() -> Self {
-        Mix {
-            slots: vec![LoadClass::PresenceRadar],
-        }
-    }
-}
-
-impl Mix {
-    pub fn parse(spec: &str) -> Result<Mix, String> {
-        let mut weights = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, w) = part.split_once('=').unwrap_or((part, "1"));
-            let class = LoadClass::parse(name.trim()).ok_or_else(|| {
-                let names: Vec<&str> = LoadClass::ALL.iter().map(|c| c.name()).collect();
-                format!("unknown class `{name}`: one of {}", names.join(", "))
-            })?;
-            let w: u32 = w
-                .trim()
-                .parse()
-                .ok()
-                .filter(|w| (1..=1000).contains(w))
-                .ok_or_else(|| format!("weight of `{name}` must be 1..=1000"))?;
-            weights.push((class, w));
-        }
-        if weights.is_empty() {
-            return Err("the mix names no class".into());
-        }
-        // Interleave: each round takes one unit of every class that still has some.
-        let mut slots = Vec::new();
-        let mut left: Vec<(LoadClass, u32)> = weights;
-        while left.iter().any(|(_, w)| *w > 0) {
-            for (c, w) in left.iter_mut().filter(|(_, w)| *w > 0) {
-                slots.push(*c);
-                *w -= 1;
-            }
-        }
-        Ok(Mix { slots })
-    }
-
-    /// The class of load device `n`.
-    pub fn class_of(&self, n: usize) -> LoadClass {
-        self.slots[n % self.slots.len()]
-    }
-}
-
-/// How much each load reading says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadSize {
-    /// Two metrics (about 90 bytes canonical).
-    Small,
-    /// A radar's usual report, seven metrics (about 150 bytes canonical, the size of the
-    /// issue's reference figures).
-    Typical,
-}
-
-impl PayloadSize {
-    pub fn parse(s: &str) -> Option<PayloadSize> {
-        match s {
-            "small" => Some(PayloadSize::Small),
-            "typical" => Some(PayloadSize::Typical),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayloadSize::Small => "small",
-            PayloadSize::Typical => "typical",
-        }
-    }
 }
 
 impl LoadOptions {
@@ -277,163 +160,60 @@ pub fn assignment(i: u64, devices: usize) -> (usize, u64) {
     ((i % d) as usize, i / d + 1)
 }
 
-#[cfg(test)]
-fn payload(format: Format, ts: i64, seq: u64) -> Vec<u8> {
-    payload_of(format, PayloadSize::Small, ts, seq)
-}
-
-/// One load reading of a device of `class`; presence radars as [`payload_of`]. Zigbee2MQTT has
-/// door contacts and smoke alarms besides; wearables and bed sensors speak canonical only (a
-/// Zigbee2MQTT run sends them canonical readings on their canonical topic).
-fn class_payload(class: LoadClass, format: Format, size: PayloadSize, ts: i64, seq: u64) -> Vec<u8> {
-    let battery = 60 + seq % 40;
-    let typical = size == PayloadSize::Typical;
-    let text = match (class, format) {
-        (LoadClass::PresenceRadar, _) => return payload_of(format, size, ts, seq),
-        (LoadClass::Wearable, _) if typical => format!(
-            r#"{{"ts":{ts},"seq":{seq},"metrics":{{"heart_rate":{},"spo2":{},"skin_temp":{}.{},"steps":{},"worn":true,"battery_pct":{battery},"rssi":-{}}}}}"#,
-            62 + seq % 20,
-            95 + seq % 4,
-            34 + seq % 2,
-            seq % 10,
-            seq % 9000,
-            50 + seq % 40,
-        ),
-        (LoadClass::Wearable, _) => format!(
-            r#"{{"ts":{ts},"seq":{seq},"metrics":{{"heart_rate":{},"battery_pct":{battery}}}}}"#,
-            62 + seq % 20
-        ),
-        (LoadClass::BedSensor, _) => format!(
-            r#"{{"ts":{ts},"seq":{seq},"metrics":{{"bed_occupied":true,"heart_rate":{},"resp_rate":{}}}}}"#,
-            58 + seq % 20,
-            12 + seq % 6
-        ),
-        (LoadClass::DoorContact, Format::Zigbee2mqtt) => format!(
-            r#"{{"contact":true,"battery":{battery},"linkquality":{},"last_seen":{ts}}}"#,
-            30 + seq % 200
-        ),
-        (LoadClass::DoorContact, Format::Canonical) => {
-            format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{"contact_open":false,"battery_pct":{battery}}}}}"#)
-        }
-        (LoadClass::SmokeAlarm, Format::Zigbee2mqtt) => format!(
-            r#"{{"smoke":false,"battery":{battery},"linkquality":{},"last_seen":{ts}}}"#,
-            30 + seq % 200
-        ),
-        (LoadClass::SmokeAlarm, Format::Canonical) => {
-            format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{"smoke":false,"fault":false,"battery_pct":{battery}}}}}"#)
-        }
-    };
-    text.into_bytes()
-}
-
-/// Whether a device of `class` publishes Zigbee2MQTT readings in a Zigbee2MQTT run.
-fn speaks(class: LoadClass, format: Format) -> bool {
-    format == Format::Canonical
-        || matches!(
-            class,
-            LoadClass::PresenceRadar | LoadClass::DoorContact | LoadClass::SmokeAlarm
-        )
-}
-
-/// One load reading. Written with `format!`, not `json!`: at a few hundred thousand messages per
-/// second the generator must not be what limits the run. `ts` is the send time (the stamp a
-/// subscriber measures end-to-end latency from).
-fn payload_of(format: Format, size: PayloadSize, ts: i64, seq: u64) -> Vec<u8> {
-    const MOTION: [&str; 3] = ["none", "stationary", "moving"];
-    const POSTURE: [&str; 4] = ["standing", "sitting", "lying", "on_bed"];
-    let movement = seq % 101;
-    match (format, size) {
-        (Format::Canonical, PayloadSize::Small) => {
-            format!(r#"{{"ts":{ts},"seq":{seq},"metrics":{{"presence":true,"body_movement":{movement}}}}}"#)
-        }
-        (Format::Canonical, PayloadSize::Typical) => format!(
-            r#"{{"ts":{ts},"seq":{seq},"metrics":{{"presence":true,"motion_state":"{}","posture":"{}","body_movement":{movement},"heart_rate":{},"resp_rate":{},"rssi":-{}}}}}"#,
-            MOTION[(seq % 3) as usize],
-            POSTURE[(seq % 4) as usize],
-            60 + seq % 30,
-            12 + seq % 8,
-            40 + seq % 40,
-        ),
-        (Format::Zigbee2mqtt, PayloadSize::Small) => {
-            format!(r#"{{"occupancy":true,"linkquality":{},"last_seen":{ts}}}"#, 30 + seq % 200)
-        }
-        (Format::Zigbee2mqtt, PayloadSize::Typical) => format!(
-            r#"{{"occupancy":true,"illuminance":{},"illuminance_lux":{},"battery":{},"voltage":{},"linkquality":{},"last_seen":{ts}}}"#,
-            seq % 500,
-            seq % 500,
-            50 + seq % 50,
-            2900 + seq % 100,
-            30 + seq % 200,
-        ),
-    }
-    .into_bytes()
-}
-
-/// The acknowledged-messages file: `<device> <seq> <ts>` per line, in PubAck order, written by a
-/// task of its own as the acknowledgements come. A message acknowledged again after being
-/// re-published would get a second line; a message never acknowledged gets none.
-pub struct AckRecord {
-    /// `ts` of each message sent and not acknowledged yet, by message index.
-    sent: Arc<Mutex<HashMap<u64, i64>>>,
-    task: JoinHandle<anyhow::Result<u64>>,
-}
-
-/// One line of the acknowledged-messages file (without the newline).
-pub fn ack_line(device: usize, seq: u64, ts: i64) -> String {
-    format!("{} {seq} {ts}", device_id(device))
-}
-
-impl AckRecord {
-    /// Creates (truncates) the file at `path`.
-    pub fn create(path: &Path) -> anyhow::Result<File> {
-        File::create(path).with_context(|| format!("cannot create {}", path.display()))
-    }
-
-    /// Starts writing the tags coming out of `acked` to `file` (made by [`AckRecord::create`]).
-    pub fn start(file: File, path: &Path, devices: usize, mut acked: mpsc::UnboundedReceiver<u64>) -> AckRecord {
-        let sent: Arc<Mutex<HashMap<u64, i64>>> = Arc::default();
-        let pending = sent.clone();
-        let path = path.to_owned();
-        let task = tokio::spawn(async move {
-            let mut out = BufWriter::new(file);
-            let mut lines = 0u64;
-            let mut flush = tokio::time::interval(ACK_RECORD_FLUSH);
-            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let context = || format!("writing {}", path.display());
-            loop {
-                tokio::select! {
-                    tag = acked.recv() => {
-                        let Some(i) = tag else { break };
-                        let ts = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&i);
-                        let Some(ts) = ts else {
-                            anyhow::bail!("acknowledgement for message {i}, which was not sent");
-                        };
-                        let (device, seq) = assignment(i, devices);
-                        writeln!(out, "{}", ack_line(device, seq, ts)).with_context(context)?;
-                        lines += 1;
-                    }
-                    _ = flush.tick() => out.flush().with_context(context)?,
-                }
-            }
-            out.flush().with_context(context)?;
-            Ok(lines)
-        });
-        AckRecord { sent, task }
-    }
-
-    /// Notes the `ts` of message `i` before it is published.
-    pub fn sending(&self, i: u64, ts: i64) {
-        self.sent.lock().unwrap_or_else(PoisonError::into_inner).insert(i, ts);
-    }
-
-    /// Waits for the acknowledgement stream to end (the link closed) and returns the lines written.
-    pub async fn finish(self) -> anyhow::Result<u64> {
-        self.task.await.context("the acknowledgement writer failed")?
-    }
-}
-
 /// Runs the load; `shutdown` ends the send phase early.
 pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<LoadSummary> {
+    let qos = check(&opts)?;
+    // Created before connecting: a bad path fails at once, and the file exists (empty) even if
+    // nothing is ever acknowledged.
+    let record_file = opts.record_acked.as_deref().map(AckRecord::create).transpose()?;
+    let mut link = connect(&opts).await?;
+    let record = match (record_file, &opts.record_acked) {
+        (Some(file), Some(path)) => {
+            let acked = link.take_acked_tags().context("acknowledgement stream already taken")?;
+            Some(AckRecord::start(file, path, opts.devices, acked))
+        }
+        _ => None,
+    };
+    let total = offered(opts.rate, opts.seconds);
+    tracing::info!(broker = %opts.broker, rate = opts.rate, seconds = opts.seconds, offered = total, "load running");
+    let phase = send_phase(&opts, &link, record.as_ref(), qos, total, shutdown).await?;
+    let ack_started = Instant::now();
+    if qos != QoS::AtMostOnce {
+        link.wait_acked(phase.sent, opts.ack_timeout).await;
+    }
+    let ack_wait = ack_started.elapsed();
+    let stats = link.stats_handle();
+    // Closing ends the acknowledgement stream; acks that came after the wait count too, so the
+    // count and the record file agree.
+    let acked = link.close().await;
+    let recorded = match record {
+        Some(r) => Some(r.finish().await?),
+        None => None,
+    };
+    let summary = summarize(
+        &opts,
+        qos,
+        total,
+        &phase,
+        Acks {
+            acked,
+            ack_wait,
+            recorded,
+            stats: &stats,
+        },
+    );
+    tracing::info!(
+        sent = phase.sent,
+        acked,
+        late = phase.late,
+        achieved_rate = summary.achieved_rate,
+        "load done"
+    );
+    Ok(summary)
+}
+
+/// Refuses options a run cannot honour; the QoS to publish at.
+fn check(opts: &LoadOptions) -> anyhow::Result<QoS> {
     let qos = qos_of(opts.qos)?;
     if !(opts.rate.is_finite() && opts.rate > 0.0) {
         anyhow::bail!("--rate must be a positive number of messages per second");
@@ -444,52 +224,83 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     if opts.devices == 0 {
         anyhow::bail!("--devices must be at least 1");
     }
-    if !crate::registry::is_valid_id(&opts.site) {
+    if !crate::model::registry::is_valid_id(&opts.site) {
         anyhow::bail!("site `{}` is not a valid id: use [A-Za-z0-9._:-]+", opts.site);
     }
     if opts.record_acked.is_some() && qos != QoS::AtLeastOnce {
         anyhow::bail!("--record-acked needs --qos 1 (QoS 0 has no acknowledgements)");
     }
-    // Created before connecting: a bad path fails at once, and the file exists (empty) even if
-    // nothing is ever acknowledged.
-    let record_file = opts.record_acked.as_deref().map(AckRecord::create).transpose()?;
+    Ok(qos)
+}
+
+async fn connect(opts: &LoadOptions) -> anyhow::Result<Link> {
     let client_id = opts
         .client_id
         .clone()
         .unwrap_or_else(|| format!("nh-sim-load-{}", std::process::id()));
-    let mut link = Link::connect(&LinkOptions {
+    Link::connect(&LinkOptions {
         connect_timeout: opts.connect_timeout,
         credentials: opts.credentials.clone(),
         clean_session: opts.clean_session,
         ..LinkOptions::new(opts.broker.clone(), client_id)
     })
-    .await?;
-    let record = match (record_file, &opts.record_acked) {
-        (Some(file), Some(path)) => {
-            let acked = link.take_acked_tags().context("acknowledgement stream already taken")?;
-            Some(AckRecord::start(file, path, opts.devices, acked))
-        }
-        _ => None,
-    };
-    let formats: Vec<Format> = (0..opts.devices)
-        .map(|n| {
-            if speaks(opts.mix.class_of(n), opts.format) {
-                opts.format
-            } else {
-                Format::Canonical
-            }
-        })
-        .collect();
-    let topics: Vec<String> = (0..opts.devices)
-        .map(|n| match formats[n] {
-            Format::Canonical => canonical::topic(&opts.site, &device_id(n)),
-            Format::Zigbee2mqtt => zigbee2mqtt::topic(&device_id(n)),
-        })
-        .collect();
-    let mut last_ts = vec![i64::MIN; opts.devices];
-    let total = offered(opts.rate, opts.seconds);
-    tracing::info!(broker = %opts.broker, rate = opts.rate, seconds = opts.seconds, offered = total, "load running");
+    .await
+}
 
+/// Where each load device publishes, in which format, and its last `ts` (kept strictly
+/// increasing).
+struct Devices {
+    formats: Vec<Format>,
+    topics: Vec<String>,
+    last_ts: Vec<i64>,
+}
+
+impl Devices {
+    fn new(opts: &LoadOptions) -> Devices {
+        let formats: Vec<Format> = (0..opts.devices)
+            .map(|n| {
+                if speaks(opts.mix.class_of(n), opts.format) {
+                    opts.format
+                } else {
+                    Format::Canonical
+                }
+            })
+            .collect();
+        let topics: Vec<String> = (0..opts.devices)
+            .map(|n| match formats[n] {
+                Format::Canonical => canonical::topic(&opts.site, &device_id(n)),
+                Format::Zigbee2mqtt => zigbee2mqtt::topic(&device_id(n)),
+            })
+            .collect();
+        Devices {
+            formats,
+            topics,
+            last_ts: vec![i64::MIN; opts.devices],
+        }
+    }
+}
+
+/// What the send phase did.
+struct SendPhase {
+    sent: u64,
+    late: u64,
+    max_lag: Duration,
+    /// First slot to last send, plus one slot.
+    duration: Duration,
+    payload_bytes: u64,
+}
+
+/// Hands message after message to the link at its slot, until the schedule ends, `shutdown`
+/// completes, or the link took nothing up to the schedule's end plus the ack timeout.
+async fn send_phase(
+    opts: &LoadOptions,
+    link: &Link,
+    record: Option<&AckRecord>,
+    qos: QoS,
+    total: u64,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<SendPhase> {
+    let mut devices = Devices::new(opts);
     let mut shutdown = std::pin::pin!(shutdown);
     let start = Instant::now();
     // The sender may run late, but not for ever: with the broker gone for good the link's queues
@@ -515,17 +326,23 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
             }
         }
         let (device, seq) = assignment(i, opts.devices);
-        let ts = opts.clock.now().max(last_ts[device].saturating_add(1));
-        last_ts[device] = ts;
-        let body = class_payload(opts.mix.class_of(device), formats[device], opts.payload, ts, seq);
+        let ts = opts.clock.now().max(devices.last_ts[device].saturating_add(1));
+        devices.last_ts[device] = ts;
+        let body = class_payload(
+            opts.mix.class_of(device),
+            devices.formats[device],
+            opts.payload,
+            ts,
+            seq,
+        );
         payload_bytes += body.len() as u64;
-        if let Some(r) = &record {
+        if let Some(r) = record {
             r.sending(i, ts);
         }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = link.publish_scheduled(&topics[device], qos, body, i, due) => r?,
+            r = link.publish_scheduled(&devices.topics[device], qos, body, i, due) => r?,
             _ = tokio::time::sleep_until(give_up) => {
                 max_lag = max_lag.max(give_up - due);
                 tracing::warn!(
@@ -543,86 +360,79 @@ pub async fn run_load(opts: LoadOptions, shutdown: impl Future<Output = ()>) -> 
     } else {
         (last_send - start) + slot(1, opts.rate)
     };
-    let ack_started = Instant::now();
-    if qos != QoS::AtMostOnce {
-        link.wait_acked(sent, opts.ack_timeout).await;
-    }
-    let ack_wait = ack_started.elapsed();
-    let stats = link.stats_handle();
-    // Closing ends the acknowledgement stream; acks that came after the wait count too, so the
-    // count and the record file agree.
-    let acked = link.close().await;
-    let connects = stats.connects.load(Ordering::Relaxed);
-    let connection_errors = stats.connection_errors.load(Ordering::Relaxed);
-    let republished = stats.republished.load(Ordering::Relaxed);
-    let ack_mapping_errors = stats.mapping_errors.load(Ordering::Relaxed);
-    let ack_latency = Percentiles::from_us(&stats.take_ack_latencies());
-    let recorded = match record {
-        Some(r) => Some(r.finish().await?),
-        None => None,
-    };
+    Ok(SendPhase {
+        sent,
+        late,
+        max_lag,
+        duration,
+        payload_bytes,
+    })
+}
+
+/// What came back after the send phase.
+struct Acks<'a> {
+    acked: u64,
+    ack_wait: Duration,
+    /// Lines of the acknowledged-messages file, if there is one.
+    recorded: Option<u64>,
+    stats: &'a LinkStats,
+}
+
+fn summarize(opts: &LoadOptions, qos: QoS, total: u64, phase: &SendPhase, acks: Acks<'_>) -> LoadSummary {
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    let summary = LoadSummary {
+    let stats = acks.stats;
+    let sent = phase.sent;
+    LoadSummary {
         offered: total,
         sent,
-        acked,
-        achieved_rate: if duration.is_zero() {
+        acked: acks.acked,
+        achieved_rate: if phase.duration.is_zero() {
             0.0
         } else {
-            round3(sent as f64 / duration.as_secs_f64())
+            round3(sent as f64 / phase.duration.as_secs_f64())
         },
-        late,
-        max_lag_ms: round3(max_lag.as_secs_f64() * 1000.0),
-        duration_s: round3(duration.as_secs_f64()),
-        ack_wait_s: round3(ack_wait.as_secs_f64()),
+        late: phase.late,
+        max_lag_ms: round3(phase.max_lag.as_secs_f64() * 1000.0),
+        duration_s: round3(phase.duration.as_secs_f64()),
+        ack_wait_s: round3(acks.ack_wait.as_secs_f64()),
         rate: opts.rate,
         devices: opts.devices,
         qos: opts.qos,
         format: opts.format.as_str(),
-        complete: qos == QoS::AtMostOnce || acked >= sent,
-        connects,
-        connection_errors,
-        republished,
-        recorded,
-        ack_mapping_errors,
+        complete: qos == QoS::AtMostOnce || acks.acked >= sent,
+        connects: stats.connects.load(Ordering::Relaxed),
+        connection_errors: stats.connection_errors.load(Ordering::Relaxed),
+        republished: stats.republished.load(Ordering::Relaxed),
+        recorded: acks.recorded,
+        ack_mapping_errors: stats.mapping_errors.load(Ordering::Relaxed),
         payload: opts.payload.as_str(),
         payload_bytes: if sent == 0 {
             0.0
         } else {
-            (payload_bytes as f64 / sent as f64).round()
+            (phase.payload_bytes as f64 / sent as f64).round()
         },
-        ack_latency,
-    };
-    tracing::info!(sent, acked, late, achieved_rate = summary.achieved_rate, "load done");
-    Ok(summary)
+        ack_latency: Percentiles::from_us(&stats.take_ack_latencies()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use tempfile::TempDir;
+    use tokio::task::JoinHandle;
+
     use super::*;
-    use crate::link::test_support::{Outage, Script, ScriptedBroker};
-    use crate::test_broker::TestBroker;
+    use crate::test_broker::{wait_until, Outage, Script, ScriptedBroker, TestBroker};
 
-    /// A file name of its own under the temp dir, removed on drop.
-    struct TempPath(PathBuf);
-
-    impl TempPath {
-        fn new(name: &str) -> TempPath {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            TempPath(std::env::temp_dir().join(format!("nh-sim-{name}-{}-{nanos}", std::process::id())))
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_file(&self.0);
-        }
+    /// A temporary directory (removed on drop) and the acknowledged-messages file in it.
+    fn ack_file() -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("acked");
+        (dir, file)
     }
 
     /// The record line a received canonical message stands for.
@@ -677,68 +487,6 @@ mod tests {
         assert_eq!(device_id(7), "load-0007");
     }
 
-    #[test]
-    fn a_mix_interleaves_classes_by_weight() {
-        let mix = Mix::parse("presence_radar=3, wearable=2,smoke_alarm").expect("mix");
-        let classes: Vec<&str> = (0..12).map(|n| mix.class_of(n).name()).collect();
-        assert_eq!(
-            classes,
-            [
-                "presence_radar",
-                "wearable",
-                "smoke_alarm",
-                "presence_radar",
-                "wearable",
-                "presence_radar",
-                "presence_radar",
-                "wearable",
-                "smoke_alarm",
-                "presence_radar",
-                "wearable",
-                "presence_radar"
-            ]
-        );
-        assert!(Mix::parse("toaster=1").is_err());
-        assert!(Mix::parse("wearable=0").is_err());
-        assert!(Mix::parse("").is_err());
-        assert_eq!(Mix::default().class_of(7), LoadClass::PresenceRadar);
-    }
-
-    #[test]
-    fn every_class_payload_is_json_with_its_metrics() {
-        for class in LoadClass::ALL {
-            for size in [PayloadSize::Small, PayloadSize::Typical] {
-                for format in [Format::Canonical, Format::Zigbee2mqtt] {
-                    let f = if speaks(class, format) {
-                        format
-                    } else {
-                        Format::Canonical
-                    };
-                    let body = class_payload(class, f, size, 1_700_000_000_000, 42);
-                    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-                    match f {
-                        Format::Canonical => {
-                            assert_eq!(v["seq"], 42, "{class:?}");
-                            assert!(v["metrics"].as_object().is_some_and(|m| !m.is_empty()), "{class:?}");
-                        }
-                        Format::Zigbee2mqtt => assert!(v["last_seen"].is_i64(), "{class:?}"),
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn payloads_are_valid_wire_format() {
-        let v: serde_json::Value = serde_json::from_slice(&payload(Format::Canonical, 5, 9)).expect("json");
-        assert_eq!(v["seq"], 9);
-        assert_eq!(v["ts"], 5);
-        assert_eq!(v["metrics"]["presence"], true);
-        let v: serde_json::Value = serde_json::from_slice(&payload(Format::Zigbee2mqtt, 5, 9)).expect("json");
-        assert_eq!(v["last_seen"], 5);
-        assert_eq!(v["occupancy"], true);
-    }
-
     #[tokio::test]
     async fn offers_the_rate_and_counts_acks() {
         let broker = TestBroker::start().await;
@@ -773,15 +521,15 @@ mod tests {
     #[tokio::test]
     async fn record_lists_each_acknowledged_reading() {
         let broker = TestBroker::start().await;
-        let file = TempPath::new("acked");
+        let (_dir, file) = ack_file();
         let mut opts = LoadOptions::new(broker.addr(), 2_000.0, 1.0);
         opts.devices = 13;
-        opts.record_acked = Some(file.0.clone());
+        opts.record_acked = Some(file.clone());
         let s = run_load(opts, std::future::pending()).await.expect("load");
         assert!(s.complete, "{s:?}");
         assert_eq!((s.sent, s.acked, s.recorded), (2_000, 2_000, Some(2_000)));
         assert_eq!(s.ack_mapping_errors, 0);
-        let lines = record_lines(&file.0);
+        let lines = record_lines(&file);
         assert_well_formed(&lines, 13, s.sent);
         // The test broker keeps exactly what it acknowledged, in order: same lines, same order.
         let received: Vec<String> = broker.received().iter().map(|(t, p)| line_of(t, p)).collect();
@@ -797,17 +545,17 @@ mod tests {
             ..Script::PROMPT
         })
         .await;
-        let file = TempPath::new("acked-partial");
+        let (_dir, file) = ack_file();
         let mut opts = LoadOptions::new(broker.addr(), 5_000.0, 0.2);
         opts.devices = 7;
         opts.ack_timeout = Duration::from_millis(1_000);
-        opts.record_acked = Some(file.0.clone());
+        opts.record_acked = Some(file.clone());
         let s = run_load(opts, std::future::pending()).await.expect("load");
         assert_eq!(
             (s.sent, s.acked, s.recorded, s.complete),
             (1_000, 700, Some(700), false)
         );
-        let lines = record_lines(&file.0);
+        let lines = record_lines(&file);
         assert_well_formed(&lines, 7, s.sent);
         let acked: Vec<String> = broker.acked().iter().map(|(t, p)| line_of(t, p)).collect();
         assert_eq!(lines, acked, "exactly the acknowledged ones, in PubAck order");
@@ -828,14 +576,19 @@ mod tests {
         // session: what was in flight or queued is published again.
         let broker = TestBroker::start().await;
         let mut outage = Outage::start(broker.addr()).await;
-        let file = TempPath::new("acked-outage");
+        let (_dir, file) = ack_file();
         let mut opts = LoadOptions::new(outage.addr(), 2_000.0, 3.0);
         opts.devices = 50;
         opts.client_id = Some("outage-load".into());
-        opts.record_acked = Some(file.0.clone());
+        opts.record_acked = Some(file.clone());
         let run = tokio::spawn(run_load(opts, std::future::pending()));
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Mid-run: 1,600 readings are 0.8 s of the schedule.
+        wait_until("1,600 readings at the broker", Duration::from_secs(10), || {
+            broker.received().len() >= 1_600
+        })
+        .await;
         outage.down();
+        // The outage itself: long enough to show as lag.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         outage.up().await;
         let s = run.await.expect("join").expect("load");
@@ -847,7 +600,7 @@ mod tests {
         assert!(s.connects >= 2 && s.connection_errors >= 1, "{s:?}");
         assert!(s.late > 0 && s.max_lag_ms >= 500.0, "the outage shows as lag: {s:?}");
         assert_eq!(s.ack_mapping_errors, 0);
-        let lines = record_lines(&file.0);
+        let lines = record_lines(&file);
         assert_well_formed(&lines, 50, s.sent);
         // The broker may hold a message twice (re-published after a lost ack); the record names
         // each acknowledged message once, and nothing the broker does not hold.
@@ -860,14 +613,18 @@ mod tests {
     async fn a_broker_gone_for_good_ends_the_run_with_an_honest_report() {
         let broker = TestBroker::start().await;
         let mut outage = Outage::start(broker.addr()).await;
-        let file = TempPath::new("acked-gone");
+        let (_dir, file) = ack_file();
         let mut opts = LoadOptions::new(outage.addr(), 2_000.0, 2.0);
         opts.devices = 9;
         opts.ack_timeout = Duration::from_millis(500);
-        opts.record_acked = Some(file.0.clone());
+        opts.record_acked = Some(file.clone());
         let started = Instant::now();
         let run = tokio::spawn(run_load(opts, std::future::pending()));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 1,000 readings are 0.5 s of the schedule.
+        wait_until("1,000 readings at the broker", Duration::from_secs(10), || {
+            broker.received().len() >= 1_000
+        })
+        .await;
         outage.down();
         let s = run.await.expect("join").expect("load");
         // Schedule end, plus the ack timeout twice (send phase, ack wait), plus the close grace.
@@ -876,7 +633,7 @@ mod tests {
         assert!(s.sent < s.offered && s.acked < s.sent, "{s:?}");
         assert_eq!(s.recorded, Some(s.acked));
         assert!(s.max_lag_ms >= 900.0, "the stall shows as lag: {s:?}");
-        let lines = record_lines(&file.0);
+        let lines = record_lines(&file);
         assert_well_formed(&lines, 9, s.sent);
         assert_eq!(lines.len() as u64, s.acked);
         let received: BTreeSet<String> = broker.received().iter().map(|(t, p)| line_of(t, p)).collect();
@@ -887,21 +644,20 @@ mod tests {
 
     /// A Mosquitto with persistence on a port of its own, restartable on that port.
     struct Mosquitto {
-        dir: TempPath,
+        dir: TempDir,
         port: u16,
         child: Option<std::process::Child>,
     }
 
     impl Mosquitto {
         async fn start(name: &str) -> Mosquitto {
-            let dir = TempPath::new(name);
-            std::fs::create_dir_all(&dir.0).expect("dir");
+            let dir = tempfile::Builder::new().prefix(name).tempdir().expect("temp dir");
             // Mosquitto started as root drops to its own user, which must be able to write its
             // persistence file here.
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
             }
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -910,9 +666,9 @@ mod tests {
             let conf = format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
                  autosave_interval 0\nmax_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n",
-                dir.0.display()
+                dir.path().display()
             );
-            std::fs::write(dir.0.join("mosquitto.conf"), conf).expect("conf");
+            std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
             let mut m = Mosquitto { dir, port, child: None };
             m.restart().await;
             m
@@ -926,11 +682,11 @@ mod tests {
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.0.join("mosquitto.log"))
+                .open(self.dir.path().join("mosquitto.log"))
                 .expect("log");
             let child = std::process::Command::new(MOSQUITTO)
                 .arg("-c")
-                .arg(self.dir.0.join("mosquitto.conf"))
+                .arg(self.dir.path().join("mosquitto.conf"))
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -962,7 +718,7 @@ mod tests {
         }
 
         fn log(&self) -> String {
-            std::fs::read_to_string(self.dir.0.join("mosquitto.log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
         }
     }
 
@@ -980,7 +736,7 @@ mod tests {
 
     /// A persistent-session QoS 1 subscriber to the load's topics.
     async fn subscriber(broker: &str, site: &str) -> (Inbox, JoinHandle<()>) {
-        let (host, port) = crate::link::parse_broker(broker).expect("addr");
+        let (host, port) = crate::mqtt::link::parse_broker(broker).expect("addr");
         let mut o = rumqttc::MqttOptions::new(format!("nh-sim-test-sub-{}", std::process::id()), host, port);
         o.set_clean_session(false).set_inflight(1_000);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 100);
@@ -1026,16 +782,21 @@ mod tests {
         let mut mosquitto = Mosquitto::start("mosquitto-restart").await;
         let site = "nh-restart";
         let (got, sub) = subscriber(&mosquitto.addr(), site).await;
-        let file = TempPath::new("acked-mosquitto");
+        let (_dir, file) = ack_file();
         let mut opts = LoadOptions::new(mosquitto.addr(), 2_000.0, 5.0);
         opts.devices = 40;
         opts.site = site.into();
         opts.client_id = Some(format!("nh-sim-test-load-{}", std::process::id()));
         opts.clean_session = false;
-        opts.record_acked = Some(file.0.clone());
+        opts.record_acked = Some(file.clone());
         let run = tokio::spawn(run_load(opts, std::future::pending()));
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // Mid-run: 3,000 readings are 1.5 s of the schedule.
+        wait_until("3,000 readings at the subscriber", Duration::from_secs(15), || {
+            got.lock().map(|g| g.len()).unwrap_or(0) >= 3_000
+        })
+        .await;
         mosquitto.stop().await;
+        // The broker stays away this long before it restarts.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         mosquitto.restart().await;
         let s = run.await.expect("join").expect("load");
@@ -1043,7 +804,7 @@ mod tests {
         assert_eq!((s.sent, s.acked, s.recorded), (10_000, 10_000, Some(10_000)), "{s:?}");
         assert!(s.connects >= 2, "{s:?}");
         assert_eq!(s.ack_mapping_errors, 0);
-        let lines = record_lines(&file.0);
+        let lines = record_lines(&file);
         assert_well_formed(&lines, 40, s.sent);
         // Every acknowledged reading reaches the persistent subscriber, across the restart, with
         // the seq and ts recorded.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::behaviour::{Behaviour, Report};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::model::behaviour::{Behaviour, Report};
+use crate::model::metrics::Metrics;
+use crate::model::registry::Registry;
 use crate::rng::Rng;
 use crate::wire::{canonical, zigbee2mqtt, Format};
 
@@ -278,7 +278,7 @@ interval_s = 1
     const T0: i64 = 1_767_225_600_000;
 
     fn registry() -> Registry {
-        crate::registry::parse(REGISTRY).expect("valid")
+        crate::model::registry::parse(REGISTRY).expect("valid")
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use crate::registry::{CareFlag, DeviceClass};
+use crate::model::registry::{CareFlag, DeviceClass};
 use crate::rng::Rng;
 use crate::wire::Format;
 
@@ -149,7 +149,7 @@ fn building_letter(b: u32) -> String {
 /// Generates the registry TOML. The text starts with a comment naming the command that made it.
 /// Errors: an invalid site id, a share outside 0..=1, or nothing to generate.
 pub fn generate(opts: &FacilityOptions, command_line: &str) -> anyhow::Result<String> {
-    if !crate::registry::is_valid_id(&opts.site) {
+    if !crate::model::registry::is_valid_id(&opts.site) {
         anyhow::bail!("site `{}` is not a valid id: use [A-Za-z0-9._:-]+", opts.site);
     }
     if !(0.0..=1.0).contains(&opts.zigbee_share) {
@@ -160,195 +160,257 @@ pub fn generate(opts: &FacilityOptions, command_line: &str) -> anyhow::Result<St
     let mut entries: Vec<Entry> = Vec::new();
     let room_width = if opts.rooms_per_floor > 99 { 3 } else { 2 };
 
+    // The random draws happen in this order (building, floor, room), so a seed keeps its facility.
     for b in 0..opts.buildings {
         let letter = building_letter(b);
         let lower = letter.to_lowercase();
-        entries.push(Entry {
-            id: format!("gw-{lower}"),
-            class: DeviceClass::Gateway,
-            zigbee_name: None,
-            building: letter.clone(),
-            floor: "1".into(),
-            room: format!("{letter}-office"),
-            zone: Some("office"),
-            bed: None,
-            resident: None,
-            care_flags: vec![],
-            interval_s: GATEWAY_S,
-            model: "edge gateway heartbeat",
-        });
+        entries.push(gateway(&letter, &lower));
         for f in 1..=opts.floors {
+            let floor = Floor {
+                letter: &letter,
+                lower: &lower,
+                f,
+            };
             for r in 1..=opts.rooms_per_floor {
                 let num = format!("{f}{r:0room_width$}");
-                let room = format!("{letter}-{num}");
                 let suffix = format!("{lower}-{f}-{r:0room_width$}");
-                let resident = loop {
-                    let candidate = format!("r-{:04x}", rng.next_u64() & 0xFFFF);
-                    if residents.insert(candidate.clone()) {
-                        break candidate;
-                    }
-                };
-                let mut flags = Vec::new();
-                if rng.chance(0.25) {
-                    flags.push(CareFlag::HighFallRisk);
-                }
-                if rng.chance(0.10) {
-                    flags.push(CareFlag::WanderRisk);
-                }
-                if rng.chance(0.10) {
-                    flags.push(CareFlag::Copd);
-                }
-                let personal = |id: String, class, zone: Option<&'static str>, interval_s, model| Entry {
-                    id,
-                    class,
-                    zigbee_name: None,
-                    building: letter.clone(),
-                    floor: f.to_string(),
-                    room: room.clone(),
-                    zone,
-                    bed: Some("1"),
-                    resident: Some(resident.clone()),
-                    care_flags: flags.clone(),
-                    interval_s,
-                    model,
-                };
-                entries.push(personal(
-                    format!("radar-{suffix}"),
-                    DeviceClass::FallRadar,
-                    Some("bedroom"),
-                    RADAR_S,
-                    "Seeed MR60FDA1",
-                ));
-                let mut watch = personal(
-                    format!("wearable-{suffix}"),
-                    DeviceClass::Wearable,
-                    None,
-                    WEARABLE_S,
-                    "4G elderly watch",
-                );
-                watch.bed = None;
-                entries.push(watch);
-                entries.push(personal(
-                    format!("bed-{suffix}"),
-                    DeviceClass::BedSensor,
-                    Some("bedroom"),
-                    BED_S,
-                    "bed pressure pad",
-                ));
-                let z2m = rng.chance(opts.zigbee_share);
-                entries.push(Entry {
-                    id: format!("door-{suffix}"),
-                    class: DeviceClass::DoorContact,
-                    zigbee_name: z2m.then(|| format!("door_{lower}{num}")),
-                    building: letter.clone(),
-                    floor: f.to_string(),
-                    room: room.clone(),
-                    zone: Some("entrance"),
-                    bed: None,
-                    resident: None,
-                    care_flags: vec![],
-                    interval_s: DOOR_S,
-                    model: if z2m { "Aqara MCCGQ11LM" } else { "Milesight WS301" },
-                });
-                let z2m = rng.chance(opts.zigbee_share);
-                entries.push(Entry {
-                    id: format!("smoke-{suffix}"),
-                    class: DeviceClass::SmokeAlarm,
-                    zigbee_name: z2m.then(|| format!("smoke_{lower}{num}")),
-                    building: letter.clone(),
-                    floor: f.to_string(),
-                    room: room.clone(),
-                    zone: Some("bedroom"),
-                    bed: None,
-                    resident: None,
-                    care_flags: vec![],
-                    interval_s: SMOKE_S,
-                    model: if z2m {
-                        "Heiman HS1SA"
-                    } else {
-                        "NB-IoT smoke alarm (CTWing)"
-                    },
-                });
+                let resident = new_resident(&mut rng, &mut residents);
+                let flags = care_flags(&mut rng);
+                entries.extend(room_devices(&floor, &num, &suffix, &resident, &flags));
+                entries.extend(room_alarms(&mut rng, opts.zigbee_share, &floor, &num, &suffix));
             }
-            let shared = [
-                (
-                    "gas",
-                    DeviceClass::GasDetector,
-                    "kitchen",
-                    GAS_S,
-                    "Tuya TS0601 gas sensor",
-                    "Milesight GS101",
-                ),
-                (
-                    "co",
-                    DeviceClass::CoDetector,
-                    "kitchen",
-                    CO_S,
-                    "Tuya DCR-RQJ",
-                    "NB-IoT CO alarm",
-                ),
-                (
-                    "heat",
-                    DeviceClass::HeatDetector,
-                    "kitchen",
-                    HEAT_S,
-                    "Heiman HM-5HA-E",
-                    "LoRaWAN heat detector",
-                ),
-                (
-                    "sos",
-                    DeviceClass::SosButton,
-                    "bathroom",
-                    SOS_S,
-                    "Feibit SEB01ZB pull cord",
-                    "Milesight WS101-SOS",
-                ),
-            ];
-            for (kind, class, zone, interval_s, z2m_model, other_model) in shared {
-                let z2m = rng.chance(opts.zigbee_share);
-                let room = if zone == "kitchen" {
-                    format!("{letter}-{f}-kitchen")
-                } else {
-                    format!("{letter}-{f}-bath")
-                };
-                entries.push(Entry {
-                    id: format!("{kind}-{lower}-{f}"),
-                    class,
-                    zigbee_name: z2m.then(|| format!("{kind}_{lower}{f}")),
-                    building: letter.clone(),
-                    floor: f.to_string(),
-                    room,
-                    zone: Some(zone),
-                    bed: None,
-                    resident: None,
-                    care_flags: vec![],
-                    interval_s,
-                    model: if z2m { z2m_model } else { other_model },
-                });
-            }
+            entries.extend(floor_devices(&mut rng, opts.zigbee_share, &floor));
         }
     }
-    for n in 0..opts.load_devices {
-        let id = crate::load::device_id(n as usize);
-        entries.push(Entry {
-            zigbee_name: (opts.load_format == Format::Zigbee2mqtt).then(|| id.clone()),
-            id,
-            class: DeviceClass::PresenceRadar,
-            building: "L".into(),
-            floor: "0".into(),
-            room: "load-lab".into(),
-            zone: None,
-            bed: None,
-            resident: None,
-            care_flags: vec![],
-            interval_s: LOAD_S,
-            model: "nh-sim load generator",
-        });
-    }
+    entries.extend(load_entries(opts));
     if entries.is_empty() {
         anyhow::bail!("nothing to generate: no buildings/floors/rooms and no load devices");
     }
+    Ok(render(opts, command_line, &entries))
+}
 
+/// Where a floor's devices are: building letter (and in lower case, for ids) and floor number.
+struct Floor<'a> {
+    letter: &'a str,
+    lower: &'a str,
+    f: u32,
+}
+
+/// The building's gateway heartbeat.
+fn gateway(letter: &str, lower: &str) -> Entry {
+    Entry {
+        id: format!("gw-{lower}"),
+        class: DeviceClass::Gateway,
+        zigbee_name: None,
+        building: letter.to_owned(),
+        floor: "1".into(),
+        room: format!("{letter}-office"),
+        zone: Some("office"),
+        bed: None,
+        resident: None,
+        care_flags: vec![],
+        interval_s: GATEWAY_S,
+        model: "edge gateway heartbeat",
+    }
+}
+
+/// A pseudonymous resident id no other resident has.
+fn new_resident(rng: &mut Rng, residents: &mut HashSet<String>) -> String {
+    loop {
+        let candidate = format!("r-{:04x}", rng.next_u64() & 0xFFFF);
+        if residents.insert(candidate.clone()) {
+            return candidate;
+        }
+    }
+}
+
+/// A resident's care flags, each drawn with its own share.
+fn care_flags(rng: &mut Rng) -> Vec<CareFlag> {
+    let mut flags = Vec::new();
+    if rng.chance(0.25) {
+        flags.push(CareFlag::HighFallRisk);
+    }
+    if rng.chance(0.10) {
+        flags.push(CareFlag::WanderRisk);
+    }
+    if rng.chance(0.10) {
+        flags.push(CareFlag::Copd);
+    }
+    flags
+}
+
+/// The resident's own devices (canonical): the fall radar over the bed, the wearable, the bed
+/// sensor.
+fn room_devices(floor: &Floor<'_>, num: &str, suffix: &str, resident: &str, flags: &[CareFlag]) -> [Entry; 3] {
+    let personal = |id: String, class, zone: Option<&'static str>, interval_s, model| Entry {
+        id,
+        class,
+        zigbee_name: None,
+        building: floor.letter.to_owned(),
+        floor: floor.f.to_string(),
+        room: format!("{}-{num}", floor.letter),
+        zone,
+        bed: Some("1"),
+        resident: Some(resident.to_owned()),
+        care_flags: flags.to_vec(),
+        interval_s,
+        model,
+    };
+    let radar = personal(
+        format!("radar-{suffix}"),
+        DeviceClass::FallRadar,
+        Some("bedroom"),
+        RADAR_S,
+        "Seeed MR60FDA1",
+    );
+    let mut watch = personal(
+        format!("wearable-{suffix}"),
+        DeviceClass::Wearable,
+        None,
+        WEARABLE_S,
+        "4G elderly watch",
+    );
+    watch.bed = None;
+    let bed = personal(
+        format!("bed-{suffix}"),
+        DeviceClass::BedSensor,
+        Some("bedroom"),
+        BED_S,
+        "bed pressure pad",
+    );
+    [radar, watch, bed]
+}
+
+/// The room's door contact and smoke alarm, each on Zigbee2MQTT with probability `zigbee_share`.
+fn room_alarms(rng: &mut Rng, zigbee_share: f64, floor: &Floor<'_>, num: &str, suffix: &str) -> [Entry; 2] {
+    let Floor { letter, lower, f } = *floor;
+    let room = format!("{letter}-{num}");
+    let z2m = rng.chance(zigbee_share);
+    let door = Entry {
+        id: format!("door-{suffix}"),
+        class: DeviceClass::DoorContact,
+        zigbee_name: z2m.then(|| format!("door_{lower}{num}")),
+        building: letter.to_owned(),
+        floor: f.to_string(),
+        room: room.clone(),
+        zone: Some("entrance"),
+        bed: None,
+        resident: None,
+        care_flags: vec![],
+        interval_s: DOOR_S,
+        model: if z2m { "Aqara MCCGQ11LM" } else { "Milesight WS301" },
+    };
+    let z2m = rng.chance(zigbee_share);
+    let smoke = Entry {
+        id: format!("smoke-{suffix}"),
+        class: DeviceClass::SmokeAlarm,
+        zigbee_name: z2m.then(|| format!("smoke_{lower}{num}")),
+        building: letter.to_owned(),
+        floor: f.to_string(),
+        room,
+        zone: Some("bedroom"),
+        bed: None,
+        resident: None,
+        care_flags: vec![],
+        interval_s: SMOKE_S,
+        model: if z2m {
+            "Heiman HS1SA"
+        } else {
+            "NB-IoT smoke alarm (CTWing)"
+        },
+    };
+    [door, smoke]
+}
+
+/// The floor's shared devices: gas, CO and heat detectors in the kitchen, the SOS pull cord in
+/// the bathroom.
+fn floor_devices(rng: &mut Rng, zigbee_share: f64, floor: &Floor<'_>) -> Vec<Entry> {
+    let Floor { letter, lower, f } = *floor;
+    let shared = [
+        (
+            "gas",
+            DeviceClass::GasDetector,
+            "kitchen",
+            GAS_S,
+            "Tuya TS0601 gas sensor",
+            "Milesight GS101",
+        ),
+        (
+            "co",
+            DeviceClass::CoDetector,
+            "kitchen",
+            CO_S,
+            "Tuya DCR-RQJ",
+            "NB-IoT CO alarm",
+        ),
+        (
+            "heat",
+            DeviceClass::HeatDetector,
+            "kitchen",
+            HEAT_S,
+            "Heiman HM-5HA-E",
+            "LoRaWAN heat detector",
+        ),
+        (
+            "sos",
+            DeviceClass::SosButton,
+            "bathroom",
+            SOS_S,
+            "Feibit SEB01ZB pull cord",
+            "Milesight WS101-SOS",
+        ),
+    ];
+    let mut entries = Vec::with_capacity(shared.len());
+    for (kind, class, zone, interval_s, z2m_model, other_model) in shared {
+        let z2m = rng.chance(zigbee_share);
+        let room = if zone == "kitchen" {
+            format!("{letter}-{f}-kitchen")
+        } else {
+            format!("{letter}-{f}-bath")
+        };
+        entries.push(Entry {
+            id: format!("{kind}-{lower}-{f}"),
+            class,
+            zigbee_name: z2m.then(|| format!("{kind}_{lower}{f}")),
+            building: letter.to_owned(),
+            floor: f.to_string(),
+            room,
+            zone: Some(zone),
+            bed: None,
+            resident: None,
+            care_flags: vec![],
+            interval_s,
+            model: if z2m { z2m_model } else { other_model },
+        });
+    }
+    entries
+}
+
+/// The `load-NNNN` devices of `nh-sim load`, if asked for.
+fn load_entries(opts: &FacilityOptions) -> Vec<Entry> {
+    (0..opts.load_devices)
+        .map(|n| {
+            let id = crate::mqtt::load::device_id(n as usize);
+            Entry {
+                zigbee_name: (opts.load_format == Format::Zigbee2mqtt).then(|| id.clone()),
+                id,
+                class: DeviceClass::PresenceRadar,
+                building: "L".into(),
+                floor: "0".into(),
+                room: "load-lab".into(),
+                zone: None,
+                bed: None,
+                resident: None,
+                care_flags: vec![],
+                interval_s: LOAD_S,
+                model: "nh-sim load generator",
+            }
+        })
+        .collect()
+}
+
+/// The registry text: the header comments, the site, then every entry.
+fn render(opts: &FacilityOptions, command_line: &str, entries: &[Entry]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -358,10 +420,10 @@ pub fn generate(opts: &FacilityOptions, command_line: &str) -> anyhow::Result<St
     );
     let _ = writeln!(out, "# Generated by `{command_line}`; regenerate rather than edit.");
     let _ = writeln!(out, "site = {}", quote(&opts.site));
-    for e in &entries {
+    for e in entries {
         e.write(&mut out);
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -378,13 +440,13 @@ mod tests {
         assert!(
             text.contains("--site nh-demo --buildings 1 --floors 3 --rooms-per-floor 20 --zigbee-share 0.5 --seed 1")
         );
-        assert_eq!(crate::registry::parse(&text).expect("valid").devices.len(), 313);
+        assert_eq!(crate::model::registry::parse(&text).expect("valid").devices.len(), 313);
     }
 
     #[test]
     fn generated_registry_is_valid_and_complete() {
         let text = generate(&demo(), "nh-sim gen-registry").expect("generate");
-        let r = crate::registry::parse(&text).expect("generated registry must validate");
+        let r = crate::model::registry::parse(&text).expect("generated registry must validate");
         assert_eq!(r.site, "nh-demo");
         // 60 rooms x 5 + 3 floors x 4 + 1 gateway.
         assert_eq!(r.devices.len(), 60 * 5 + 3 * 4 + 1);
@@ -423,7 +485,7 @@ mod tests {
             "x",
         )
         .expect("generate");
-        let r = crate::registry::parse(&all).expect("valid");
+        let r = crate::model::registry::parse(&all).expect("valid");
         assert_eq!(
             r.devices.iter().filter(|d| d.zigbee_name.is_some()).count(),
             60 * 2 + 3 * 4
@@ -447,7 +509,7 @@ mod tests {
             load_format: Format::Zigbee2mqtt,
             ..demo()
         };
-        let r = crate::registry::parse(&generate(&opts, "x").expect("generate")).expect("valid");
+        let r = crate::model::registry::parse(&generate(&opts, "x").expect("generate")).expect("valid");
         assert_eq!(r.devices.len(), 3);
         assert_eq!(r.devices[2].id, "load-0002");
         assert_eq!(r.devices[2].zigbee_name.as_deref(), Some("load-0002"));

@@ -72,6 +72,10 @@ pub const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `close` lets queued requests and the DISCONNECT go out before stopping the event loop.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Keep-alive of the plain clients (see [`client_options`]): they only listen, so a dead broker
+/// shows as a connection error on its own; no need to probe as often as the link does.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
@@ -181,6 +185,25 @@ pub fn parse_broker(broker: &str) -> anyhow::Result<(String, u16)> {
         anyhow::bail!("broker `{broker}` has no host");
     }
     Ok((host.to_owned(), port))
+}
+
+/// Connection options of a plain rumqttc client (no [`Link`]: the subscribers of `sink`, `record`
+/// and `alert-probe`): keep-alive [`CLIENT_KEEP_ALIVE`], clean session, packets up to
+/// [`MAX_PACKET_BYTES`], the login if given.
+pub fn client_options(
+    broker: &str,
+    client_id: String,
+    credentials: Option<&Credentials>,
+) -> anyhow::Result<MqttOptions> {
+    let (host, port) = parse_broker(broker)?;
+    let mut mqtt = MqttOptions::new(client_id, host, port);
+    mqtt.set_keep_alive(CLIENT_KEEP_ALIVE)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(c) = credentials {
+        mqtt.set_credentials(c.username.clone(), c.password.clone());
+    }
+    Ok(mqtt)
 }
 
 impl Link {
@@ -689,236 +712,10 @@ async fn drive(
     }
     connected.send_replace(false);
 }
-/// Brokers with faults the shared test broker does not script, for this module's tests and the
-/// load's.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::task::{JoinHandle, JoinSet};
-
-    type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-    /// How a [`ScriptedBroker`] acknowledges.
-    #[derive(Debug, Clone, Copy)]
-    pub(crate) struct Script {
-        /// PubAcks are withheld until this many are due (or the client paused for 2 ms), then sent
-        /// in reverse order: rumqttc then meets packet ids still in flight and holds publishes back.
-        pub reverse_batch: usize,
-        /// Publishes acknowledged at most, over all connections; later ones are read and ignored
-        /// (the client stalls as with a hung broker).
-        pub ack_limit: usize,
-        /// On the first `cuts` connections, the first publish after `cut_after` PubAcks is never
-        /// acknowledged (nor kept); the others are. Once the client reuses that packet id it
-        /// holds the new publish back and stalls, and the broker then closes the connection.
-        pub cuts: usize,
-        pub cut_after: usize,
-    }
-
-    impl Script {
-        pub(crate) const PROMPT: Script = Script {
-            reverse_batch: 1,
-            ack_limit: usize::MAX,
-            cuts: 0,
-            cut_after: 0,
-        };
-    }
-
-    /// A minimal MQTT 3.1.1 broker acknowledging by [`Script`]; remembers exactly the publishes it
-    /// sent a PubAck for.
-    pub(crate) struct ScriptedBroker {
-        addr: SocketAddr,
-        acked: Messages,
-        task: JoinHandle<()>,
-    }
-
-    impl ScriptedBroker {
-        pub(crate) async fn start(script: Script) -> ScriptedBroker {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-            let addr = listener.local_addr().expect("local addr");
-            let acked: Messages = Arc::default();
-            let sink = acked.clone();
-            let task = tokio::spawn(async move {
-                let budget = Arc::new(AtomicUsize::new(script.ack_limit));
-                let mut connections = JoinSet::new();
-                let mut accepted = 0;
-                while let Ok((stream, _)) = listener.accept().await {
-                    accepted += 1;
-                    let cut_after = if accepted <= script.cuts { script.cut_after } else { 0 };
-                    connections.spawn(serve(stream, sink.clone(), script, cut_after, budget.clone()));
-                }
-            });
-            ScriptedBroker { addr, acked, task }
-        }
-
-        pub(crate) fn addr(&self) -> String {
-            self.addr.to_string()
-        }
-
-        /// (topic, payload) of every publish acknowledged, in PubAck order.
-        pub(crate) fn acked(&self) -> Vec<(String, Vec<u8>)> {
-            self.acked.lock().map(|r| r.clone()).unwrap_or_default()
-        }
-    }
-
-    impl Drop for ScriptedBroker {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    fn remaining_length(buf: &[u8]) -> Option<(usize, usize)> {
-        let mut len = 0usize;
-        for i in 0..4 {
-            let b = *buf.get(1 + i)?;
-            len |= ((b & 0x7F) as usize) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some((len, 2 + i));
-            }
-        }
-        None
-    }
-
-    /// Quiet time after which a client whose publish is withheld counts as stalled on it.
-    const STALLED: Duration = Duration::from_millis(50);
-
-    async fn serve(mut stream: TcpStream, acked: Messages, script: Script, cut_after: usize, budget: Arc<AtomicUsize>) {
-        let mut acks_sent = 0usize;
-        let mut buf: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut due: Vec<([u8; 2], String, Vec<u8>)> = Vec::new();
-        let mut withheld = false;
-        let mut quiet = Duration::ZERO;
-        loop {
-            let tick = Duration::from_millis(2);
-            let n = match tokio::time::timeout(tick, stream.read(&mut chunk)).await {
-                Err(_) => 0,
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => n,
-            };
-            quiet = if n == 0 { quiet + tick } else { Duration::ZERO };
-            if withheld && due.is_empty() && quiet >= STALLED {
-                // Half-close and read until the client hangs up: closing with unread input would
-                // reset the connection and could discard acks not yet read by the client.
-                let _ = stream.shutdown().await;
-                let drain = async { while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {} };
-                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut out = Vec::new();
-            let mut consumed = 0;
-            while let Some((len, header)) = remaining_length(&buf[consumed..]) {
-                if buf.len() < consumed + header + len {
-                    break;
-                }
-                let first = buf[consumed];
-                let body = buf[consumed + header..consumed + header + len].to_vec();
-                consumed += header + len;
-                match first >> 4 {
-                    1 => out.extend_from_slice(&[0x20, 0x02, 0x00, 0x00]),
-                    3 if (first >> 1) & 0x03 == 1 => {
-                        let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
-                        let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
-                        let pkid = [body[2 + topic_len], body[3 + topic_len]];
-                        if cut_after > 0 && acks_sent >= cut_after && !withheld {
-                            withheld = true;
-                            continue;
-                        }
-                        let granted = budget
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-                            .is_ok();
-                        if granted {
-                            due.push((pkid, topic, body[4 + topic_len..].to_vec()));
-                        }
-                    }
-                    12 => out.extend_from_slice(&[0xD0, 0x00]),
-                    14 => return,
-                    _ => {}
-                }
-            }
-            buf.drain(..consumed);
-            let mut sent = Vec::new();
-            if due.len() >= script.reverse_batch.max(1) || (n == 0 && !due.is_empty()) {
-                for (pkid, topic, payload) in due.drain(..).rev() {
-                    out.extend_from_slice(&[0x40, 0x02, pkid[0], pkid[1]]);
-                    sent.push((topic, payload));
-                }
-            }
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                return;
-            }
-            acks_sent += sent.len();
-            if let Ok(mut a) = acked.lock() {
-                a.extend(sent);
-            }
-        }
-    }
-
-    /// A TCP relay in front of a broker that can go away and come back on the same port, like a
-    /// broker restarted (without persistence: whatever it had not acknowledged is gone).
-    pub(crate) struct Outage {
-        addr: SocketAddr,
-        upstream: String,
-        task: Option<JoinHandle<()>>,
-    }
-
-    impl Outage {
-        pub(crate) async fn start(upstream: String) -> Outage {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-            let addr = listener.local_addr().expect("local addr");
-            let task = Some(tokio::spawn(relay(listener, upstream.clone())));
-            Outage { addr, upstream, task }
-        }
-
-        pub(crate) fn addr(&self) -> String {
-            self.addr.to_string()
-        }
-
-        /// Cuts every connection and refuses new ones.
-        pub(crate) fn down(&mut self) {
-            if let Some(t) = self.task.take() {
-                t.abort();
-            }
-        }
-
-        /// Listens again on the same port.
-        pub(crate) async fn up(&mut self) {
-            let listener = TcpListener::bind(self.addr).await.expect("bind the same port again");
-            self.task = Some(tokio::spawn(relay(listener, self.upstream.clone())));
-        }
-    }
-
-    impl Drop for Outage {
-        fn drop(&mut self) {
-            self.down();
-        }
-    }
-
-    async fn relay(listener: TcpListener, upstream: String) {
-        // Dropped with the task: aborting it closes every relayed connection.
-        let mut connections = JoinSet::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            connections.spawn(async move {
-                if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_support::{Script, ScriptedBroker};
     use super::*;
-    use crate::test_broker::TestBroker;
+    use crate::test_broker::{Script, ScriptedBroker, TestBroker};
 
     fn entry(tag: u64, qos: QoS) -> Outbound {
         Outbound {

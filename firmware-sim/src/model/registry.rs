@@ -331,43 +331,7 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
         }
     };
     let mut errors = Vec::new();
-
-    let site = match &raw.site {
-        None => {
-            errors.push(RegistryError {
-                line: None,
-                device: None,
-                key: Some("site".into()),
-                message: "missing (required)".into(),
-            });
-            None
-        }
-        Some(s) => {
-            let line = Some(line_at(text, s.span().start));
-            match s.get_ref() {
-                toml::Value::String(site) if is_valid_id(site) => Some(site.clone()),
-                toml::Value::String(site) => {
-                    errors.push(RegistryError {
-                        line,
-                        device: None,
-                        key: Some("site".into()),
-                        message: format!("`{site}` is not a valid id: use [A-Za-z0-9._:-]+"),
-                    });
-                    None
-                }
-                other => {
-                    errors.push(RegistryError {
-                        line,
-                        device: None,
-                        key: Some("site".into()),
-                        message: format!("must be a string, found {}", other.type_str()),
-                    });
-                    None
-                }
-            }
-        }
-    };
-
+    let site = parse_site(text, raw.site.as_ref(), &mut errors);
     let raw_devices = raw.devices.unwrap_or_default();
     if raw_devices.is_empty() {
         errors.push(RegistryError {
@@ -377,30 +341,117 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
             message: "no [[devices]]: a registry lists at least one device".into(),
         });
     }
-
     let mut devices = Vec::with_capacity(raw_devices.len());
-    // First line where each id / zigbee name was seen, to name both places of a duplicate.
-    let mut seen_ids: HashMap<String, usize> = HashMap::new();
-    let mut seen_names: HashMap<String, (usize, String)> = HashMap::new();
-
+    let mut seen = Seen::default();
     for (index, spanned) in raw_devices.iter().enumerate() {
-        let device_line = line_at(text, spanned.span().start);
-        let d = spanned.get_ref();
-        let id_text = match d.id.as_ref().map(|v| v.get_ref()) {
-            Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => format!("devices[{index}]"),
-        };
-        let mut c = Checker {
-            text,
-            device: id_text,
-            errors: &mut errors,
-            device_line,
-        };
+        if let Some(device) = parse_device(text, index, spanned, &mut seen, &mut errors) {
+            devices.push(device);
+        }
+    }
+    match (errors.is_empty(), site) {
+        (true, Some(site)) => Ok(Registry { site, devices }),
+        _ => fail(errors),
+    }
+}
 
-        let id = c.string("id", &d.id, true).and_then(|id| {
+/// The registry's `site`: present, a string, a valid id.
+fn parse_site(text: &str, raw: Option<&Spanned<toml::Value>>, errors: &mut Vec<RegistryError>) -> Option<String> {
+    let site_error = |line, message| RegistryError {
+        line,
+        device: None,
+        key: Some("site".into()),
+        message,
+    };
+    let Some(s) = raw else {
+        errors.push(site_error(None, "missing (required)".into()));
+        return None;
+    };
+    let line = Some(line_at(text, s.span().start));
+    match s.get_ref() {
+        toml::Value::String(site) if is_valid_id(site) => Some(site.clone()),
+        toml::Value::String(site) => {
+            errors.push(site_error(
+                line,
+                format!("`{site}` is not a valid id: use [A-Za-z0-9._:-]+"),
+            ));
+            None
+        }
+        other => {
+            errors.push(site_error(
+                line,
+                format!("must be a string, found {}", other.type_str()),
+            ));
+            None
+        }
+    }
+}
+
+/// First line where each id / zigbee name was seen, to name both places of a duplicate.
+#[derive(Default)]
+struct Seen {
+    ids: HashMap<String, usize>,
+    /// Name -> (line, device).
+    names: HashMap<String, (usize, String)>,
+}
+
+/// One `[[devices]]` entry: every key checked (errors collected), the device when all is well.
+fn parse_device(
+    text: &str,
+    index: usize,
+    spanned: &Spanned<RawDevice>,
+    seen: &mut Seen,
+    errors: &mut Vec<RegistryError>,
+) -> Option<Device> {
+    let device_line = line_at(text, spanned.span().start);
+    let d = spanned.get_ref();
+    let id_text = match d.id.as_ref().map(|v| v.get_ref()) {
+        Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => format!("devices[{index}]"),
+    };
+    let mut c = Checker {
+        text,
+        device: id_text,
+        errors,
+        device_line,
+    };
+    let id = c.id(d, &mut seen.ids);
+    let class = c.class(d);
+    let zigbee_name = c.zigbee_name(d, &mut seen.names);
+    let building = c.string("building", &d.building, true);
+    let floor = c.string("floor", &d.floor, true);
+    let room = c.string("room", &d.room, true);
+    let zone = c.string("zone", &d.zone, false);
+    let bed = c.string("bed", &d.bed, false);
+    let model = c.string("model", &d.model, false);
+    let resident = c.resident(d);
+    let care_flags = c.care_flags(d);
+    let interval_s = c.interval_s(d);
+    let (id, class, building, floor, room, interval_s) = (id?, class?, building?, floor?, room?, interval_s?);
+    Some(Device {
+        id,
+        class,
+        zigbee_name,
+        building,
+        floor,
+        room,
+        zone,
+        bed,
+        resident,
+        care_flags,
+        interval_s,
+        model,
+    })
+}
+
+/// The checks of the keys that need more than [`Checker::string`], in the order their errors
+/// are reported.
+impl Checker<'_> {
+    /// `id`: a valid id, not used before.
+    fn id(&mut self, d: &RawDevice, seen_ids: &mut HashMap<String, usize>) -> Option<String> {
+        let id = self.string("id", &d.id, true).and_then(|id| {
             if !is_valid_id(&id) {
-                let line = d.id.as_ref().map(|v| c.line_of(v));
-                c.push(
+                let line = d.id.as_ref().map(|v| self.line_of(v));
+                self.push(
                     line,
                     "id",
                     format!("`{id}` is not a valid id: use [A-Za-z0-9._:-]+ (no `/`, `+`, `#` or spaces)"),
@@ -411,145 +462,132 @@ pub fn parse(text: &str) -> Result<Registry, RegistryErrors> {
             }
         });
         if let Some(id) = &id {
-            let line = d.id.as_ref().map(|v| c.line_of(v)).unwrap_or(device_line);
+            let line = d.id.as_ref().map(|v| self.line_of(v)).unwrap_or(self.device_line);
             if let Some(first) = seen_ids.get(id) {
-                c.push(Some(line), "id", format!("duplicate id (first used on line {first})"));
+                self.push(Some(line), "id", format!("duplicate id (first used on line {first})"));
             } else {
                 seen_ids.insert(id.clone(), line);
             }
         }
+        id
+    }
 
-        let class = c
-            .string("class", &d.class, true)
+    /// `class`: one of [`DeviceClass::ALL`].
+    fn class(&mut self, d: &RawDevice) -> Option<DeviceClass> {
+        self.string("class", &d.class, true)
             .and_then(|s| match DeviceClass::parse(&s) {
                 Some(class) => Some(class),
                 None => {
-                    let line = d.class.as_ref().map(|v| c.line_of(v));
+                    let line = d.class.as_ref().map(|v| self.line_of(v));
                     let known: Vec<&str> = DeviceClass::ALL.iter().map(|k| k.as_str()).collect();
-                    c.push(
+                    self.push(
                         line,
                         "class",
                         format!("unknown class `{s}` (known: {})", known.join(", ")),
                     );
                     None
                 }
-            });
+            })
+    }
 
-        let zigbee_name = c.string("zigbee_name", &d.zigbee_name, false).and_then(|name| {
-            let line = d.zigbee_name.as_ref().map(|v| c.line_of(v)).unwrap_or(device_line);
+    /// `zigbee_name`: usable as a Zigbee2MQTT friendly name, not taken by another device.
+    fn zigbee_name(&mut self, d: &RawDevice, seen_names: &mut HashMap<String, (usize, String)>) -> Option<String> {
+        self.string("zigbee_name", &d.zigbee_name, false).and_then(|name| {
+            let line = d
+                .zigbee_name
+                .as_ref()
+                .map(|v| self.line_of(v))
+                .unwrap_or(self.device_line);
             if let Some(problem) = zigbee_name_problem(&name) {
-                c.push(Some(line), "zigbee_name", format!("`{name}` {problem}"));
+                self.push(Some(line), "zigbee_name", format!("`{name}` {problem}"));
                 return None;
             }
             if let Some((first, other)) = seen_names.get(&name) {
-                c.push(
+                self.push(
                     Some(line),
                     "zigbee_name",
                     format!("duplicate zigbee_name `{name}` (also device `{other}` on line {first})"),
                 );
                 return None;
             }
-            seen_names.insert(name.clone(), (line, c.device.clone()));
+            seen_names.insert(name.clone(), (line, self.device.clone()));
             Some(name)
-        });
+        })
+    }
 
-        let building = c.string("building", &d.building, true);
-        let floor = c.string("floor", &d.floor, true);
-        let room = c.string("room", &d.room, true);
-        let zone = c.string("zone", &d.zone, false);
-        let bed = c.string("bed", &d.bed, false);
-        let model = c.string("model", &d.model, false);
-        let resident = c.string("resident", &d.resident, false).and_then(|r| {
+    /// `resident`: a pseudonymous id.
+    fn resident(&mut self, d: &RawDevice) -> Option<String> {
+        self.string("resident", &d.resident, false).and_then(|r| {
             if is_valid_id(&r) {
                 Some(r)
             } else {
-                let line = d.resident.as_ref().map(|v| c.line_of(v));
-                c.push(
+                let line = d.resident.as_ref().map(|v| self.line_of(v));
+                self.push(
                     line,
                     "resident",
                     format!("`{r}` is not a valid pseudonymous id: use [A-Za-z0-9._:-]+"),
                 );
                 None
             }
-        });
-
-        let mut care_flags = Vec::new();
-        if let Some(flags) = &d.care_flags {
-            let line = Some(c.line_of(flags));
-            match flags.get_ref() {
-                toml::Value::Array(items) => {
-                    for item in items {
-                        match item.as_str().and_then(CareFlag::parse) {
-                            Some(flag) if !care_flags.contains(&flag) => care_flags.push(flag),
-                            Some(_) => {}
-                            None => c.push(
-                                line,
-                                "care_flags",
-                                format!("unknown care flag {item} (known: high_fall_risk, wander_risk, copd)"),
-                            ),
-                        }
-                    }
-                }
-                other => c.push(
-                    line,
-                    "care_flags",
-                    format!("must be an array of strings, found {}", other.type_str()),
-                ),
-            }
-        }
-
-        let interval_s = match &d.interval_s {
-            None => {
-                c.push(None, "interval_s", "missing (required)");
-                None
-            }
-            Some(v) => {
-                let line = Some(c.line_of(v));
-                match v.get_ref() {
-                    toml::Value::Integer(n) if *n > 0 && *n <= i64::from(u32::MAX) => Some(*n as u64),
-                    toml::Value::Integer(n) if *n <= 0 => {
-                        c.push(line, "interval_s", format!("must be > 0, got {n}"));
-                        None
-                    }
-                    toml::Value::Integer(n) => {
-                        c.push(line, "interval_s", format!("{n} is too large"));
-                        None
-                    }
-                    other => {
-                        c.push(
-                            line,
-                            "interval_s",
-                            format!("must be an integer number of seconds, found {}", other.type_str()),
-                        );
-                        None
-                    }
-                }
-            }
-        };
-
-        if let (Some(id), Some(class), Some(building), Some(floor), Some(room), Some(interval_s)) =
-            (id, class, building, floor, room, interval_s)
-        {
-            devices.push(Device {
-                id,
-                class,
-                zigbee_name,
-                building,
-                floor,
-                room,
-                zone,
-                bed,
-                resident,
-                care_flags,
-                interval_s,
-                model,
-            });
-        }
+        })
     }
 
-    match (errors.is_empty(), site) {
-        (true, Some(site)) => Ok(Registry { site, devices }),
-        _ => fail(errors),
+    /// `care_flags`: an array of known flags (each kept once).
+    fn care_flags(&mut self, d: &RawDevice) -> Vec<CareFlag> {
+        let mut care_flags = Vec::new();
+        let Some(flags) = &d.care_flags else {
+            return care_flags;
+        };
+        let line = Some(self.line_of(flags));
+        match flags.get_ref() {
+            toml::Value::Array(items) => {
+                for item in items {
+                    match item.as_str().and_then(CareFlag::parse) {
+                        Some(flag) if !care_flags.contains(&flag) => care_flags.push(flag),
+                        Some(_) => {}
+                        None => self.push(
+                            line,
+                            "care_flags",
+                            format!("unknown care flag {item} (known: high_fall_risk, wander_risk, copd)"),
+                        ),
+                    }
+                }
+            }
+            other => self.push(
+                line,
+                "care_flags",
+                format!("must be an array of strings, found {}", other.type_str()),
+            ),
+        }
+        care_flags
+    }
+
+    /// `interval_s`: required, a positive integer that fits 32 bits.
+    fn interval_s(&mut self, d: &RawDevice) -> Option<u64> {
+        let Some(v) = &d.interval_s else {
+            self.push(None, "interval_s", "missing (required)");
+            return None;
+        };
+        let line = Some(self.line_of(v));
+        match v.get_ref() {
+            toml::Value::Integer(n) if *n > 0 && *n <= i64::from(u32::MAX) => Some(*n as u64),
+            toml::Value::Integer(n) if *n <= 0 => {
+                self.push(line, "interval_s", format!("must be > 0, got {n}"));
+                None
+            }
+            toml::Value::Integer(n) => {
+                self.push(line, "interval_s", format!("{n} is too large"));
+                None
+            }
+            other => {
+                self.push(
+                    line,
+                    "interval_s",
+                    format!("must be an integer number of seconds, found {}", other.type_str()),
+                );
+                None
+            }
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::metrics::to_json_object;
-use crate::schedule::Message;
+use crate::model::metrics::to_json_object;
+use crate::model::schedule::Message;
 
 #[derive(Serialize)]
 struct RecordLine<'a> {
@@ -67,7 +67,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Value;
+    use crate::model::metrics::Value;
     use crate::wire::Format;
     use serde_json::json;
     use std::sync::Arc;

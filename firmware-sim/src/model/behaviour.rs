@@ -9,8 +9,8 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::metrics::{round2, Metrics, Value};
-use crate::registry::{Device, DeviceClass};
+use crate::model::metrics::{round2, Metrics, Value};
+use crate::model::registry::{Device, DeviceClass};
 use crate::rng::Rng;
 use crate::wire::{zigbee2mqtt, Format};
 
@@ -171,138 +171,173 @@ impl Behaviour {
 
     /// Advances the device to `ts_ms` and returns what it reports.
     pub fn report(&mut self, ts_ms: i64) -> Report {
-        let mut metrics: Metrics = Vec::with_capacity(8);
-        let mut extras: Vec<(&'static str, Json)> = Vec::new();
+        let mut r = Report {
+            metrics: Vec::with_capacity(8),
+            extras: Vec::new(),
+        };
         self.drain_battery();
         match self.class {
-            DeviceClass::FallRadar => {
-                self.walk_presence(ts_ms);
-                metrics.push(("presence", Value::Bool(self.presence)));
-                metrics.push(("motion_state", Value::Text(self.motion_state())));
-                metrics.push(("body_movement", Value::Num(self.body_movement())));
-                metrics.push(("fall_state", Value::Text(self.fall_state())));
-                extras.push(("illuminance", json!(self.walk_illuminance(ts_ms))));
-            }
-            DeviceClass::PresenceRadar => {
-                self.walk_presence(ts_ms);
-                metrics.push(("presence", Value::Bool(self.presence)));
-                metrics.push(("motion_state", Value::Text(self.motion_state())));
-                metrics.push(("body_movement", Value::Num(self.body_movement())));
-                extras.push(("illuminance", json!(self.walk_illuminance(ts_ms))));
-            }
-            DeviceClass::VitalRadar => {
-                self.walk_presence(ts_ms);
-                metrics.push(("presence", Value::Bool(self.presence)));
-                metrics.push(("body_movement", Value::Num(self.body_movement())));
-                if self.presence {
-                    self.walk_heart_rate(ts_ms);
-                    self.resp_rate = self.walk(self.resp_rate, 1.0, 12.0, 20.0).round();
-                    metrics.push(("heart_rate", Value::Num(self.heart_rate)));
-                    metrics.push(("resp_rate", Value::Num(self.resp_rate)));
-                }
-            }
-            DeviceClass::Wearable => {
-                self.walk_heart_rate(ts_ms);
-                if self.rng.chance(0.2) {
-                    self.spo2 = self.walk(self.spo2, 1.0, 95.0, 99.0).round();
-                }
-                self.skin_temp = round2(self.walk(self.skin_temp, 0.08, 33.0, 36.0));
-                self.count_steps(ts_ms);
-                metrics.push(("heart_rate", Value::Num(self.heart_rate)));
-                metrics.push(("spo2", Value::Num(self.spo2)));
-                metrics.push(("skin_temp", Value::Num(self.skin_temp)));
-                metrics.push(("steps", Value::Num(self.steps)));
-                metrics.push(("worn", Value::Bool(true)));
-                metrics.push(("battery_pct", Value::Num(self.battery_pct())));
-                metrics.push(("sos", Value::Bool(self.sos_pulse())));
-            }
-            DeviceClass::SosButton => {
-                metrics.push(("sos", Value::Bool(false)));
-                self.push_battery(&mut metrics, true);
-                metrics.push(("tamper", Value::Bool(false)));
-                extras.push(("supervision_reports", json!(true)));
-            }
-            DeviceClass::SmokeAlarm => {
-                metrics.push(("smoke", Value::Bool(false)));
-                self.push_battery(&mut metrics, true);
-                metrics.push(("tamper", Value::Bool(false)));
-                metrics.push(("test", Value::Bool(false)));
-                metrics.push(("fault", Value::Bool(false)));
-                extras.push(("supervision_reports", json!(true)));
-                extras.push(("restore_reports", json!(true)));
-                extras.push(("ac_status", json!(false)));
-            }
-            DeviceClass::HeatDetector => {
-                self.temperature = (self.walk(self.temperature, 0.2, 20.0, 28.0) * 10.0).round() / 10.0;
-                metrics.push(("temperature", Value::Num(self.temperature)));
-                self.push_battery(&mut metrics, true);
-                metrics.push(("tamper", Value::Bool(false)));
-                extras.push(("supervision_reports", json!(true)));
-            }
-            DeviceClass::GasDetector => {
-                self.gas_lel = (self.walk(self.gas_lel, 0.2, 0.0, 3.0) * 10.0).round() / 10.0;
-                metrics.push(("gas_alarm", Value::Bool(false)));
-                metrics.push(("gas_lel", Value::Num(self.gas_lel)));
-                metrics.push(("preheat", Value::Bool(false)));
-                extras.push(("alarm_time", json!(15)));
-                extras.push(("self_test_result", json!("success")));
-            }
-            DeviceClass::CoDetector => {
-                self.co_ppm = self.walk(self.co_ppm, 1.0, 0.0, 10.0).round();
-                metrics.push(("co_alarm", Value::Bool(false)));
-                metrics.push(("co_ppm", Value::Num(self.co_ppm)));
-                self.push_battery(&mut metrics, true);
-                metrics.push(("silenced", Value::Bool(false)));
-            }
-            DeviceClass::MultiGas => {
-                self.gas_lel = (self.walk(self.gas_lel, 0.2, 0.0, 3.0) * 10.0).round() / 10.0;
-                self.co_ppm = self.walk(self.co_ppm, 1.0, 0.0, 10.0).round();
-                metrics.push(("gas_alarm", Value::Bool(false)));
-                metrics.push(("gas_lel", Value::Num(self.gas_lel)));
-                metrics.push(("co_alarm", Value::Bool(false)));
-                metrics.push(("co_ppm", Value::Num(self.co_ppm)));
-                metrics.push(("preheat", Value::Bool(false)));
-                metrics.push(("fault", Value::Bool(false)));
-                extras.push(("alarm_time", json!(15)));
-            }
-            DeviceClass::DoorContact => {
-                self.walk_door(ts_ms);
-                metrics.push(("contact_open", Value::Bool(self.contact_open)));
-                metrics.push(("battery_pct", Value::Num(self.battery_pct())));
-                // A CR2032-style cell: 2.6 V empty .. 3.0 V full, in 10 mV steps (so V has 2 decimals).
-                let volts = round2(2.6 + 0.4 * self.battery / 100.0);
-                metrics.push(("battery_v", Value::Num(volts)));
-                metrics.push(("tamper", Value::Bool(false)));
-                self.device_temp = self.walk(self.device_temp, 0.5, 16.0, 28.0);
-                extras.push(("device_temperature", json!(self.device_temp.round() as i64)));
-                extras.push(("power_outage_count", json!(self.outages)));
-            }
-            DeviceClass::BedSensor => {
-                self.walk_bed(ts_ms);
-                metrics.push(("bed_occupied", Value::Bool(self.bed_occupied)));
-                let out_s = if self.bed_occupied {
-                    0
-                } else {
-                    (ts_ms - self.left_bed_at).max(0) / 1000
-                };
-                metrics.push(("out_of_bed_s", Value::Num(out_s as f64)));
-                metrics.push(("battery_pct", Value::Num(self.battery_pct())));
-            }
-            DeviceClass::Gateway => {
-                metrics.push(("heartbeat", Value::Bool(true)));
-            }
+            DeviceClass::FallRadar | DeviceClass::PresenceRadar | DeviceClass::VitalRadar => self.radar(ts_ms, &mut r),
+            DeviceClass::Wearable => self.wearable(ts_ms, &mut r),
+            DeviceClass::SosButton | DeviceClass::SmokeAlarm | DeviceClass::HeatDetector => self.alarm(&mut r),
+            DeviceClass::GasDetector | DeviceClass::CoDetector | DeviceClass::MultiGas => self.gas(&mut r),
+            DeviceClass::DoorContact => self.door(ts_ms, &mut r),
+            DeviceClass::BedSensor => self.bed(ts_ms, &mut r),
+            DeviceClass::Gateway => r.metrics.push(("heartbeat", Value::Bool(true))),
         }
         match self.format {
-            Format::Canonical => extras.clear(),
+            Format::Canonical => r.extras.clear(),
             Format::Zigbee2mqtt => {
                 // A Zigbee device can only say what its Z2M converter exposes; everything else
                 // (vitals, motion enum) never reaches the gateway, so it is not in the record either.
-                metrics.retain(|(name, value)| zigbee2mqtt::can_express(name, value));
+                r.metrics.retain(|(name, value)| zigbee2mqtt::can_express(name, value));
                 self.lqi = self.walk(self.lqi, 6.0, 30.0, 255.0).round();
-                metrics.push(("lqi", Value::Num(self.lqi)));
+                r.metrics.push(("lqi", Value::Num(self.lqi)));
             }
         }
-        Report { metrics, extras }
+        r
+    }
+
+    /// Radars: presence and motion; the fall radar adds its fall state, the vital radar heart
+    /// and breathing rates while someone is there.
+    fn radar(&mut self, ts_ms: i64, r: &mut Report) {
+        match self.class {
+            DeviceClass::FallRadar => {
+                self.walk_presence(ts_ms);
+                r.metrics.push(("presence", Value::Bool(self.presence)));
+                r.metrics.push(("motion_state", Value::Text(self.motion_state())));
+                r.metrics.push(("body_movement", Value::Num(self.body_movement())));
+                r.metrics.push(("fall_state", Value::Text(self.fall_state())));
+                r.extras.push(("illuminance", json!(self.walk_illuminance(ts_ms))));
+            }
+            DeviceClass::PresenceRadar => {
+                self.walk_presence(ts_ms);
+                r.metrics.push(("presence", Value::Bool(self.presence)));
+                r.metrics.push(("motion_state", Value::Text(self.motion_state())));
+                r.metrics.push(("body_movement", Value::Num(self.body_movement())));
+                r.extras.push(("illuminance", json!(self.walk_illuminance(ts_ms))));
+            }
+            // The vital radar.
+            _ => {
+                self.walk_presence(ts_ms);
+                r.metrics.push(("presence", Value::Bool(self.presence)));
+                r.metrics.push(("body_movement", Value::Num(self.body_movement())));
+                if self.presence {
+                    self.walk_heart_rate(ts_ms);
+                    self.resp_rate = self.walk(self.resp_rate, 1.0, 12.0, 20.0).round();
+                    r.metrics.push(("heart_rate", Value::Num(self.heart_rate)));
+                    r.metrics.push(("resp_rate", Value::Num(self.resp_rate)));
+                }
+            }
+        }
+    }
+
+    /// The wearable: vitals, steps, battery and an occasional SOS press.
+    fn wearable(&mut self, ts_ms: i64, r: &mut Report) {
+        self.walk_heart_rate(ts_ms);
+        if self.rng.chance(0.2) {
+            self.spo2 = self.walk(self.spo2, 1.0, 95.0, 99.0).round();
+        }
+        self.skin_temp = round2(self.walk(self.skin_temp, 0.08, 33.0, 36.0));
+        self.count_steps(ts_ms);
+        r.metrics.push(("heart_rate", Value::Num(self.heart_rate)));
+        r.metrics.push(("spo2", Value::Num(self.spo2)));
+        r.metrics.push(("skin_temp", Value::Num(self.skin_temp)));
+        r.metrics.push(("steps", Value::Num(self.steps)));
+        r.metrics.push(("worn", Value::Bool(true)));
+        r.metrics.push(("battery_pct", Value::Num(self.battery_pct())));
+        r.metrics.push(("sos", Value::Bool(self.sos_pulse())));
+    }
+
+    /// Life-safety alarms that stay quiet: the SOS button, the smoke alarm, the heat detector.
+    fn alarm(&mut self, r: &mut Report) {
+        match self.class {
+            DeviceClass::SosButton => {
+                r.metrics.push(("sos", Value::Bool(false)));
+                self.push_battery(&mut r.metrics, true);
+                r.metrics.push(("tamper", Value::Bool(false)));
+                r.extras.push(("supervision_reports", json!(true)));
+            }
+            DeviceClass::SmokeAlarm => {
+                r.metrics.push(("smoke", Value::Bool(false)));
+                self.push_battery(&mut r.metrics, true);
+                r.metrics.push(("tamper", Value::Bool(false)));
+                r.metrics.push(("test", Value::Bool(false)));
+                r.metrics.push(("fault", Value::Bool(false)));
+                r.extras.push(("supervision_reports", json!(true)));
+                r.extras.push(("restore_reports", json!(true)));
+                r.extras.push(("ac_status", json!(false)));
+            }
+            // The heat detector.
+            _ => {
+                self.temperature = (self.walk(self.temperature, 0.2, 20.0, 28.0) * 10.0).round() / 10.0;
+                r.metrics.push(("temperature", Value::Num(self.temperature)));
+                self.push_battery(&mut r.metrics, true);
+                r.metrics.push(("tamper", Value::Bool(false)));
+                r.extras.push(("supervision_reports", json!(true)));
+            }
+        }
+    }
+
+    /// Gas detectors: LEL and CO readings that wander well below any alarm.
+    fn gas(&mut self, r: &mut Report) {
+        match self.class {
+            DeviceClass::GasDetector => {
+                self.gas_lel = (self.walk(self.gas_lel, 0.2, 0.0, 3.0) * 10.0).round() / 10.0;
+                r.metrics.push(("gas_alarm", Value::Bool(false)));
+                r.metrics.push(("gas_lel", Value::Num(self.gas_lel)));
+                r.metrics.push(("preheat", Value::Bool(false)));
+                r.extras.push(("alarm_time", json!(15)));
+                r.extras.push(("self_test_result", json!("success")));
+            }
+            DeviceClass::CoDetector => {
+                self.co_ppm = self.walk(self.co_ppm, 1.0, 0.0, 10.0).round();
+                r.metrics.push(("co_alarm", Value::Bool(false)));
+                r.metrics.push(("co_ppm", Value::Num(self.co_ppm)));
+                self.push_battery(&mut r.metrics, true);
+                r.metrics.push(("silenced", Value::Bool(false)));
+            }
+            // The multi-gas detector.
+            _ => {
+                self.gas_lel = (self.walk(self.gas_lel, 0.2, 0.0, 3.0) * 10.0).round() / 10.0;
+                self.co_ppm = self.walk(self.co_ppm, 1.0, 0.0, 10.0).round();
+                r.metrics.push(("gas_alarm", Value::Bool(false)));
+                r.metrics.push(("gas_lel", Value::Num(self.gas_lel)));
+                r.metrics.push(("co_alarm", Value::Bool(false)));
+                r.metrics.push(("co_ppm", Value::Num(self.co_ppm)));
+                r.metrics.push(("preheat", Value::Bool(false)));
+                r.metrics.push(("fault", Value::Bool(false)));
+                r.extras.push(("alarm_time", json!(15)));
+            }
+        }
+    }
+
+    /// The door contact: open or shut, its cell, its temperature.
+    fn door(&mut self, ts_ms: i64, r: &mut Report) {
+        self.walk_door(ts_ms);
+        r.metrics.push(("contact_open", Value::Bool(self.contact_open)));
+        r.metrics.push(("battery_pct", Value::Num(self.battery_pct())));
+        // A CR2032-style cell: 2.6 V empty .. 3.0 V full, in 10 mV steps (so V has 2 decimals).
+        let volts = round2(2.6 + 0.4 * self.battery / 100.0);
+        r.metrics.push(("battery_v", Value::Num(volts)));
+        r.metrics.push(("tamper", Value::Bool(false)));
+        self.device_temp = self.walk(self.device_temp, 0.5, 16.0, 28.0);
+        r.extras
+            .push(("device_temperature", json!(self.device_temp.round() as i64)));
+        r.extras.push(("power_outage_count", json!(self.outages)));
+    }
+
+    /// The bed sensor: occupied, or for how long not.
+    fn bed(&mut self, ts_ms: i64, r: &mut Report) {
+        self.walk_bed(ts_ms);
+        r.metrics.push(("bed_occupied", Value::Bool(self.bed_occupied)));
+        let out_s = if self.bed_occupied {
+            0
+        } else {
+            (ts_ms - self.left_bed_at).max(0) / 1000
+        };
+        r.metrics.push(("out_of_bed_s", Value::Num(out_s as f64)));
+        r.metrics.push(("battery_pct", Value::Num(self.battery_pct())));
     }
 
     /// A random step of at most `step`, clamped to `[lo, hi]`.
@@ -472,7 +507,7 @@ impl Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::fits_vocabulary;
+    use crate::model::metrics::fits_vocabulary;
 
     fn device(class: DeviceClass, zigbee: bool, interval_s: u64) -> Device {
         Device {

@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use rumqttc::{AsyncClient, Event, Packet};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::fleet::qos_of;
 use crate::latency::Percentiles;
-use crate::link::{parse_broker, Credentials, MAX_PACKET_BYTES};
+use crate::mqtt::fleet::qos_of;
+use crate::mqtt::link::{client_options, Credentials};
 
 /// What to subscribe to and when to stop.
 #[derive(Debug, Clone)]
@@ -76,18 +76,11 @@ pub fn stamp(payload: &[u8]) -> Option<i64> {
 /// until a stop condition holds.
 pub async fn run_sink(opts: SinkOptions, subscribed: impl FnOnce()) -> anyhow::Result<SinkSummary> {
     let qos = qos_of(opts.qos)?;
-    let (host, port) = parse_broker(&opts.broker)?;
     let id = opts
         .client_id
         .clone()
         .unwrap_or_else(|| format!("nh-sim-sink-{}", std::process::id()));
-    let mut mqtt = MqttOptions::new(id, host, port);
-    mqtt.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some(c) = &opts.credentials {
-        mqtt.set_credentials(c.username.clone(), c.password.clone());
-    }
+    let mqtt = client_options(&opts.broker, id, opts.credentials.as_ref())?;
     let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
     // As the gateway's subscriber does: acknowledgements must not wait for Nagle's algorithm.
     let mut net = eventloop.network_options();

@@ -13,10 +13,10 @@ use rumqttc::QoS;
 use serde::Serialize;
 
 use crate::clock::{system_now_ms, Clock};
-use crate::link::{Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
-use crate::record::Recorder;
-use crate::registry::{self, Registry, RegistryErrors};
-use crate::schedule::Stream;
+use crate::model::registry::{self, Registry, RegistryErrors};
+use crate::model::schedule::Stream;
+use crate::mqtt::link::{Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
+use crate::mqtt::record::Recorder;
 use crate::wire::Format;
 
 /// How long a run waits for outstanding PubAcks by default before reporting an incomplete run.
@@ -250,7 +250,7 @@ pub async fn run_fleet(fleet: Fleet, opts: RunOptions, shutdown: impl Future<Out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_broker::TestBroker;
+    use crate::test_broker::{wait_until, TestBroker};
 
     const REGISTRY: &str = r#"
 site = "t"
@@ -289,9 +289,8 @@ interval_s = 60
     #[tokio::test]
     async fn fast_run_publishes_the_schedule_records_it_and_gets_every_ack() {
         let broker = TestBroker::start().await;
-        let dir = std::env::temp_dir().join(format!("nh-sim-fleet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let record = dir.join("record.jsonl");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let record = dir.path().join("record.jsonl");
         let fleet = Fleet::from_toml(REGISTRY).expect("registry");
         let summary = run_fleet(
             fleet.clone(),
@@ -317,7 +316,6 @@ interval_s = 60
         assert_eq!(lines.lines().count(), expected.len());
         let first: serde_json::Value = serde_json::from_str(lines.lines().next().expect("line")).expect("json");
         assert_eq!(first["ts"], serde_json::json!(expected[0].ts));
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]
@@ -338,10 +336,10 @@ interval_s = 60
             let _ = rx.await;
         }));
         // Wait for traffic to flow, by what the broker saw rather than by a fixed sleep.
-        while broker.received().len() < 5 {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("5 readings at the broker", Duration::from_secs(10), || {
+            broker.received().len() >= 5
+        })
+        .await;
         tx.send(()).expect("send shutdown");
         let summary = handle.await.expect("join").expect("run");
         assert!(summary.interrupted && summary.complete);

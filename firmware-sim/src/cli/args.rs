@@ -1,0 +1,434 @@
+//! The command line of `nh-sim`: the clap arguments of every subcommand, the shared login and
+//! test-clock flags, and the parsers of their values. No behaviour beyond reading flags.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use nh_sim::link::Credentials;
+use nh_sim::load::PayloadSize;
+use nh_sim::probe::Trigger;
+use nh_sim::{Clock, Format};
+
+/// Environment variable holding the MQTT password for --username.
+const PASSWORD_ENV: &str = "NH_SIM_PASSWORD";
+
+#[derive(Parser)]
+#[command(
+    name = "nh-sim",
+    version,
+    about = "Simulated nursing-home devices speaking the gateway's wire formats"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Publish the fleet of a device registry to a broker.
+    Run(RunArgs),
+    /// Open-loop load at a fixed offered rate.
+    Load(LoadArgs),
+    /// A plain subscriber: counts and times what a broker passes through (the raw limit the
+    /// gateway is measured against). Prints `{"subscribed":true}` once subscribed, then a JSON
+    /// summary.
+    Sink(SinkArgs),
+    /// Record every message of any broker raw (topic, payload bytes, QoS, retain, receive time),
+    /// one JSON line each after a header. Prints `{"subscribed":true}` once subscribed, then a
+    /// JSON summary; stops after --duration-s, --count, or on SIGTERM/SIGINT.
+    Record(RecordArgs),
+    /// Publish a capture again, each topic in its order, with the original spacing divided by
+    /// --speed (or as fast as the broker takes them); prints a JSON summary.
+    Replay(ReplayArgs),
+    /// Replace a capture's device ids, Zigbee friendly names and identifying JSON fields with
+    /// consistent pseudonyms, shift its times, write the mapping apart and, with --registry,
+    /// the registry rewritten to match.
+    Anonymize(AnonymizeArgs),
+    /// Sets off life-safety devices over a span and times each alert on nh/{site}/alerts.
+    AlertProbe(ProbeArgs),
+    /// Print the device registry of a demo facility (TOML).
+    GenRegistry(GenArgs),
+    /// Run a scenario (config/scenarios/*.toml) against a gateway's broker: publish the scripted
+    /// fleet, collect the alerts on nh/{site}/alerts, print a JSON report; exit 0 on pass, 2 on fail.
+    Scenario(ScenarioArgs),
+    /// Play serial devices (Modbus RTU gas detectors, MR60FDA1 radars) on ptys, one stable link
+    /// per bus in --dir. Prints `pty`, `ready`, `started`, `event` and `done` lines.
+    Serial(SerialArgs),
+    /// Validate device registry, scenario and serial bench files (a scenario has a [scenario]
+    /// table, a bench [[buses]]): exit 0, or non-zero with every error listed.
+    Validate {
+        /// Registry, scenario or serial bench files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct SerialArgs {
+    /// Serial bench file (TOML, config/serial/*.toml).
+    pub(crate) file: PathBuf,
+    /// Directory of the links, one per bus (created if missing).
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Start the scripts on a `start` line on stdin; until then the devices stay as at t=0.
+    #[arg(long)]
+    pub(crate) wait_start: bool,
+    /// Stop this many seconds after the start (default: on SIGTERM/SIGINT or when stdin closes).
+    #[arg(long, value_name = "S")]
+    pub(crate) duration_s: Option<f64>,
+    /// Only validate the file and print a one-line summary.
+    #[arg(long, conflicts_with_all = ["wait_start", "duration_s"])]
+    pub(crate) check: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ScenarioArgs {
+    /// Scenario file (TOML).
+    pub(crate) file: PathBuf,
+    /// Broker address (the gateway's embedded broker).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present_any = ["dry_run", "info"])]
+    pub(crate) broker: Option<String>,
+    /// Print the message timeline (one JSON line each, after an info line) without a broker.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// With --dry-run: only the messages of devices the timeline names.
+    #[arg(long, requires = "dry_run")]
+    pub(crate) scripted_only: bool,
+    /// Print how to run the scenario (site, start, time scale, registry, rules) as JSON.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub(crate) info: bool,
+    /// Real seconds to wait for alerts in flight after the last instant that matters (default:
+    /// the file's grace_s, else 3).
+    #[arg(long)]
+    pub(crate) grace_s: Option<f64>,
+    /// MQTT client id prefix (default nh-sim-scenario-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    #[command(flatten)]
+    pub(crate) clock: ClockArgs,
+}
+
+/// The shared test clock (docs/contracts.md): virtual = START + SCALE x (now - ORIGIN).
+#[derive(Args, Clone, Copy)]
+pub(crate) struct ClockArgs {
+    /// Real time (ms since epoch) at which the virtual clock read --test-clock-start.
+    #[arg(long, value_name = "REAL_MS")]
+    pub(crate) test_clock_origin: Option<i64>,
+    /// Virtual time (ms since epoch) at --test-clock-origin.
+    #[arg(long, value_name = "VIRTUAL_MS")]
+    pub(crate) test_clock_start: Option<i64>,
+    /// Virtual milliseconds per real millisecond.
+    #[arg(long, value_name = "N")]
+    pub(crate) time_scale: Option<f64>,
+}
+
+impl ClockArgs {
+    pub(crate) fn clock(self) -> anyhow::Result<Clock> {
+        Clock::from_flags(self.test_clock_origin, self.test_clock_start, self.time_scale)
+    }
+
+    /// The test clock when any of its flags is given.
+    pub(crate) fn test_clock(self) -> anyhow::Result<Option<Clock>> {
+        let given = self.test_clock_origin.is_some() || self.test_clock_start.is_some() || self.time_scale.is_some();
+        given.then(|| self.clock()).transpose()
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Device registry file (TOML).
+    #[arg(long)]
+    pub(crate) registry: PathBuf,
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Virtual seconds of simulated time (default: run until interrupted).
+    #[arg(long)]
+    pub(crate) seconds: Option<u64>,
+    /// Seed: same seed + registry + seconds = same messages.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// MQTT QoS of the telemetry publishes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
+    /// No pacing: publish as fast as the broker takes it (timestamps stay on the virtual schedule,
+    /// starting at the virtual clock start).
+    #[arg(long)]
+    pub(crate) fast: bool,
+    /// Write one JSON line per published message (canonical content) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) record: Option<PathBuf>,
+    /// MQTT client id (default nh-sim-<site>-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    /// Mix rare realistic incidents (suspected falls, SOS presses) into the baseline.
+    #[arg(long)]
+    pub(crate) incidents: bool,
+    /// Seconds to wait for outstanding PubAcks before reporting failure.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) ack_timeout_s: u64,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    #[command(flatten)]
+    pub(crate) clock: ClockArgs,
+}
+
+/// MQTT login: the password comes from the environment, never from the command line.
+#[derive(Args)]
+pub(crate) struct LoginArgs {
+    /// MQTT username; the password is read from $NH_SIM_PASSWORD.
+    #[arg(long)]
+    pub(crate) username: Option<String>,
+}
+
+impl LoginArgs {
+    pub(crate) fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let Some(username) = &self.username else {
+            return Ok(None);
+        };
+        let password = std::env::var(PASSWORD_ENV).with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
+        Ok(Some(Credentials {
+            username: username.clone(),
+            password,
+        }))
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct LoadArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Offered messages per second.
+    #[arg(long)]
+    pub(crate) rate: f64,
+    /// Length of the send phase in seconds.
+    #[arg(long)]
+    pub(crate) seconds: f64,
+    /// MQTT QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
+    /// Simulated devices load-0000...
+    #[arg(long, default_value_t = 100)]
+    pub(crate) devices: usize,
+    /// Site id in canonical topics.
+    #[arg(long, default_value = "nh-demo")]
+    pub(crate) site: String,
+    /// Wire format: canonical or zigbee2mqtt.
+    #[arg(long, default_value = "canonical", value_parser = parse_format)]
+    pub(crate) format: Format,
+    /// MQTT client id (default nh-sim-load-<pid>); give a fixed one with --clean-session false.
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    /// MQTT clean session: `false` asks the broker to keep the session across reconnects (and
+    /// across its restarts, if it persists sessions).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub(crate) clean_session: bool,
+    /// Seconds to wait for outstanding PubAcks after the send phase.
+    #[arg(long, visible_alias = "ack-timeout", default_value_t = 30.0, value_name = "S")]
+    pub(crate) ack_timeout_s: f64,
+    /// Write `<device> <seq> <ts>` to FILE for every message the broker acknowledged (PUBACK),
+    /// flushed every second and at the end. Needs --qos 1.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) record_acked: Option<PathBuf>,
+    /// Reading size: `small` (2 metrics, ~90 bytes) or `typical` (7 metrics, ~150 bytes).
+    #[arg(long, default_value = "small", value_parser = parse_payload)]
+    pub(crate) payload: PayloadSize,
+    /// Device classes by weight, e.g. `presence_radar=6,wearable=2,bed_sensor=1,door_contact=1,smoke_alarm=1`
+    /// (device n's class is fixed; readings are quiet-night values no rule alerts on).
+    #[arg(long, default_value = "presence_radar", value_parser = nh_sim::load::Mix::parse)]
+    pub(crate) mix: nh_sim::load::Mix,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    #[command(flatten)]
+    pub(crate) clock: ClockArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct SinkArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Topic filter.
+    #[arg(long, default_value = "nh/+/+/telemetry")]
+    pub(crate) filter: String,
+    /// Subscription QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Stop after this many seconds in any case.
+    #[arg(long, default_value_t = 600.0, value_name = "S")]
+    pub(crate) max_wait_s: f64,
+    /// Stop once nothing arrived for this many seconds after the first message.
+    #[arg(long, default_value_t = 3.0, value_name = "S")]
+    pub(crate) idle_s: f64,
+    /// MQTT client id (default nh-sim-sink-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct RecordArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Topic filter; repeat for several (default: everything).
+    #[arg(long = "filter", default_values_t = vec!["#".to_owned()])]
+    pub(crate) filters: Vec<String>,
+    /// Subscription QoS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
+    /// The capture file to write.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    pub(crate) duration_s: Option<f64>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// MQTT client id (default nh-sim-record-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// Receive times on this clock (a capture of a time-scaled run then carries virtual times).
+    #[command(flatten)]
+    pub(crate) clock: ClockArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ReplayArgs {
+    /// The capture file (`nh-sim record --out`).
+    pub(crate) file: PathBuf,
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Original spacing divided by N (1 = as recorded).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "as_fast_as_possible")]
+    pub(crate) speed: f64,
+    /// No pacing: as fast as the broker acknowledges.
+    #[arg(long)]
+    pub(crate) as_fast_as_possible: bool,
+    /// Times through the capture.
+    #[arg(long = "loop", default_value_t = 1, value_name = "N")]
+    pub(crate) loops: u32,
+    /// Seconds to wait for the last acknowledgements.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub(crate) ack_wait_s: f64,
+    /// MQTT client id (default nh-sim-replay-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// Lay the capture onto this test clock from its current time: paced at its scale, device
+    /// times in the payloads shifted to match (--speed is then ignored).
+    #[command(flatten)]
+    pub(crate) clock: ClockArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct AnonymizeArgs {
+    /// The capture to anonymize.
+    pub(crate) file: PathBuf,
+    /// The anonymized capture.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// The mapping original -> pseudonym (JSON; keep it private). Default: <out>.map.json.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) map_out: Option<PathBuf>,
+    /// The site's registry: its ids and friendly names are replaced too.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) registry: Option<PathBuf>,
+    /// Where the rewritten registry goes (needs --registry).
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    pub(crate) registry_out: Option<PathBuf>,
+    /// One more JSON key whose values identify a device; repeat. Always: imei IMEI deviceId
+    /// device_id devEUI dev_eui devEui ieee_address ieeeAddr iccid imsi friendly_name.
+    #[arg(long = "field")]
+    pub(crate) fields: Vec<String>,
+    /// Milliseconds added to every time in the capture.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub(crate) shift_ms: i64,
+    /// Put before every pseudonym (`dev-0001` becomes `<prefix>dev-0001`), to anonymize an
+    /// already anonymized capture again without mixing the two sets.
+    #[arg(long, default_value = "")]
+    pub(crate) prefix: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ProbeArgs {
+    /// Broker address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: String,
+    /// Site id.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// Device ids are <prefix><NNNN>, numbered from --first.
+    #[arg(long, default_value = "smoke-")]
+    pub(crate) prefix: String,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) first: u32,
+    /// Devices to set off (one reading each).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) count: u32,
+    /// `smoke` (smoke=true) or `sos` (sos=true).
+    #[arg(long, default_value = "smoke", value_parser = parse_trigger)]
+    pub(crate) trigger: Trigger,
+    /// Seconds over which the readings are spread.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub(crate) span_s: f64,
+    /// Seconds to wait for the last alerts.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub(crate) grace_s: f64,
+    /// MQTT client id (default nh-sim-probe-<pid>).
+    #[arg(long)]
+    pub(crate) client_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+}
+
+fn parse_payload(s: &str) -> Result<PayloadSize, String> {
+    PayloadSize::parse(s).ok_or_else(|| format!("unknown payload size `{s}` (small or typical)"))
+}
+
+fn parse_trigger(s: &str) -> Result<Trigger, String> {
+    Trigger::parse(s).ok_or_else(|| format!("unknown trigger `{s}` (smoke or sos)"))
+}
+
+#[derive(Args)]
+pub(crate) struct GenArgs {
+    /// Site id.
+    #[arg(long)]
+    pub(crate) site: String,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) buildings: u32,
+    #[arg(long, default_value_t = 3)]
+    pub(crate) floors: u32,
+    #[arg(long, default_value_t = 20)]
+    pub(crate) rooms_per_floor: u32,
+    /// Share (0..1) of Zigbee-capable devices connected through Zigbee2MQTT.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) zigbee_share: f64,
+    /// Seed for resident ids, care flags and the Zigbee choice.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Also list N devices load-0000.. for `nh-sim load` against this registry.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) load_devices: u32,
+    /// Wire format of the load devices.
+    #[arg(long, default_value = "canonical", value_parser = parse_format)]
+    pub(crate) load_format: Format,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("unknown format `{s}` (canonical or zigbee2mqtt)"))
+}
