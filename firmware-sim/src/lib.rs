@@ -76,6 +76,7 @@
 pub mod anonymize;
 pub mod clock;
 pub mod latency;
+pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod rng;
@@ -86,7 +87,7 @@ pub mod wire;
 #[cfg(test)]
 mod test_broker;
 
-pub use model::{behaviour, facility, metrics, registry, schedule};
+pub use model::{behaviour, facility, registry, schedule};
 pub use mqtt::{capture, fleet, link, load, probe, record, sink};
 
 pub use clock::Clock;

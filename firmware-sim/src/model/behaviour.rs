@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::model::metrics::{round2, Metrics, Value};
+use crate::metrics::{round2, Metrics, Value};
 use crate::model::registry::{Device, DeviceClass};
 use crate::rng::Rng;
 use crate::wire::{zigbee2mqtt, Format};
@@ -507,7 +507,7 @@ impl Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::metrics::fits_vocabulary;
+    use crate::metrics::fits_vocabulary;
 
     fn device(class: DeviceClass, zigbee: bool, interval_s: u64) -> Device {
         Device {

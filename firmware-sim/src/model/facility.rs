@@ -390,7 +390,7 @@ fn floor_devices(rng: &mut Rng, zigbee_share: f64, floor: &Floor<'_>) -> Vec<Ent
 fn load_entries(opts: &FacilityOptions) -> Vec<Entry> {
     (0..opts.load_devices)
         .map(|n| {
-            let id = crate::mqtt::load::device_id(n as usize);
+            let id = load_device_id(n as usize);
             Entry {
                 zigbee_name: (opts.load_format == Format::Zigbee2mqtt).then(|| id.clone()),
                 id,
@@ -424,6 +424,11 @@ fn render(opts: &FacilityOptions, command_line: &str, entries: &[Entry]) -> Stri
         e.write(&mut out);
     }
     out
+}
+
+/// Device name of `nh-sim load` device `n` (the load's registry is generated here).
+pub fn load_device_id(n: usize) -> String {
+    format!("load-{n:04}")
 }
 
 #[cfg(test)]

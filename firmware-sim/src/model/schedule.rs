@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use crate::metrics::Metrics;
 use crate::model::behaviour::{Behaviour, Report};
-use crate::model::metrics::Metrics;
 use crate::model::registry::Registry;
 use crate::rng::Rng;
 use crate::wire::{canonical, zigbee2mqtt, Format};

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::model::metrics::to_json_object;
+use crate::metrics::to_json_object;
 use crate::model::schedule::Message;
 
 #[derive(Serialize)]
@@ -67,7 +67,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::metrics::Value;
+    use crate::metrics::Value;
     use crate::wire::Format;
     use serde_json::json;
     use std::sync::Arc;

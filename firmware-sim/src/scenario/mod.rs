@@ -46,7 +46,7 @@ pub mod time;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::model::metrics::Value;
+use crate::metrics::Value;
 use crate::model::registry::Registry;
 use crate::mqtt::capture::Capture;
 

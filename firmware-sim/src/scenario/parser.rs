@@ -11,7 +11,7 @@ use super::{
     capture_span_ms, time, Action, Allow, Expectation, Scenario, ScenarioErrors, Step, DEFAULT_GRACE_S,
     DEFAULT_OFFSET_MIN,
 };
-use crate::model::metrics::{round2, Kind, Value, KNOWN};
+use crate::metrics::{round2, Kind, Value, KNOWN};
 use crate::model::registry::{self, Registry};
 use crate::mqtt::capture::Capture;
 use crate::wire::{zigbee2mqtt, Format};

@@ -15,8 +15,8 @@ use serde_json::{json, Value as Json};
 use super::expect::{evaluate, Evaluation, ReceivedAlert};
 use super::{time, Action, Scenario, Step};
 use crate::clock::{system_now_ms, Clock};
+use crate::metrics::{round2, Value};
 use crate::model::behaviour::Report;
-use crate::model::metrics::{round2, Value};
 use crate::model::schedule::{Message, Overlay, Stream};
 use crate::mqtt::link::{parse_broker, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
 
@@ -188,7 +188,7 @@ fn outgoing(sc: &Scenario, start_ms: i64, seconds: Option<u64>) -> anyhow::Resul
             device_index: None,
             device_id: None,
             topic: Arc::from(m.topic.as_str()),
-            payload: crate::anonymize::shift_times(&bytes, shift),
+            payload: crate::mqtt::capture::shift_times(&bytes, shift),
             retain: m.retain,
         });
     }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::model::metrics::{to_json_object, Metrics};
+use crate::metrics::{to_json_object, Metrics};
 
 pub fn topic(site: &str, device_id: &str) -> String {
     format!("nh/{site}/{device_id}/telemetry")
@@ -21,7 +21,7 @@ pub fn encode(ts_ms: i64, seq: u64, metrics: &Metrics) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::metrics::Value;
+    use crate::metrics::Value;
 
     #[test]
     fn golden_payload() {

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::model::metrics::{number_json, to_json, Metrics, Value};
+use crate::metrics::{number_json, to_json, Metrics, Value};
 
 pub fn topic(friendly_name: &str) -> String {
     format!("zigbee2mqtt/{friendly_name}")
@@ -217,7 +217,7 @@ mod tests {
         .expect("encodable");
         let mut expected: Vec<(String, Json)> = metrics
             .iter()
-            .map(|(n, v)| ((*n).to_owned(), crate::model::metrics::to_json(v)))
+            .map(|(n, v)| ((*n).to_owned(), crate::metrics::to_json(v)))
             .collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         let decoded = decode(&p);

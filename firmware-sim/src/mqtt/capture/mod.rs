@@ -133,6 +133,48 @@ fn qos_of(q: u8) -> anyhow::Result<QoS> {
     }
 }
 
+/// JSON keys holding a time in ms since the epoch, shifted with the capture.
+pub(crate) const TIME_KEYS: &[&str] = &["ts", "last_seen", "timestamp"];
+
+/// `text` with the number after each `"<time key>":` moved by `shift_ms` (only values that look
+/// like ms since the epoch: 12 digits or more).
+pub fn shift_times(text: &[u8], shift_ms: i64) -> Vec<u8> {
+    if shift_ms == 0 {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len() + 8);
+    let mut i = 0;
+    'scan: while i < text.len() {
+        for key in TIME_KEYS {
+            let pat = format!("\"{key}\":");
+            let p = pat.as_bytes();
+            if text[i..].starts_with(p) {
+                let mut j = i + p.len();
+                while j < text.len() && text[j] == b' ' {
+                    j += 1;
+                }
+                let digits = text[j..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if digits >= 12 {
+                    if let Some(v) = std::str::from_utf8(&text[j..j + digits])
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        if let Some(moved) = v.checked_add(shift_ms) {
+                            out.extend_from_slice(&text[i..j]);
+                            out.extend_from_slice(moved.to_string().as_bytes());
+                            i = j + digits;
+                            continue 'scan;
+                        }
+                    }
+                }
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

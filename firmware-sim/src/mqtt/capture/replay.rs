@@ -98,7 +98,7 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
                 let by = i64::from(round)
                     .saturating_mul(span_ms.saturating_add(1))
                     .saturating_add(shift_ms);
-                payload = crate::anonymize::shift_times(&payload, by);
+                payload = super::shift_times(&payload, by);
             }
             match link.publish_retained(&m.topic, qos, payload, m.retain).await {
                 Ok(()) => {

@@ -149,10 +149,7 @@ pub fn slot(i: u64, rate: f64) -> Duration {
     Duration::from_secs_f64(i as f64 / rate)
 }
 
-/// Device name of load device `n`.
-pub fn device_id(n: usize) -> String {
-    format!("load-{n:04}")
-}
+pub use crate::model::facility::load_device_id as device_id;
 
 /// Device index and `seq` of message `i` (devices take turns; `seq` starts at 1).
 pub fn assignment(i: u64, devices: usize) -> (usize, u64) {
