@@ -1,5 +1,6 @@
 //! Criterion benches of the hot pure functions: each decoder, normalization, line-protocol
-//! formatting and rule evaluation per reading.
+//! formatting and rule evaluation per reading; and the journal's group commit (a full bulk
+//! transaction, and what a single life-safety reading costs), on a real SQLite file.
 //!
 //! ```sh
 //! cargo bench -p nh-gateway --bench hot_path
@@ -16,7 +17,9 @@ use nh_gateway::clock::Clock;
 use nh_gateway::config::UnknownDevicePolicy;
 use nh_gateway::decode::{canonical, json_map, modbus, mr60fda1, register_map, zigbee2mqtt, Decoder, Limits};
 use nh_gateway::influx::line_protocol;
-use nh_gateway::journal::Record;
+use nh_gateway::journal::config::SyncPolicy;
+use nh_gateway::journal::writer::WriterConfig;
+use nh_gateway::journal::{spawn_writer, Ack, Ingest, Record, Store};
 use nh_gateway::normalize::Normalizer;
 use nh_gateway::reading::Value;
 use nh_gateway::registry::Registry;
@@ -242,12 +245,76 @@ fn engine_tick_and_snapshot(c: &mut Criterion) {
     g.finish();
 }
 
+/// One message of `n` per commit through the journal writer with `sync = full`, timed from the
+/// first send until the last acknowledgement: a full 5000-message bulk group commit, and a
+/// single life-safety reading on the priority input (what a fire waits for at most, besides
+/// the one bulk commit already running).
+fn journal_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = rt.enter();
+    let store = Store::open(&dir.path().join("journal.db"), SyncPolicy::Full).expect("journal");
+    let cfg = WriterConfig {
+        commit_max_messages: 5000,
+        retention_ms: 3_600_000,
+        disk_budget_bytes: u64::MAX,
+        guard_cursor: None,
+        clock: Clock::system(),
+        observer: None,
+        observer_priority: None,
+        exit_on_corruption: false,
+        bulk_linger: std::time::Duration::ZERO,
+        bulk_linger_gap: std::time::Duration::ZERO,
+        bulk_linger_messages: 1,
+    };
+    let writer = spawn_writer(store, cfg, Arc::new(Telemetry::default())).expect("writer");
+    let mut seq = 0u64;
+    let mut send = |tx: &tokio::sync::mpsc::Sender<Ingest>, n: usize, class: &str, metric: (&str, Value)| {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut done_tx = Some(done_tx);
+        for i in 0..n {
+            seq += 1;
+            let mut r = record();
+            r.class = class.into();
+            r.seq = Some(seq);
+            r.metrics = BTreeMap::from([(metric.0.to_owned(), metric.1.clone())]);
+            let ack = (i + 1 == n).then(|| {
+                let tx = done_tx.take();
+                Ack::new(move || {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                    }
+                })
+            });
+            tx.blocking_send(Ingest { records: vec![r], ack })
+                .expect("writer running");
+        }
+        done_rx.blocking_recv().expect("acknowledged");
+    };
+    let mut g = c.benchmark_group("journal_commit");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(5000));
+    g.bench_function("bulk_5000_sync_full", |b| {
+        b.iter(|| send(&writer.tx, 5000, "presence_radar", ("heart_rate", Value::Num(70.0))))
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("one_priority_sync_full", |b| {
+        b.iter(|| send(&writer.tx_priority, 1, "smoke_alarm", ("smoke", Value::Bool(true))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     decoders,
     normalize,
     line_protocol,
     rules,
-    engine_tick_and_snapshot
+    engine_tick_and_snapshot,
+    journal_commit
 );
 criterion_main!(benches);

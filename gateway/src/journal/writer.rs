@@ -496,7 +496,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::test_support::{config, manual, opts, record, temp_db, wait_until, IntegrityCheck, SyncPolicy};
+    use crate::journal::test_support::{config, opts, record, temp_db, wait_until, IntegrityCheck, SyncPolicy};
     use crate::reading::Value;
     use std::sync::atomic::AtomicUsize;
 
@@ -647,35 +647,6 @@ mod tests {
             .await
             .expect("join")
             .expect("writer thread");
-    }
-
-    /// What a life-safety reading may wait for: the one bulk commit already running.
-    #[test]
-    fn commit_time_of_a_full_bulk_transaction_and_of_a_priority_one() {
-        let (_dir, path) = temp_db("priority-timing");
-        // Direct commits, sync = full: a 5000-message bulk transaction against a single reading.
-        let mut w = manual(&path, SyncPolicy::Full, config(None), Arc::new(Telemetry::default()));
-        let bulk: Vec<Ingest> = (0..5000)
-            .map(|i| Ingest {
-                records: vec![record("w-1", i, Some(i as u64), &[("heart_rate", Value::Num(70.0))])],
-                ack: None,
-            })
-            .collect();
-        let one = vec![Ingest {
-            records: vec![record("smoke-1", 1, None, &[("smoke", Value::Bool(true))])],
-            ack: None,
-        }];
-        let (mut bulk_us, mut one_us) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let t = Instant::now();
-            w.commit(&bulk, Lane::Bulk).expect("bulk");
-            bulk_us.push(t.elapsed().as_micros());
-            let t = Instant::now();
-            w.commit(&one, Lane::Priority).expect("one");
-            one_us.push(t.elapsed().as_micros());
-        }
-        eprintln!("commit, sync=full: 5000-message bulk {bulk_us:?} us; 1 priority message {one_us:?} us");
-        assert_eq!(w.store.last_id().expect("last"), 3 * 5001);
     }
 
     /// Measures what a life-safety reading waits for: one running bulk commit at most, never

@@ -191,3 +191,20 @@ async fn a_start_after_a_kill_warns_once_and_counts_it() -> Result<()> {
     assert_eq!(gw.metric("nh_unclean_starts_total").await?, 0.0);
     Ok(())
 }
+
+/// The binary the tests run is built the way a site's is (`cargo build`, no `demo` feature):
+/// the simulator is not in it, and `demo` says how to get a binary that has it.
+#[test]
+fn a_production_binary_refuses_the_demo_and_names_the_feature() -> Result<()> {
+    let out = Command::new(nh_e2e::bin("nh-gateway"))
+        .args(["demo", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the demo ran: {stderr}");
+    assert!(
+        stderr.contains("--features demo") && stderr.contains("not built into this binary"),
+        "{stderr}"
+    );
+    Ok(())
+}
