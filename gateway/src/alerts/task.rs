@@ -109,8 +109,8 @@ pub fn policy_from_rules(rules: &RuleSet) -> Policy {
             tiers(Priority::P3),
             tiers(Priority::P4),
         ],
-        correlation_window_ms: rules.correlation_window_ms() as i64,
-        renotify_suppress_ms: rules.renotify_suppress_ms() as i64,
+        correlation_window_ms: rules.correlation_window_ms(),
+        renotify_suppress_ms: rules.renotify_suppress_ms(),
     }
 }
 

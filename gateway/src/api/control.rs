@@ -215,7 +215,7 @@ pub fn summarize(label: &'static str, start: i64, end: i64, alerts: &[Alert]) ->
     };
     let mut open: Vec<&Alert> = alerts
         .iter()
-        .filter(|a| a.raised_at < end && a.resolved_at.map_or(true, |t| t >= end))
+        .filter(|a| a.raised_at < end && a.resolved_at.is_none_or(|t| t >= end))
         .collect();
     open.sort_by_key(|a| (a.raised_at, a.id.clone()));
     ShiftSummary {

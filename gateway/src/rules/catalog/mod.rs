@@ -384,9 +384,9 @@ impl RuleSet {
     pub fn in_maintenance(&self, device: &str, room: &str, now_ms: i64) -> bool {
         self.maintenance.iter().any(|m| {
             (m.devices.iter().any(|d| d == device) || (!room.is_empty() && m.rooms.iter().any(|r| r == room)))
-                && m.start_ms.map_or(true, |s| now_ms >= s)
-                && m.end_ms.map_or(true, |e| now_ms < e)
-                && m.daily.map_or(true, |(s, e)| in_daily(self.local_minute(now_ms), s, e))
+                && m.start_ms.is_none_or(|s| now_ms >= s)
+                && m.end_ms.is_none_or(|e| now_ms < e)
+                && m.daily.is_none_or(|(s, e)| in_daily(self.local_minute(now_ms), s, e))
         })
     }
 }

@@ -57,7 +57,7 @@ pub(super) fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, activ
             let clear = if clear_below.is_none() && clear_above.is_none() {
                 !trigger
             } else {
-                clear_below.map_or(true, |c| v < c) && clear_above.map_or(true, |c| v > c)
+                clear_below.is_none_or(|c| v < c) && clear_above.is_none_or(|c| v > c)
             };
             (trigger, clear)
         }
@@ -91,7 +91,7 @@ pub(super) fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, activ
                 let (t1, v1) = *s.back()?;
                 (t1 - t0 >= MIN_RATE_SPAN_MS).then(|| (v1 - v0) * 60_000.0 / (t1 - t0) as f64)
             });
-            let trigger = rate.is_some_and(|r| r >= *rise_per_min) && floor.map_or(true, |f| v >= f);
+            let trigger = rate.is_some_and(|r| r >= *rise_per_min) && floor.is_none_or(|f| v >= f);
             let clear = match clear_below {
                 Some(c) => v < *c,
                 None => !trigger,
@@ -138,7 +138,7 @@ pub(super) fn evaluate(c: &Condition, ds: &DeviceState, ctx: &Context<'_>, activ
             let low_flag = ds.values.get("battery_low") == Some(&Value::Bool(true));
             let pct = num("battery_pct");
             let trigger = low_flag || pct.is_some_and(|p| p <= *below_pct);
-            let clear = !low_flag && pct.map_or(true, |p| p > *clear_above_pct);
+            let clear = !low_flag && pct.is_none_or(|p| p > *clear_above_pct);
             (trigger, clear)
         }
     }

@@ -272,7 +272,7 @@ impl Engine {
             if let (Some(window), Some(v)) = (self.rate_windows.get(name), value.as_f64()) {
                 let samples = ds.samples.entry(name.clone()).or_default();
                 // Out-of-order samples would make a rise out of a replay; keep time increasing.
-                if samples.back().map_or(true, |(ts, _)| record.ts > *ts) {
+                if samples.back().is_none_or(|(ts, _)| record.ts > *ts) {
                     samples.push_back((record.ts, v));
                 }
                 // Keep the newest sample at least a window old as the reference point.
@@ -387,7 +387,7 @@ impl Engine {
         for (i, rule) in self.rules.rules().iter().enumerate() {
             let selected = rule
                 .select
-                .matches(&ctx.class, &ctx.zone, &ctx.own_flags, &ctx.room_flags)
+                .matches(&ctx.class, &ctx.zone, ctx.own_flags, ctx.room_flags)
                 && !(matches!(rule.condition, Condition::Absence { .. }) && ctx.interval_ms.is_none());
             if !selected {
                 ds.parts.remove(&rule.key);
@@ -402,8 +402,8 @@ impl Engine {
             // A flag holds the entry back while it lasts, or for at most `suppress_max_ms`.
             let flagged = rule.suppressed_by.iter().any(|f| {
                 flag_on(f)
-                    && rule.suppress_max_ms.map_or(true, |max| {
-                        ds.flags_since.get(f).map_or(true, |since| now - since < max)
+                    && rule.suppress_max_ms.is_none_or(|max| {
+                        ds.flags_since.get(f).is_none_or(|since| now - since < max)
                     })
             });
             let suppressed = match rule.condition {

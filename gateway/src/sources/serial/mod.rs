@@ -113,7 +113,7 @@ impl SerialSource {
             self.stats.down(self.clock.now_ms());
             // Log each outage's first failures, then every 30th: a port that stays gone for
             // hours should not fill the log.
-            if failures_logged < 3 || failures_logged % 30 == 0 {
+            if failures_logged < 3 || failures_logged.is_multiple_of(30) {
                 warn!(%bus, %path, error = %e, retry_ms = backoff.as_millis() as u64, "serial link down");
             }
             failures_logged += 1;
