@@ -29,9 +29,10 @@ cargo fetch --locked
 # The end-to-end tests start these binaries as real processes.
 cargo build --locked --workspace --bins
 # The demo is behind the `demo` feature (the simulator stays out of production binaries): build
-# its library code too, so that it cannot break unnoticed. A library build leaves the tests'
-# binaries alone.
-cargo build --locked -p nh-gateway --features demo --lib
+# its library code too, so that it cannot break unnoticed. Libraries only, so the binaries the
+# tests start stay the production ones; the whole workspace, so the dependencies are the ones
+# already built above.
+cargo build --locked --workspace --lib --features nh-gateway/demo
 # Everything but the time-scaled end-to-end tests, two at a time on 2 cores.
 cargo test --locked --workspace -- --test-threads "${NH_TEST_THREADS:-2}" --skip scenarios:: --skip alert_lifecycle:: --skip chaos:: --skip memory::
 # The time-scaled ones (virtual clock x10..x360), the chaos runs (2,000 readings/s for minutes)

@@ -72,9 +72,8 @@ fn demo_registry_is_what_the_generator_prints() {
 
 #[test]
 fn validate_lists_every_error_and_fails() {
-    let dir = std::env::temp_dir().join(format!("nh-sim-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bad = dir.join("bad.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         "site = \"s\"\n[[devices]]\nid = \"a b\"\nclass = \"toaster\"\nbuilding = \"A\"\nfloor = \"1\"\nroom = \"r\"\ninterval_s = 0\n",
@@ -88,5 +87,4 @@ fn validate_lists_every_error_and_fails() {
         stderr.contains("key `id`") && stderr.contains("key `class`") && stderr.contains("key `interval_s`"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -15,27 +15,9 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use nh_sim::serial::{self, BenchOptions, BusSummary, Counts, SerialError};
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("nh-sim-serial-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
 /// A bench running in this process, its output lines collected.
 struct Running {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     lines: Arc<Mutex<Vec<String>>>,
     /// `None` when the bench runs for a --duration.
     stop: Option<oneshot::Sender<()>>,
@@ -46,9 +28,12 @@ impl Running {
     /// Starts the bench at once (no --wait-start) and waits for `started`.
     async fn start(name: &str, toml: &str, duration: Option<Duration>) -> Running {
         let bench = serial::parse(toml).expect("valid bench");
-        let dir = TempDir::new(name);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("nh-sim-serial-{name}-"))
+            .tempdir()
+            .expect("temp dir");
         let opts = BenchOptions {
-            dir: dir.0.clone(),
+            dir: dir.path().to_path_buf(),
             duration,
         };
         let (tx, mut rx) = mpsc::channel(serial::LINES_CAPACITY);
@@ -80,7 +65,7 @@ impl Running {
     }
 
     fn link(&self, bus: &str) -> PathBuf {
-        self.dir.0.join(bus)
+        self.dir.path().join(bus)
     }
 
     /// Waits for a line matching `pred`.
@@ -435,15 +420,15 @@ async fn next_line(out: &mut Lines<BufReader<ChildStdout>>) -> String {
 /// The binary: `--wait-start` holds the scripts at t=0 until `start`; stdin closing ends the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_waits_for_start_and_stops_when_stdin_closes() {
-    let dir = TempDir::new("binary");
-    let file = dir.0.join("bench.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bench.toml");
     std::fs::write(
         &file,
         "[[buses]]\nname = \"gas\"\nprotocol = \"modbus_rtu\"\n[[buses.units]]\nunit = 1\nmodel = \"generic_gas\"\n\
          script = [{ at_s = 0, lel = 5.0 }, { at_s = 0.2, lel = 25.0 }]\n",
     )
     .expect("write bench");
-    let links = dir.0.join("links");
+    let links = dir.path().join("links");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nh-sim"))
         .arg("serial")
         .arg(&file)
@@ -502,8 +487,8 @@ async fn the_binary_waits_for_start_and_stops_when_stdin_closes() {
 /// SIGTERM ends a run with the `done` lines and exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reports_and_exits_0_on_sigterm() {
-    let dir = TempDir::new("sigterm");
-    let file = dir.0.join("bench.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bench.toml");
     std::fs::write(
         &file,
         "[[buses]]\nname = \"r\"\nprotocol = \"mr60fda1\"\nscript = [{ at_s = 0, presence = true }]\n",
@@ -513,7 +498,7 @@ async fn the_binary_reports_and_exits_0_on_sigterm() {
         .arg("serial")
         .arg(&file)
         .arg("--dir")
-        .arg(&dir.0)
+        .arg(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -558,8 +543,8 @@ fn check_validates_and_lists_every_error() {
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
     }
-    let dir = TempDir::new("check");
-    let bad = dir.0.join("bad.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         "[[buses]]\nname = \"k\"\nprotocol = \"modbus_rtu\"\n[[buses.units]]\nunit = 300\nmodel = \"midas\"\n\

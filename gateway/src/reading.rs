@@ -1,4 +1,6 @@
-//! The reading: what one message from one device said, before and after the registry is attached.
+//! The reading: what one message from one device said ([`Reading`]), and the normalized
+//! record it becomes once the registry is attached ([`Record`]), as the journal stores it and the
+//! rules and the forwarder read it.
 
 use std::collections::BTreeMap;
 
@@ -51,5 +53,24 @@ pub struct Reading {
     /// Per-device sequence number, when the message carried one.
     pub seq: Option<u64>,
     /// Metric name (the vocabulary of docs/contracts.md) to value; never empty.
+    pub metrics: BTreeMap<String, Value>,
+}
+
+/// A normalized reading, as written to the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub device: String,
+    /// Measurement: the device class, or `unregistered`.
+    pub class: String,
+    pub building: String,
+    pub floor: String,
+    pub room: String,
+    pub zone: String,
+    /// Time of the reading: the device's when sane, else the receive time.
+    pub ts: i64,
+    pub ts_recv: i64,
+    /// True when the device time was out of bounds and replaced by the receive time.
+    pub ts_replaced: bool,
+    pub seq: Option<u64>,
     pub metrics: BTreeMap<String, Value>,
 }

@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::journal::{Ingest, Record, Store};
-use crate::reading::Value;
+use crate::journal::{Ingest, Store};
+use crate::reading::{Record, Value};
 use crate::telemetry::Telemetry;
 
 /// No MQTT message for this long (gateway time) while devices should be talking: S2.

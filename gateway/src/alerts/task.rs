@@ -14,7 +14,8 @@ use tracing::{debug, error, info, warn};
 use super::lifecycle::{AlertError, Lifecycle, Policy};
 use super::model::{Alert, Resolution};
 use crate::clock::Clock;
-use crate::journal::{Observed, Record, RowId};
+use crate::journal::{Observed, RowId};
+use crate::reading::Record;
 use crate::rules::output::{Priority, RuleOutput};
 use crate::rules::{Engine, EngineState, RuleSet};
 

@@ -127,7 +127,7 @@ fn replay_unjudged(task: &mut AlertsTask, journal_path: &std::path::Path, last_i
                 return;
             }
         };
-        let batch: Vec<(i64, crate::journal::Record)> = rows
+        let batch: Vec<(i64, crate::reading::Record)> = rows
             .into_iter()
             .filter(|r| r.id <= last_id)
             .map(|r| (r.id, r.record))

@@ -67,10 +67,7 @@ impl Wiring {
             self.registry.clone(),
             residents,
             self.clock,
-            config
-                .shifts
-                .start_minutes()
-                .unwrap_or_else(|| vec![7 * 60, 15 * 60, 23 * 60]),
+            config.shifts.minutes_or_default(),
             site_time,
             self.journal_path.clone(),
         );

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::api::config::{HttpConfig, Resident, ResidentsConfig, ResidentsFile};
+pub use crate::api::config::{HttpConfig, Resident, ResidentsConfig, ResidentsFile, ShiftsConfig};
 pub use crate::diagnostics::{self, ConfigError, ConfigErrors};
 pub use crate::influx::config::InfluxConfig;
 pub use crate::journal::config::{IntegrityCheck, JournalConfig, SyncPolicy};
@@ -84,44 +84,6 @@ pub struct Config {
     /// Shift changes, for the shift summary.
     #[serde(default)]
     pub shifts: ShiftsConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShiftsConfig {
-    /// Local times (`HH:MM`, in the rule catalog's UTC offset) at which a shift begins.
-    #[serde(default = "default_shift_starts")]
-    pub starts: Vec<String>,
-}
-
-impl Default for ShiftsConfig {
-    fn default() -> Self {
-        ShiftsConfig {
-            starts: default_shift_starts(),
-        }
-    }
-}
-
-fn default_shift_starts() -> Vec<String> {
-    vec!["07:00".into(), "15:00".into(), "23:00".into()]
-}
-
-impl ShiftsConfig {
-    /// The starts as minutes of the local day, sorted; `None` if one is not `HH:MM`.
-    pub fn start_minutes(&self) -> Option<Vec<i64>> {
-        let mut out = Vec::with_capacity(self.starts.len());
-        for s in &self.starts {
-            let (h, m) = s.trim().split_once(':')?;
-            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-            if !(0..24).contains(&h) || !(0..60).contains(&m) {
-                return None;
-            }
-            out.push(h * 60 + m);
-        }
-        out.sort_unstable();
-        out.dedup();
-        (!out.is_empty()).then_some(out)
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,8 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::journal::Record;
-use crate::reading::Value;
+use crate::reading::{Record, Value};
 use crate::vocabulary;
 
 /// Appends one line (with its trailing newline) for `record` to `out`.

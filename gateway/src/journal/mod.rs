@@ -31,33 +31,11 @@ pub mod store;
 pub(crate) mod test_support;
 pub mod writer;
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::reading::Value;
-
+pub use crate::reading::Record;
 pub use store::{DeviceRow, ReadingRow, Store, StoreError};
 pub use writer::{spawn_writer, Ack, Ingest, WriterHandle};
-
-/// A normalized reading, as written to the journal.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub device: String,
-    /// Measurement: the device class, or `unregistered`.
-    pub class: String,
-    pub building: String,
-    pub floor: String,
-    pub room: String,
-    pub zone: String,
-    /// Time of the reading: the device's when sane, else the receive time.
-    pub ts: i64,
-    pub ts_recv: i64,
-    /// True when the device time was out of bounds and replaced by the receive time.
-    pub ts_replaced: bool,
-    pub seq: Option<u64>,
-    pub metrics: BTreeMap<String, Value>,
-}
 
 /// Journal row id of a record; increases with every commit and is never reused.
 pub type RowId = i64;

@@ -15,8 +15,7 @@ use crate::clock::Clock;
 pub mod config;
 
 use crate::decode::{Decoder, Limits};
-use crate::journal::Record;
-use crate::reading::{DeviceKey, Value};
+use crate::reading::{DeviceKey, Record, Value};
 use crate::registry::UnknownDevicePolicy;
 use crate::registry::{Registry, UNREGISTERED_CLASS};
 use crate::safety;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::journal::Record;
+use crate::reading::Record;
 use crate::reading::Value;
 use crate::registry::Registry;
 

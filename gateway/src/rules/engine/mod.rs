@@ -29,8 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Condition, RuleSet, Window};
 use super::output::RuleOutput;
-use crate::journal::Record;
-use crate::reading::Value;
+use crate::reading::{Record, Value};
 use crate::registry::Registry;
 use episodes::Episode;
 use evaluate::{evaluate, resting, AT_REST_WINDOW_MS};
@@ -402,9 +401,9 @@ impl Engine {
             // A flag holds the entry back while it lasts, or for at most `suppress_max_ms`.
             let flagged = rule.suppressed_by.iter().any(|f| {
                 flag_on(f)
-                    && rule.suppress_max_ms.is_none_or(|max| {
-                        ds.flags_since.get(f).is_none_or(|since| now - since < max)
-                    })
+                    && rule
+                        .suppress_max_ms
+                        .is_none_or(|max| ds.flags_since.get(f).is_none_or(|since| now - since < max))
             });
             let suppressed = match rule.condition {
                 Condition::Absence { .. } | Condition::Missing { .. } => maintenance,

@@ -24,9 +24,9 @@ use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::decode::register_map::CompiledMap;
-use crate::journal::{Ingest, Record};
+use crate::journal::Ingest;
 use crate::normalize::Normalizer;
-use crate::reading::{Reading, Value};
+use crate::reading::{Reading, Record, Value};
 use config::{Parity, SerialPortConfig, SerialProtocol};
 pub use stats::{BusStats, SerialStats, UnitStats};
 
