@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{diagnostics, load_text, ConfigError, ConfigErrors, Env, Loaded, ResidentsFile, SecretCheck};
+use super::{diagnostics, load_text, read_file, ConfigError, ConfigErrors, Env, Loaded, ResidentsFile, SecretCheck};
 use crate::registry::Registry;
 
 /// What a file holds, by its top-level tables.
@@ -71,14 +71,7 @@ fn top_level_tables(text: &str) -> BTreeSet<&str> {
 
 /// Validates one file for `nh-gateway validate`. Returns a one-line summary.
 pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    let text = read_file(path)?;
     match FileKind::of(&text) {
         FileKind::Rules => {
             let r = crate::rules::RuleSet::parse(path, &text)?;

@@ -166,16 +166,21 @@ impl Env {
 
 /// Loads and validates a configuration file and its registry; every error of both files at once.
 pub fn load(path: &Path, env: &Env) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_file(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_text(path, &text, base, env, None, SecretCheck::Resolve)
+}
+
+/// A configuration file's text, or the error that says it cannot be read.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
             line: 0,
             key: String::new(),
             message: format!("cannot read: {e}"),
         }])
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    load_text(path, &text, base, env, None, SecretCheck::Resolve)
+    })
 }
 
 /// How a load treats the secrets a configuration names.
