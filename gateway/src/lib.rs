@@ -48,6 +48,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod alerts;
 pub mod api;
 pub mod app;
