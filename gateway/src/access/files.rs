@@ -113,14 +113,14 @@ impl IdentitiesFile {
             }
             for b in &f.bridges {
                 for filter in b.publish.iter().chain(b.subscribe.iter().flatten()) {
-                    if !crate::sources::config::valid_filter(filter) {
+                    if !super::valid_filter(filter) {
                         diags.at_key(&format!("bridges.{}", b.name), format!("`{filter}` is not a valid topic filter"));
                     }
                 }
             }
             for c in &f.consumers {
                 for filter in c.subscribe.iter().flatten() {
-                    if !crate::sources::config::valid_filter(filter) {
+                    if !super::valid_filter(filter) {
                         diags.at_key(&format!("consumers.{}", c.name), format!("`{filter}` is not a valid topic filter"));
                     }
                 }

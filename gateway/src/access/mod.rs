@@ -13,6 +13,7 @@
 //! its patterns say.
 
 pub mod credentials;
+pub mod events;
 pub mod files;
 
 use std::collections::HashMap;
@@ -187,7 +188,59 @@ pub struct Policy {
 /// The base topic of Zigbee2MQTT when no subscription says otherwise.
 pub const DEFAULT_ZIGBEE_BASE: &str = "zigbee2mqtt";
 
+/// Loads a site's identities: the registry's devices, the identities file of `config` (paths
+/// relative to `base`) and the stored credentials. `zigbee_bases`: the base topics of the site's
+/// Zigbee2MQTT subscriptions.
+pub fn load(registry: &Registry, config: &AccessConfig, base: &std::path::Path, zigbee_bases: &[String]) -> Result<Policy, ConfigErrors> {
+    let identities = match config.identities_path(base) {
+        Some(p) => IdentitiesFile::load(&p)?,
+        None => IdentitiesFile::default(),
+    };
+    let credentials_path = config.credentials_path(base);
+    let file = files::CredentialsFile::load(&credentials_path)?;
+    let credentials = CredentialStore::from_file(&file).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: credentials_path.clone(),
+            line: 0,
+            key: String::new(),
+            message,
+        }])
+    })?;
+    Policy::build(registry, &identities, credentials, config.anonymous, zigbee_bases)
+}
+
+/// The base topics of Zigbee2MQTT subscription filters (`zigbee2mqtt/+` -> `zigbee2mqtt`), or
+/// [`DEFAULT_ZIGBEE_BASE`] when there are none.
+pub fn zigbee_bases<'a>(filters: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = filters
+        .map(|f| f.trim_end_matches("/#").trim_end_matches("/+").to_owned())
+        .filter(|b| !b.is_empty() && !b.contains(['+', '#']))
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(DEFAULT_ZIGBEE_BASE.to_owned());
+    }
+    out
+}
+
 impl Policy {
+    /// An empty policy: nobody is admitted (the stand-in while a configuration has errors).
+    pub fn empty(site: &str) -> Policy {
+        Policy {
+            site: site.to_owned(),
+            identities: HashMap::new(),
+            reserved: vec![Pattern::new(&format!("nh/{site}/alerts"))],
+            credentials: CredentialStore::default(),
+            anonymous: Anonymous::Refuse,
+            anonymous_identity: Arc::new(Identity {
+                name: "anonymous".into(),
+                kind: Kind::Anonymous,
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+            }),
+        }
+    }
+
     /// Builds the identities of `registry` and `identities`, with their stored `credentials`.
     /// `zigbee_bases`: the base topics of the site's Zigbee2MQTT subscriptions.
     pub fn build(
@@ -331,6 +384,11 @@ impl Policy {
         self.identities.values()
     }
 
+    /// Whether clients without credentials may connect from this machine.
+    pub fn admits_anonymous(&self) -> bool {
+        self.anonymous == Anonymous::Loopback
+    }
+
     pub fn credentials(&self) -> &CredentialStore {
         &self.credentials
     }
@@ -387,7 +445,7 @@ impl Policy {
 
     /// Whether `who` may subscribe to `filter`.
     pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
-        if !crate::sources::config::valid_filter(filter) {
+        if !valid_filter(filter) {
             return false;
         }
         // `$share/{group}/{filter}`: judged on the filter.
@@ -403,6 +461,19 @@ impl Policy {
         }
         who.subscribe.iter().any(|p| p.covers(filter))
     }
+}
+
+/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
+pub fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        other => !other.contains('#') && !other.contains('+'),
+    })
 }
 
 #[cfg(test)]

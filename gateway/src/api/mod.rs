@@ -39,6 +39,8 @@ pub struct ApiState {
     pub clock: crate::clock::Clock,
     /// Intervals of silence after which a device counts as offline (the catalog's, R17).
     pub offline_multiple: u32,
+    /// The embedded broker's front door: connections and refusals per identity.
+    pub mqtt_access: Option<Arc<crate::access::events::AccessEvents>>,
     /// One reader connection, opened on first use.
     reader: Arc<Mutex<Option<Store>>>,
 }
@@ -53,6 +55,7 @@ impl ApiState {
             auth: None,
             clock: crate::clock::Clock::system(),
             offline_multiple: 3,
+            mqtt_access: None,
             reader: Arc::new(Mutex::new(None)),
         }
     }
@@ -141,6 +144,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/readings", get(readings))
+        .route("/api/v1/mqtt/identities", get(mqtt_identities))
         .with_state(state)
 }
 
@@ -163,6 +167,22 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         text
     })
         .into_response()
+}
+
+/// The MQTT identities that connected or were refused since start: open connections and
+/// refusals by reason, per registered identity (`unknown` and `anonymous` aggregate the rest).
+/// Empty with an external broker, which does not tell the gateway.
+async fn mqtt_identities(State(s): State<ApiState>) -> Response {
+    match &s.mqtt_access {
+        Some(events) => {
+            let refused: serde_json::Map<String, serde_json::Value> = crate::access::Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), json!(events.refused_total(*r))))
+                .collect();
+            Json(json!({ "embedded": true, "refused": refused, "identities": events.per_identity() })).into_response()
+        }
+        None => Json(json!({ "embedded": false, "refused": {}, "identities": {} })).into_response(),
+    }
 }
 
 /// One device as `/api/v1/devices` shows it.

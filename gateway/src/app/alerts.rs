@@ -85,7 +85,10 @@ impl Wiring {
         stats: &Arc<DeliveryStats>,
     ) {
         let mut alerts_mqtt = MqttAlertsConfig::new(self.config.site.id.clone(), broker.host.clone(), broker.port);
-        if self.config.mqtt.mode == MqttMode::External {
+        if let Some((user, secret)) = &broker.own_login {
+            alerts_mqtt.username = Some(user.clone());
+            alerts_mqtt.password = Some(secret.clone());
+        } else if self.config.mqtt.mode == MqttMode::External {
             alerts_mqtt.username = self.config.mqtt.username.clone();
             alerts_mqtt.password = password;
         }

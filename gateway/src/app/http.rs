@@ -29,6 +29,7 @@ impl Wiring {
         site_time: SiteTime,
         alerts: Alerts,
         delivery_stats: Arc<DeliveryStats>,
+        mqtt_access: Option<Arc<crate::access::events::AccessEvents>>,
     ) -> Result<SocketAddr, StartError> {
         let config = &self.config;
         let (listener, http_addr) = bind(listen.unwrap_or(config.http.listen)).await?;
@@ -45,6 +46,7 @@ impl Wiring {
         state.auth = Some(auth.clone());
         state.clock = self.clock;
         state.offline_multiple = rules.offline_multiple();
+        state.mqtt_access = mqtt_access;
         let status_telemetry = self.telemetry.clone();
         let stream = StreamState::new(
             self.journal_path.clone(),

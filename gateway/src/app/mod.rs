@@ -209,6 +209,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
         modbus_maps,
         residents,
         site_time,
+        access,
     } = loaded;
     // One gateway per journal: a second one refuses to start before it touches the file.
     let journal_lock = JournalLock::acquire(&journal_path)?;
@@ -223,7 +224,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
 
     let routes = w.routes();
     let normalizer = w.normalizer();
-    let broker = w.start_broker(opts.mqtt, routes.len()).await?;
+    let broker = w.start_broker(opts.mqtt, routes.len(), access, &writer).await?;
     let subscribed = w.start_mqtt_lanes(routes, &broker, mqtt_password.clone(), &normalizer, &writer);
     w.start_serial(&modbus_maps, &serial_stats, &normalizer, &writer);
     w.start_supervisor(&writer);
@@ -232,7 +233,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let writer_done = w.watch_writer(writer)?;
 
     let http_addr = w
-        .start_http(opts.http, &rules, residents, site_time, alerts, delivery_stats)
+        .start_http(opts.http, &rules, residents, site_time, alerts, delivery_stats, broker.access.clone())
         .await?;
     let Wiring {
         telemetry,

@@ -19,7 +19,11 @@ use crate::decode::Decoder;
 use crate::journal::{Ingest, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::registry::Registry;
+use crate::access::events::{AccessEvents, Watcher};
+use crate::access::Policy;
+use crate::auth::http::AuditWriter;
 use crate::sources::broker;
+use crate::sources::gatekeeper::{Gatekeeper, INTERNAL_USER};
 use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route, Select};
 use crate::telemetry::{self, MetricsSource};
 
@@ -31,6 +35,10 @@ pub(super) struct Broker {
     pub(super) endpoint: MqttEndpoint,
     pub(super) host: String,
     pub(super) port: u16,
+    /// Embedded mode: the login of the gateway's own clients on the internal listener.
+    pub(super) own_login: Option<(String, Secret)>,
+    /// Embedded mode: the front door's counts.
+    pub(super) access: Option<Arc<AccessEvents>>,
 }
 
 /// When the gateway's subscribers acknowledge QoS 1 messages: on receipt with the embedded
@@ -75,12 +83,16 @@ impl Wiring {
             .collect()
     }
 
-    /// MQTT: the embedded broker (its thread watched), or an external one. `subscriptions`:
-    /// how many filters share the broker's log cap.
+    /// MQTT: the embedded broker (its thread watched) on 127.0.0.1 behind the front door
+    /// (`gatekeeper`) on the listen address, or an external one. `subscriptions`: how many
+    /// filters share the broker's log cap. Refusals are journaled through `writer`'s priority
+    /// input.
     pub(super) async fn start_broker(
         &self,
         listen: Option<SocketAddr>,
         subscriptions: usize,
+        access: Arc<Policy>,
+        writer: &WriterHandle,
     ) -> Result<Broker, StartError> {
         let mqtt = &self.config.mqtt;
         match mqtt.mode {
@@ -90,28 +102,63 @@ impl Wiring {
                 // lane's filters (see `start_mqtt_lanes`), so the cap is split between the
                 // subscriptions only.
                 let limits = broker::BrokerLimits::split(mqtt.broker_log_mb, subscriptions);
-                let b = broker::start(listen, mqtt.max_packet_bytes, usize::from(mqtt.inflight), &limits).await?;
-                let addr = b.addr;
-                info!(%addr, "embedded MQTT broker listening");
+                let secret = Secret::new(
+                    crate::access::credentials::generate_secret().map_err(|e| StartError::Thread(std::io::Error::other(e)))?,
+                );
+                let b = broker::start(
+                    ([127, 0, 0, 1], 0).into(),
+                    mqtt.max_packet_bytes,
+                    usize::from(mqtt.inflight),
+                    &limits,
+                    Some(&secret),
+                )
+                .await?;
+                let internal = b.addr;
                 // rumqttd has no shutdown call: its thread ends only on a failure, or with the process.
                 self.stages
                     .watch_thread("mqtt-broker", b.thread, None)
                     .map_err(StartError::Thread)?;
-                let host = if addr.ip().is_unspecified() {
-                    "127.0.0.1".to_owned()
-                } else {
-                    addr.ip().to_string()
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| broker::BrokerError::Bind { addr: listen, source })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| broker::BrokerError::Bind { addr: listen, source })?;
+                if access.credentials().is_empty() && !access.admits_anonymous() {
+                    warn!("no MQTT identity has credentials and anonymous clients are refused: every device will be refused (nh-gateway device-credentials, docs/security.md)");
+                }
+                let (events, refusals) = AccessEvents::new();
+                self.telemetry.register(events.clone());
+                let gatekeeper = Arc::new(Gatekeeper {
+                    policy: access,
+                    upstream: internal,
+                    internal_secret: secret.clone(),
+                    events: events.clone(),
+                    max_packet_bytes: mqtt.max_packet_bytes,
+                });
+                self.spawn_source("mqtt-gatekeeper", gatekeeper.serve(listener, self.shutdown.clone()));
+                let watcher = Watcher {
+                    clock: self.clock,
+                    journal: writer.tx_priority.clone(),
+                    journal_path: self.journal_path.clone(),
+                    audit: AuditWriter::new(self.journal_path.clone()),
                 };
+                self.spawn_source("mqtt-access", watcher.run(refusals, self.shutdown.clone()));
+                info!(%addr, %internal, "embedded MQTT broker listening (identities checked at {addr}, broker on {internal})");
                 Ok(Broker {
                     endpoint: MqttEndpoint::Embedded(addr),
-                    host,
-                    port: addr.port(),
+                    host: internal.ip().to_string(),
+                    port: internal.port(),
+                    own_login: Some((INTERNAL_USER.to_owned(), secret)),
+                    access: Some(events),
                 })
             }
             MqttMode::External => Ok(Broker {
                 endpoint: MqttEndpoint::External,
                 host: mqtt.host.clone().unwrap_or_default(),
                 port: mqtt.port,
+                own_login: None,
+                access: None,
             }),
         }
     }
@@ -188,8 +235,14 @@ impl Wiring {
             host: broker.host.clone(),
             port: broker.port,
             client_id,
-            username: mqtt.username.clone(),
-            password,
+            username: match &broker.own_login {
+                Some((user, _)) => Some(user.clone()),
+                None => mqtt.username.clone(),
+            },
+            password: match &broker.own_login {
+                Some((_, secret)) => Some(secret.clone()),
+                None => password,
+            },
             clean_session: mqtt.clean_session,
             keep_alive: Duration::from_secs(mqtt.keep_alive_s),
             max_packet_bytes: mqtt.max_packet_bytes,

@@ -59,13 +59,21 @@ impl AuthState {
 
 /// Writes access entries (logins, failures, logouts) to the audit log, off the runtime.
 #[derive(Clone)]
-struct AuditWriter {
+pub struct AuditWriter {
     path: PathBuf,
     conn: Arc<Mutex<Option<AlertStore>>>,
 }
 
 impl AuditWriter {
-    async fn record(&self, at: i64, actor: String, action: &'static str, detail: serde_json::Value) {
+    /// Writes to the audit log kept in the journal at `path` (opened at the first entry).
+    pub fn new(path: PathBuf) -> AuditWriter {
+        AuditWriter {
+            path,
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub async fn record(&self, at: i64, actor: String, action: &'static str, detail: serde_json::Value) {
         let conn = self.conn.clone();
         let path = self.path.clone();
         let done = tokio::task::spawn_blocking(move || {

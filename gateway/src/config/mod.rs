@@ -141,6 +141,8 @@ pub struct Loaded {
     /// The site's local time (`[site] timezone`): shift changes, and the rules' windows unless
     /// the rules file pins an offset.
     pub site_time: crate::site_time::SiteTime,
+    /// The MQTT identities and their rights (`[mqtt.access]`, the registry).
+    pub access: std::sync::Arc<crate::access::Policy>,
 }
 
 /// Environment a configuration is loaded under (the `NH_INFLUX_*` overrides).
@@ -265,6 +267,21 @@ pub(crate) fn load_text(
                     Some(r) => load_residents(&base.join(&r.file), &registry, &mut diags),
                     None => Vec::new(),
                 };
+                let zigbee = crate::access::zigbee_bases(
+                    config
+                        .mqtt
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.decoder == DecoderKind::Zigbee2mqtt)
+                        .map(|s| s.filter.as_str()),
+                );
+                let access = match crate::access::load(&registry, &config.mqtt.access, base, &zigbee) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.extend(e.0);
+                        crate::access::Policy::empty(&config.site.id)
+                    }
+                };
                 let journal_path = base.join(&config.journal.path);
                 let rules = match &config.rules {
                     Some(r) => crate::rules::RuleSet::load(&base.join(&r.file)),
@@ -284,6 +301,7 @@ pub(crate) fn load_text(
                             modbus_maps,
                             residents,
                             site_time,
+                            access: std::sync::Arc::new(access),
                         });
                     }
                     Err(e) => errors.extend(e.0),

@@ -136,11 +136,15 @@ pub struct EmbeddedBroker {
 
 /// Starts the broker on `listen` (port 0: a free port) with the given largest packet, QoS 1
 /// window per connection and memory limits.
+/// With `internal_secret`, every client must log in with it (any username): devices reach the
+/// broker only through the front door (`gatekeeper`), which logs in for them. `None` (tests and
+/// benches of the broker alone) admits anyone.
 pub async fn start(
     listen: SocketAddr,
     max_packet_bytes: usize,
     max_inflight: usize,
     limits: &BrokerLimits,
+    internal_secret: Option<&crate::secret::Secret>,
 ) -> Result<EmbeddedBroker, BrokerError> {
     // Bind once ourselves: a taken port fails here with the real error, and port 0 becomes a
     // concrete free port rumqttd can be given.
@@ -160,19 +164,28 @@ pub async fn start(
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_cfg).spawn();
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        max_payload_size: max_packet_bytes,
+        max_inflight_count: max_inflight,
+        auth: None::<HashMap<String, String>>,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    if let Some(secret) = internal_secret {
+        let secret = secret.expose().as_bytes().to_vec();
+        connections.set_auth_handler(move |_client_id, _user, password: String| {
+            use subtle::ConstantTimeEq;
+            let ok: bool = password.as_bytes().ct_eq(&secret).into();
+            std::future::ready(ok)
+        });
+    }
     let settings = ServerSettings {
         name: "v4".to_owned(),
         listen: addr,
         tls: None,
         next_connection_delay_ms: 1,
-        connections: ConnectionSettings {
-            connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_payload_size: max_packet_bytes,
-            max_inflight_count: max_inflight,
-            auth: None::<HashMap<String, String>>,
-            external_auth: None,
-            dynamic_filters: true,
-        },
+        connections,
     };
     let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
     let thread = std::thread::Builder::new()

@@ -79,6 +79,9 @@ pub struct MqttConfig {
     /// alert S10); more buys a longer stall at a higher memory bound (docs/memory.md).
     #[serde(default = "default_broker_log_mb")]
     pub broker_log_mb: u64,
+    /// Embedded mode: who may connect and what each identity may do (docs/security.md).
+    #[serde(default)]
+    pub access: crate::access::AccessConfig,
 }
 
 /// See [`super::broker::DEFAULT_LOG_MB`].
@@ -110,6 +113,7 @@ impl Default for MqttConfig {
             subscriptions: default_subscriptions(),
             priority_lane: true,
             broker_log_mb: DEFAULT_BROKER_LOG_MB,
+            access: Default::default(),
         }
     }
 }
@@ -243,18 +247,7 @@ impl Subscription {
     }
 }
 
-/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
-pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i == levels.len() - 1,
-        "+" => true,
-        other => !other.contains('#') && !other.contains('+'),
-    })
-}
+pub use crate::access::valid_filter;
 
 #[cfg(test)]
 mod tests {

@@ -581,6 +581,7 @@ async fn run_mode(mode: Mode, a: &Args) -> Result<Value> {
                 1_048_576,
                 1_000,
                 &nh_gateway::sources::broker::BrokerLimits::default(),
+                None,
             )
             .await?;
             b.addr.to_string()

@@ -407,7 +407,7 @@ mod tests {
     /// An embedded broker on a free port with the default limits.
     async fn test_broker() -> Result<crate::sources::broker::EmbeddedBroker, crate::sources::broker::BrokerError> {
         let limits = crate::sources::broker::BrokerLimits::default();
-        crate::sources::broker::start("127.0.0.1:0".parse().expect("address"), 1 << 20, 100, &limits).await
+        crate::sources::broker::start("127.0.0.1:0".parse().expect("address"), 1 << 20, 100, &limits, None).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,335 @@
+//! Refused MQTT acts: counted (`nh_mqtt_refused_total{reason}`, and per identity for the API),
+//! written to the access audit, and turned into readings for rule S8.
+//!
+//! Per identity means per registered identity: refusals of unknown usernames are counted together
+//! as `unknown`, those without credentials as `anonymous`, so an attacker inventing names cannot
+//! grow a label set or a map.
+//!
+//! S8 reads the flag `access_refused` of the gateway-internal device `gateway:access:{identity}`
+//! (`gateway:access-unknown`, `gateway:access-anonymous` for the two aggregates): true at the first
+//! refusal, false after [`QUIET_MS`] (gateway time) without one. One alert per identity per
+//! episode, however many refusals a misconfigured device piles up. The audit gets the first
+//! refusal of a key and then at most one entry per [`AUDIT_EVERY_MS`], carrying the count since
+//! the last entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Identity, Kind, Reason};
+use crate::clock::Clock;
+use crate::journal::{Ingest, Store};
+use crate::reading::{Record, Value};
+use crate::telemetry::{self, MetricsSource};
+
+/// A key's flag clears after this long without a refusal (gateway time).
+pub const QUIET_MS: i64 = 10 * 60_000;
+/// At most one audit entry per key per minute after the first (gateway time).
+pub const AUDIT_EVERY_MS: i64 = 60_000;
+/// The flag's metric.
+pub const METRIC: &str = "access_refused";
+/// Refusals waiting to be journaled and audited; beyond, they are counted only.
+const QUEUE: usize = 1024;
+/// Longest topic kept in an audit entry.
+const MAX_TOPIC_CHARS: usize = 200;
+
+/// One refused act, as the watcher sees it.
+#[derive(Debug)]
+pub struct Refusal {
+    pub key: String,
+    pub reason: Reason,
+    pub peer: IpAddr,
+    pub topic: Option<String>,
+}
+
+/// The counts of one identity (or aggregate), for the API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdentityCounts {
+    pub kind: &'static str,
+    /// Connections open now.
+    pub connected: u64,
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+/// Counters and the watcher's queue.
+pub struct AccessEvents {
+    by_reason: [AtomicU64; Reason::ALL.len()],
+    per_identity: Mutex<HashMap<String, IdentityCounts>>,
+    sessions: AtomicU64,
+    unrecorded: AtomicU64,
+    anonymous_ids: AtomicU64,
+    tx: mpsc::Sender<Refusal>,
+}
+
+/// The aggregate key of refusals without credentials.
+pub const ANONYMOUS: &str = "anonymous";
+/// The aggregate key of refusals naming no known identity.
+pub const UNKNOWN: &str = "unknown";
+
+/// The gateway-internal device S8 reads for `key`.
+pub fn device_for(key: &str) -> String {
+    match key {
+        ANONYMOUS | UNKNOWN => format!("gateway:access-{key}"),
+        name => format!("gateway:access:{name}"),
+    }
+}
+
+impl AccessEvents {
+    /// The counters, and the receiver the [`Watcher`] reads.
+    pub fn new() -> (Arc<AccessEvents>, mpsc::Receiver<Refusal>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let events = AccessEvents {
+            by_reason: Default::default(),
+            per_identity: Mutex::new(HashMap::new()),
+            sessions: AtomicU64::new(0),
+            unrecorded: AtomicU64::new(0),
+            anonymous_ids: AtomicU64::new(0),
+            tx,
+        };
+        (Arc::new(events), rx)
+    }
+
+    /// Counts a refused act of `claimed` (the identity it named, if any) from `peer`.
+    pub fn refused(&self, claimed: Option<&Identity>, reason: Reason, peer: IpAddr, topic: Option<String>) {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.by_reason[i].fetch_add(1, Ordering::Relaxed);
+        let (key, kind) = match claimed {
+            Some(id) if id.kind != Kind::Anonymous => (id.name.clone(), id.kind.as_str()),
+            Some(_) => (ANONYMOUS.to_owned(), Kind::Anonymous.as_str()),
+            None if reason == Reason::NoCredentials => (ANONYMOUS.to_owned(), Kind::Anonymous.as_str()),
+            None => (UNKNOWN.to_owned(), "unknown"),
+        };
+        {
+            let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+            let c = map.entry(key.clone()).or_insert_with(|| IdentityCounts {
+                kind,
+                ..Default::default()
+            });
+            *c.refused.entry(reason.as_str()).or_default() += 1;
+        }
+        warn!(identity = %key, reason = reason.as_str(), %peer, "MQTT act refused");
+        let topic = topic.map(|t| t.chars().take(MAX_TOPIC_CHARS).collect());
+        if self.tx.try_send(Refusal { key, reason, peer, topic }).is_err() {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A number for the client id of an anonymous client that sent none.
+    pub fn next_anonymous_id(&self) -> u64 {
+        self.anonymous_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn connected(&self, who: &Identity) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if who.kind == Kind::Anonymous { ANONYMOUS } else { who.name.as_str() };
+        map.entry(key.to_owned())
+            .or_insert_with(|| IdentityCounts {
+                kind: who.kind.as_str(),
+                ..Default::default()
+            })
+            .connected += 1;
+    }
+
+    pub fn disconnected(&self, who: &Identity) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if who.kind == Kind::Anonymous { ANONYMOUS } else { who.name.as_str() };
+        if let Some(c) = map.get_mut(key) {
+            c.connected = c.connected.saturating_sub(1);
+        }
+    }
+
+    /// Refusals of one reason so far.
+    pub fn refused_total(&self, reason: Reason) -> u64 {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.by_reason[i].load(Ordering::Relaxed)
+    }
+
+    /// Every identity that connected or was refused, with its counts.
+    pub fn per_identity(&self) -> BTreeMap<String, IdentityCounts> {
+        let map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl MetricsSource for AccessEvents {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        telemetry::family_header(
+            out,
+            "nh_mqtt_refused_total",
+            "MQTT acts the embedded broker's front door refused, by reason (docs/security.md).",
+            "counter",
+        );
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "nh_mqtt_refused_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.by_reason[i].load(Ordering::Relaxed)
+            );
+        }
+        telemetry::gauge(
+            out,
+            "nh_mqtt_sessions",
+            "MQTT connections admitted by the embedded broker's front door and open now.",
+            self.sessions.load(Ordering::Relaxed) as i64,
+        );
+        telemetry::counter(
+            out,
+            "nh_mqtt_refusals_unrecorded_total",
+            "Refused MQTT acts counted but neither audited nor journaled because their queue was full.",
+            self.unrecorded.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// Writes refusals to the audit and raises and clears the S8 flags.
+pub struct Watcher {
+    pub clock: Clock,
+    /// The journal writer's priority input.
+    pub journal: mpsc::Sender<Ingest>,
+    /// The journal (for the flags' last values at start).
+    pub journal_path: PathBuf,
+    pub audit: crate::auth::http::AuditWriter,
+}
+
+struct Flag {
+    up: bool,
+    last_ms: i64,
+    audited_ms: i64,
+    unaudited: u64,
+}
+
+impl Watcher {
+    pub async fn run(self, mut rx: mpsc::Receiver<Refusal>, shutdown: CancellationToken) {
+        let path = self.journal_path.clone();
+        let prior = tokio::task::spawn_blocking(move || raised_flags(&path))
+            .await
+            .unwrap_or_default();
+        let now = self.clock.now_ms();
+        // A flag left up by the last run clears after a quiet period from now.
+        let mut flags: HashMap<String, Flag> = prior
+            .into_iter()
+            .map(|device| {
+                (
+                    device,
+                    Flag {
+                        up: true,
+                        last_ms: now,
+                        audited_ms: i64::MIN / 2,
+                        unaudited: 0,
+                    },
+                )
+            })
+            .collect();
+        let period = Duration::from_secs(10)
+            .div_f64(self.clock.scale().max(1.0))
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.recv() => {
+                    let Some(r) = r else { return };
+                    self.on_refusal(&mut flags, r).await;
+                }
+                _ = tick.tick() => {
+                    let now = self.clock.now_ms();
+                    let quiet: Vec<String> = flags
+                        .iter()
+                        .filter(|(_, f)| f.up && now - f.last_ms >= QUIET_MS)
+                        .map(|(d, _)| d.clone())
+                        .collect();
+                    for device in quiet {
+                        if let Some(f) = flags.get_mut(&device) {
+                            f.up = false;
+                        }
+                        info!(%device, "MQTT refusals quiet: S8 flag cleared");
+                        if !self.journal_flag(&device, false, now).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_refusal(&self, flags: &mut HashMap<String, Flag>, r: Refusal) {
+        let now = self.clock.now_ms();
+        let device = device_for(&r.key);
+        let f = flags.entry(device.clone()).or_insert(Flag {
+            up: false,
+            last_ms: now,
+            audited_ms: i64::MIN / 2,
+            unaudited: 0,
+        });
+        f.last_ms = now;
+        f.unaudited += 1;
+        if now - f.audited_ms >= AUDIT_EVERY_MS {
+            let detail = serde_json::json!({
+                "reason": r.reason.as_str(),
+                "peer": r.peer.to_string(),
+                "topic": r.topic,
+                "refusals": f.unaudited,
+            });
+            f.audited_ms = now;
+            f.unaudited = 0;
+            self.audit.record(now, format!("mqtt:{}", r.key), "mqtt_refused", detail).await;
+        }
+        if !f.up {
+            f.up = true;
+            let _ = self.journal_flag(&device, true, now).await;
+        }
+    }
+
+    /// Journals `device`'s flag; false when the journal has gone.
+    async fn journal_flag(&self, device: &str, value: bool, now: i64) -> bool {
+        let record = Record {
+            device: device.to_owned(),
+            class: crate::supervise::CLASS.to_owned(),
+            building: String::new(),
+            floor: String::new(),
+            room: String::new(),
+            zone: String::new(),
+            ts: now,
+            ts_recv: now,
+            ts_replaced: false,
+            seq: None,
+            metrics: BTreeMap::from([(METRIC.to_owned(), Value::Bool(value))]),
+        };
+        self.journal
+            .send(Ingest {
+                records: vec![record],
+                ack: None,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+/// The access devices whose flag was last journaled up.
+fn raised_flags(path: &std::path::Path) -> Vec<String> {
+    match Store::open_secondary(path).and_then(|s| s.devices()) {
+        Ok(devices) => devices
+            .iter()
+            .filter(|d| d.id.starts_with("gateway:access"))
+            .filter(|d| d.metrics.get(METRIC).and_then(serde_json::Value::as_bool) == Some(true))
+            .map(|d| d.id.clone())
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "MQTT access: last S8 flags unreadable; assuming none raised");
+            Vec::new()
+        }
+    }
+}
