@@ -86,7 +86,7 @@ impl Wiring {
     ) {
         let mut alerts_mqtt = MqttAlertsConfig::new(self.config.site.id.clone(), broker.host.clone(), broker.port);
         if self.config.mqtt.mode == MqttMode::External {
-            alerts_mqtt.username = self.config.mqtt.username.clone();
+            alerts_mqtt.username = self.config.mqtt.username_for(&alerts_mqtt.client_id());
             alerts_mqtt.password = password;
         }
         let publisher = MqttAlertPublisher::new(
