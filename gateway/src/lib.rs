@@ -63,6 +63,7 @@ pub mod diagnostics;
 pub mod influx;
 pub mod journal;
 pub mod normalize;
+pub mod provisioning;
 pub mod reading;
 pub mod registry;
 pub mod rules;

@@ -1,11 +1,13 @@
 //! `nh-gateway`: run a site, run the demo facility, validate configuration files.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use nh_gateway::access::files::CredentialsFile;
+use nh_gateway::provisioning::{mosquitto, provision};
 use nh_gateway::app::{self, RunOptions};
 use nh_gateway::auth;
 use nh_gateway::clock::Clock;
@@ -69,6 +71,41 @@ enum Command {
         /// Make a new random token; prints `token=... token_sha256=...`.
         #[arg(long)]
         generate: bool,
+    },
+    /// Make new MQTT secrets for identities (devices by registry id, bridges and consumers of
+    /// the identities file): their salted hashes go into the credentials file, replacing older
+    /// ones; the secrets are printed once (`NAME SECRET` lines), or written to a provisioning file.
+    DeviceCredentials {
+        /// The site configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// An identity to make a secret for; repeat for several.
+        #[arg(long = "identity", value_name = "NAME")]
+        identity: Vec<String>,
+        /// Every identity of the site.
+        #[arg(long, conflicts_with = "identity")]
+        all: bool,
+        /// Only the identities that have no credentials yet.
+        #[arg(long)]
+        missing: bool,
+        /// Write the secrets into this file (mode 0600, merged with what it holds) instead of
+        /// printing them.
+        #[arg(long, value_name = "FILE")]
+        provisioning_file: Option<PathBuf>,
+    },
+    /// Write a Mosquitto password file, ACL file and mosquitto.conf snippet granting the site's
+    /// identities and the gateway's own connections what the embedded broker grants them.
+    MosquittoConfig {
+        /// The site configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A folder of its own for `passwords`, `acl` and `mosquitto.conf` (created if missing;
+        /// `include_dir` reads every `.conf` file in it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Mosquitto's `persistence_location`.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/mosquitto/")]
+        persistence_location: PathBuf,
     },
 }
 
@@ -164,6 +201,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", auth::token_digest_hex(&token));
             Ok(ExitCode::SUCCESS)
         }
+        Command::DeviceCredentials {
+            config: path,
+            identity,
+            all,
+            missing,
+            provisioning_file,
+        } => device_credentials(&path, &identity, all, missing, provisioning_file.as_deref()),
+        Command::MosquittoConfig {
+            config: path,
+            out,
+            persistence_location,
+        } => mosquitto_config(&path, &out, &persistence_location),
         Command::Run { config: path, common } => {
             let opts = common.options()?;
             let loaded = config::load(&path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -188,6 +237,85 @@ fn run_demo(_data: Option<PathBuf>, _speed: f64, _common: &Common) -> anyhow::Re
     anyhow::bail!(
         "the demo is not built into this binary: build it with `cargo run --release -p nh-gateway --features demo -- demo`"
     )
+}
+
+/// `device-credentials`: new secrets for the named identities (or all, or those without any).
+fn device_credentials(
+    config_path: &Path,
+    names: &[String],
+    all: bool,
+    missing: bool,
+    provisioning_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        all || !names.is_empty(),
+        "name the identities with --identity NAME (repeated), or give --all"
+    );
+    let loaded = provision::load_site(config_path)?;
+    let config_dir = provision::config_dir(config_path);
+    let policy = provision::load_policy(&loaded);
+    let selected = provision::select(&policy, names, all, missing)?;
+    if selected.is_empty() {
+        eprintln!("every identity named has credentials already: nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let credentials = loaded.config.mqtt.access.credentials_path(config_dir);
+    let pairs = provision::provision(&credentials, &selected, provisioning_file)?;
+    match provisioning_file {
+        Some(file) => println!(
+            "{} secret(s) written to {} (mode 0600); their hashes are in {}",
+            pairs.len(),
+            file.display(),
+            credentials.display()
+        ),
+        None => {
+            for (name, secret) in &pairs {
+                println!("{name} {secret}");
+            }
+            eprintln!(
+                "{} secret(s) above, shown this once: {} keeps only their salted hashes, and the gateway \
+                 cannot show a secret again (make a new one instead).",
+                pairs.len(),
+                credentials.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mosquitto-config`: the site's identities and rights as Mosquitto files in `out`.
+fn mosquitto_config(config_path: &Path, out: &Path, persistence_location: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = provision::load_site(config_path)?;
+    let config_dir = provision::config_dir(config_path);
+    let policy = provision::load_policy(&loaded);
+    let credentials_path = loaded.config.mqtt.access.credentials_path(config_dir);
+    let credentials = CredentialsFile::load(&credentials_path)?;
+    let gateway = mosquitto::gateway_users(&loaded.config, config_dir)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out_dir = std::fs::canonicalize(out).with_context(|| format!("reading {}", out.display()))?;
+    let settings = mosquitto::MosquittoSettings {
+        out_dir: out_dir.clone(),
+        persistence_location: persistence_location.to_owned(),
+        max_inflight_messages: loaded.config.mqtt.inflight,
+        port: loaded.config.mqtt.port,
+    };
+    let files = mosquitto::render(&policy, &credentials, &gateway, &settings);
+    for w in &files.warnings {
+        eprintln!("warning: {w}");
+    }
+    mosquitto::write(&out_dir, &files)?;
+    if loaded.config.mqtt.mode != config::MqttMode::External {
+        eprintln!("note: [mqtt] mode is not \"external\": the gateway uses these users only with mode = \"external\"");
+    }
+    let users = files.passwords.lines().count();
+    println!(
+        "wrote {dir}/passwords ({users} users), {dir}/acl and {dir}/mosquitto.conf\n\
+         Include the snippet from mosquitto.conf with `include_dir {dir}` (or copy its lines there), make\n\
+         `passwords` and `acl` readable by the user Mosquitto runs as (they are mode 0600), and restart\n\
+         Mosquitto. Run this command again after device-credentials or a registry change.",
+        dir = out_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The first line of stdin, without its line end.

@@ -297,7 +297,8 @@ impl Watcher {
     async fn journal_flag(&self, device: &str, value: bool, now: i64) -> bool {
         let record = Record {
             device: device.to_owned(),
-            class: crate::supervise::CLASS.to_owned(),
+            // The class of the gateway's own devices (as self-supervision's).
+            class: "gateway".to_owned(),
             building: String::new(),
             floor: String::new(),
             room: String::new(),

@@ -1,7 +1,8 @@
 //! Who may do what on MQTT: the identities of the embedded broker (devices, bridges, consumers),
 //! their rights as topic patterns, and the checks made on every CONNECT, PUBLISH, SUBSCRIBE and
 //! will ([`Policy`]). The session layer in front of the broker (`sources::gatekeeper`) asks; the
-//! external-broker mode writes the same rights as Mosquitto files (`mosquitto`).
+//! external-broker mode writes the same rights as Mosquitto files (`provisioning::mosquitto`),
+//! and `provisioning::provision` gives identities their secrets.
 //!
 //! | identity | username = client id | may publish | may subscribe |
 //! |---|---|---|---|

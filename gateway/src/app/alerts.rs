@@ -89,7 +89,7 @@ impl Wiring {
             alerts_mqtt.username = Some(user.clone());
             alerts_mqtt.password = Some(secret.clone());
         } else if self.config.mqtt.mode == MqttMode::External {
-            alerts_mqtt.username = self.config.mqtt.username.clone();
+            alerts_mqtt.username = self.config.mqtt.username_for(&alerts_mqtt.client_id());
             alerts_mqtt.password = password;
         }
         let publisher = MqttAlertPublisher::new(

@@ -206,8 +206,10 @@ impl Wiring {
             ),
             MqttMode::External => (priority_routes, Select::All),
         };
+        let priority_id = format!("{}-ls", base_cfg.client_id);
         let priority = MqttSourceConfig {
-            client_id: format!("{}-ls", base_cfg.client_id),
+            username: config.mqtt.username_for(&priority_id),
+            client_id: priority_id,
             routes: lane_routes,
             lane: Lane::Priority,
             select,
@@ -223,22 +225,20 @@ impl Wiring {
         vec![priority, bulk]
     }
 
-    /// What every lane shares: the broker, the client id, the credentials and the session;
+    /// What every lane shares: the broker, the client id, the credentials (a `{client_id}` in
+    /// `[mqtt] username` is each lane's own client id) and the session;
     /// the bulk lane's routes and selection, filled in per lane.
     fn lane_config(&self, broker: &Broker, password: Option<Secret>) -> MqttSourceConfig {
         let mqtt = &self.config.mqtt;
-        let client_id = mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("nh-gateway-{}", self.config.site.id));
+        let client_id = mqtt.base_client_id(&self.config.site.id);
         MqttSourceConfig {
             host: broker.host.clone(),
             port: broker.port,
-            client_id,
             username: match &broker.own_login {
                 Some((user, _)) => Some(user.clone()),
-                None => mqtt.username.clone(),
+                None => mqtt.username_for(&client_id),
             },
+            client_id,
             password: match &broker.own_login {
                 Some((_, secret)) => Some(secret.clone()),
                 None => password,

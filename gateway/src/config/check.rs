@@ -4,8 +4,9 @@
 //! The kind comes from the file's top-level tables (`[site]`, `[[devices]]`, `[[rules]]`,
 //! `[[modbus_maps]]`, `[[models]]`, `[[residents]]`), read from its table headers so that a file
 //! with a syntax error is still recognised and its errors reported with their lines. A site
-//! configuration is checked with every file it names, its secrets' shape only: an environment
-//! variable is read at run time, so one that is unset here is not an error.
+//! configuration is checked with every file it names (the MQTT identities and credentials files
+//! of `[mqtt.access]` included), its secrets' shape only: an environment variable is read at
+//! run time, so one that is unset here is not an error.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -158,5 +159,39 @@ mod tests {
         // A broken file is still recognised by its headers.
         assert_eq!(FileKind::of("[[rules]]\nid = = 3\n"), FileKind::Rules);
         assert_eq!(FileKind::of(""), FileKind::Site);
+    }
+
+    #[test]
+    fn a_missing_identities_file_and_a_bad_credentials_file_are_reported_with_their_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+        write(
+            "d.toml",
+            "site = \"nh-s\"\n[[devices]]\nid = \"bed-1\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n",
+        );
+        let site = dir.path().join("site.toml");
+        let config = |access: &str| {
+            format!("[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[mqtt.access]\n{access}")
+        };
+        std::fs::write(&site, config("")).expect("write");
+        validate_file(&site, &Env::default()).expect("no identities file, no credentials yet: valid");
+
+        std::fs::write(&site, config("identities = \"ids.toml\"\n")).expect("write");
+        let e = validate_file(&site, &Env::default()).expect_err("missing").to_string();
+        assert!(e.contains("ids.toml") && e.contains("cannot read the MQTT identities file"), "{e}");
+
+        write("ids.toml", "[[consumers]]\nname = \"control-room\"\n");
+        write(
+            "mqtt-credentials.toml",
+            "[[credentials]]\nidentity = \"bed-1\"\nsalt = \"00\"\nsha256 = \"zz\"\nmosquitto = \"\"\n",
+        );
+        let e = validate_file(&site, &Env::default()).expect_err("bad hash").to_string();
+        assert!(
+            e.contains("mqtt-credentials.toml") && e.contains("credentials of `bed-1`: sha256"),
+            "{e}"
+        );
+        write("mqtt-credentials.toml", "[[credentials]]\nidentity = \"bed-1\"\n");
+        let e = validate_file(&site, &Env::default()).expect_err("missing fields").to_string();
+        assert!(e.contains("mqtt-credentials.toml"), "{e}");
     }
 }

@@ -37,7 +37,9 @@ pub struct MqttConfig {
     /// subscriptions and unacknowledged QoS 1 messages across a gateway restart.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// External mode: user name.
+    /// External mode: user name. `{client_id}` stands for each connection's own client id
+    /// (`username = "{client_id}"`: the bulk lane, the priority lane and the alert publisher each
+    /// log in under their client id, as a broker with `use_username_as_clientid` needs).
     #[serde(default)]
     pub username: Option<String>,
     /// External mode: password, from the environment or a file (`{ env = "VAR" }` / `{ file = "path" }`).
@@ -83,6 +85,9 @@ pub struct MqttConfig {
     #[serde(default)]
     pub access: crate::access::AccessConfig,
 }
+
+/// In `[mqtt] username`: each connection's own client id.
+pub const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
 
 /// See [`super::broker::DEFAULT_LOG_MB`].
 pub const DEFAULT_BROKER_LOG_MB: u64 = super::broker::DEFAULT_LOG_MB;
@@ -186,6 +191,20 @@ fn default_qos() -> u8 {
 }
 
 impl MqttConfig {
+    /// The client id of the gateway's bulk subscriber: `client_id`, or `nh-gateway-{site}`. The
+    /// priority lane's is this with `-ls`.
+    pub fn base_client_id(&self, site: &str) -> String {
+        self.client_id.clone().unwrap_or_else(|| format!("nh-gateway-{site}"))
+    }
+
+    /// The user name the connection with `client_id` logs in with: `username`, with
+    /// [`CLIENT_ID_PLACEHOLDER`] replaced by that client id.
+    pub fn username_for(&self, client_id: &str) -> Option<String> {
+        self.username
+            .as_deref()
+            .map(|u| u.replace(CLIENT_ID_PLACEHOLDER, client_id))
+    }
+
     /// Reports the section's own problems under `mqtt.*`; `profile_exists` says whether a
     /// `json_map` subscription's profile is defined.
     pub(crate) fn check(&self, profile_exists: impl Fn(&str) -> bool, d: &mut Diagnostics<'_>) {
@@ -260,5 +279,18 @@ mod tests {
         assert!(!valid_filter("a/#/b"));
         assert!(!valid_filter("a/b+/c"));
         assert!(!valid_filter(""));
+    }
+
+    #[test]
+    fn a_client_id_placeholder_in_the_username_is_each_connections_client_id() {
+        let mut c = MqttConfig::default();
+        assert_eq!(c.username_for("nh-gateway-s"), None);
+        assert_eq!(c.base_client_id("s"), "nh-gateway-s");
+        c.username = Some(CLIENT_ID_PLACEHOLDER.to_owned());
+        assert_eq!(c.username_for("nh-gateway-s-ls").as_deref(), Some("nh-gateway-s-ls"));
+        c.username = Some("gateway".to_owned());
+        assert_eq!(c.username_for("nh-gateway-s-ls").as_deref(), Some("gateway"));
+        c.client_id = Some("gw".to_owned());
+        assert_eq!(c.base_client_id("s"), "gw");
     }
 }
