@@ -232,7 +232,17 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let writer_done = w.watch_writer(writer)?;
 
     let http_addr = w
-        .start_http(opts.http, &rules, residents, site_time, alerts, delivery_stats)
+        .start_http(
+            http::Listen {
+                http: opts.http,
+                mqtt: broker.endpoint,
+            },
+            &rules,
+            residents,
+            site_time,
+            alerts,
+            delivery_stats,
+        )
         .await?;
     let Wiring {
         telemetry,
