@@ -30,6 +30,8 @@
 //!   alerts out of `nh/{site}/alerts`, timed.
 //! - [`capture`]: captures of real MQTT traffic: the file format, `nh-sim record` and
 //!   `nh-sim replay`.
+//! - [`provisioning`]: the provisioning file (the gateway's MQTT secrets, `[[identities]]` with
+//!   `name` and `secret`) behind `--provisioning-file`, read without the gateway crate.
 //!
 //! Each of these modules is also reachable at the crate root (`nh_sim::registry`,
 //! `nh_sim::load`, ...), the paths other crates use.
@@ -88,7 +90,7 @@ pub mod wire;
 mod test_broker;
 
 pub use model::{behaviour, facility, registry, schedule};
-pub use mqtt::{capture, fleet, link, load, probe, record, sink};
+pub use mqtt::{capture, fleet, link, load, probe, provisioning, record, sink};
 
 pub use clock::Clock;
 pub use fleet::{run_fleet, Fleet, RunOptions, Summary};

@@ -88,3 +88,48 @@ fn validate_lists_every_error_and_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_provisioning_file_with_several_identities_needs_username_and_never_shows_a_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("provisioning.toml");
+    let (a, b) = (
+        "00112233445566778899aabbccddeeff00112233",
+        "ffeeddccbbaa99887766554433221100ffeeddcc",
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "[[identities]]\nname = \"nh-sim\"\nsecret = \"{a}\"\n\n\
+             [[identities]]\nname = \"bed-101\"\nsecret = \"{b}\"\n"
+        ),
+    )
+    .expect("write");
+    let registry = config("test/devices.toml");
+    let base = [
+        "run",
+        "--registry",
+        registry.to_str().expect("path"),
+        "--broker",
+        "127.0.0.1:9",
+        "--provisioning-file",
+        file.to_str().expect("path"),
+    ];
+    // The login is chosen before any connection is tried.
+    let out = nh_sim(&base);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`nh-sim`") && stderr.contains("`bed-101`") && stderr.contains("--username"),
+        "{stderr}"
+    );
+    let named = [&base[..], &["--username", "door-7"][..]].concat();
+    let out = nh_sim(&named);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`door-7`") && stderr.contains("`bed-101`"), "{stderr}");
+    for out in [nh_sim(&base), nh_sim(&named)] {
+        let all = text(&out.stderr) + &text(&out.stdout);
+        assert!(!all.contains(a) && !all.contains(b), "{all}");
+    }
+}

@@ -45,7 +45,8 @@ enum Command {
     /// Run a demo facility (3 floors x 20 rooms, simulated devices) on the embedded defaults
     /// (in a binary built with `--features demo`).
     Demo {
-        /// Folder for the demo's journal (default: a new temporary folder).
+        /// Folder for the demo's journal, its configuration and MQTT credentials, and the
+        /// simulated fleet's provisioning file (default: a new temporary folder).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Simulated devices report this many times faster than real life.

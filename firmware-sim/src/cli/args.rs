@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use nh_sim::link::Credentials;
 use nh_sim::load::PayloadSize;
 use nh_sim::probe::Trigger;
+use nh_sim::provisioning::Provisioning;
 use nh_sim::{Clock, Format};
 
 /// Environment variable holding the MQTT password for --username.
@@ -103,7 +104,8 @@ pub(crate) struct ScenarioArgs {
     /// the file's grace_s, else 3).
     #[arg(long)]
     pub(crate) grace_s: Option<f64>,
-    /// MQTT client id prefix (default nh-sim-scenario-<pid>).
+    /// MQTT client id of the publisher, and prefix of the alerts subscriber's (`<id>-alerts`);
+    /// default the username with a login, else nh-sim-scenario-<pid>.
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
@@ -162,7 +164,7 @@ pub(crate) struct RunArgs {
     /// Write one JSON line per published message (canonical content) to this file.
     #[arg(long, value_name = "FILE")]
     pub(crate) record: Option<PathBuf>,
-    /// MQTT client id (default nh-sim-<site>-<pid>).
+    /// MQTT client id (default: the username with a login, else nh-sim-<site>-<pid>).
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     /// Mix rare realistic incidents (suspected falls, SOS presses) into the baseline.
@@ -177,16 +179,27 @@ pub(crate) struct RunArgs {
     pub(crate) clock: ClockArgs,
 }
 
-/// MQTT login: the password comes from the environment, never from the command line.
+/// MQTT login: the password comes from the environment or a provisioning file, never from the
+/// command line. With a login and no --client-id, the client id is the username.
 #[derive(Args)]
 pub(crate) struct LoginArgs {
-    /// MQTT username; the password is read from $NH_SIM_PASSWORD.
+    /// MQTT username; the password is read from $NH_SIM_PASSWORD, or with --provisioning-file
+    /// from that file (then the identity to use among those it lists).
     #[arg(long)]
     pub(crate) username: Option<String>,
+    /// Provisioning file with the MQTT secrets (`nh-gateway device-credentials
+    /// --provisioning-file`, or the one `nh-gateway demo` writes): log in as its only identity,
+    /// or as the one --username names.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) provisioning_file: Option<PathBuf>,
 }
 
 impl LoginArgs {
     pub(crate) fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        if let Some(file) = &self.provisioning_file {
+            let provisioning = Provisioning::load(file)?;
+            return provisioning.credentials(self.username.as_deref()).map(Some);
+        }
         let Some(username) = &self.username else {
             return Ok(None);
         };
@@ -221,7 +234,8 @@ pub(crate) struct LoadArgs {
     /// Wire format: canonical or zigbee2mqtt.
     #[arg(long, default_value = "canonical", value_parser = parse_format)]
     pub(crate) format: Format,
-    /// MQTT client id (default nh-sim-load-<pid>); give a fixed one with --clean-session false.
+    /// MQTT client id (default: the username with a login, else nh-sim-load-<pid>); give a fixed
+    /// one with --clean-session false.
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     /// MQTT clean session: `false` asks the broker to keep the session across reconnects (and
@@ -268,7 +282,7 @@ pub(crate) struct SinkArgs {
     /// Stop once nothing arrived for this many seconds after the first message.
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     pub(crate) idle_s: f64,
-    /// MQTT client id (default nh-sim-sink-<pid>).
+    /// MQTT client id (default: the username with a login, else nh-sim-sink-<pid>).
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
@@ -295,7 +309,7 @@ pub(crate) struct RecordArgs {
     /// Stop after this many messages.
     #[arg(long)]
     pub(crate) count: Option<u64>,
-    /// MQTT client id (default nh-sim-record-<pid>).
+    /// MQTT client id (default: the username with a login, else nh-sim-record-<pid>).
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
@@ -324,7 +338,7 @@ pub(crate) struct ReplayArgs {
     /// Seconds to wait for the last acknowledgements.
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub(crate) ack_wait_s: f64,
-    /// MQTT client id (default nh-sim-replay-<pid>).
+    /// MQTT client id (default: the username with a login, else nh-sim-replay-<pid>).
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
@@ -389,7 +403,8 @@ pub(crate) struct ProbeArgs {
     /// Seconds to wait for the last alerts.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub(crate) grace_s: f64,
-    /// MQTT client id (default nh-sim-probe-<pid>).
+    /// Prefix of the client ids (`<id>-sub`, `<id>-pub`; default nh-sim-probe-<pid>); with a
+    /// login and no --client-id the publisher's id is the username.
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::clock::{system_now_ms, Clock};
 use crate::model::registry::{self, Registry, RegistryErrors};
 use crate::model::schedule::Stream;
-use crate::mqtt::link::{Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
+use crate::mqtt::link::{client_id_or, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
 use crate::mqtt::record::Recorder;
 use crate::wire::Format;
 
@@ -66,7 +66,7 @@ impl Fleet {
 pub struct RunOptions {
     /// Broker address, `HOST:PORT`.
     pub broker: String,
-    /// MQTT client id; default `nh-sim-<site>-<pid>`.
+    /// MQTT client id; default the username with `credentials`, else `nh-sim-<site>-<pid>`.
     pub client_id: Option<String>,
     /// 0 or 1.
     pub qos: u8,
@@ -154,10 +154,9 @@ pub async fn run_fleet(fleet: Fleet, opts: RunOptions, shutdown: impl Future<Out
     // a fixed --test-clock-start gives the very same messages, timestamps included.
     let start_ms = if opts.fast { clock.start_virtual_ms } else { clock.now() };
     let site = fleet.registry.site.clone();
-    let client_id = opts
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("nh-sim-{site}-{}", std::process::id()));
+    let client_id = client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+        format!("nh-sim-{site}-{}", std::process::id())
+    });
     let mut link = Link::connect(&LinkOptions {
         connect_timeout: opts.connect_timeout,
         credentials: opts.credentials.clone(),

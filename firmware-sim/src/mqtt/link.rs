@@ -119,6 +119,20 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The client id of a connection: the one given, else the username when logging in (a gateway
+/// admits an identity only under its own name as client id), else `fallback()`.
+pub fn client_id_or(
+    given: Option<&str>,
+    credentials: Option<&Credentials>,
+    fallback: impl FnOnce() -> String,
+) -> String {
+    match (given, credentials) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(c)) => c.username.clone(),
+        (None, None) => fallback(),
+    }
+}
+
 /// Counters of a link, readable while it runs.
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -890,6 +904,19 @@ mod tests {
         assert_eq!(driver.stats.republished.load(Ordering::Relaxed), 3);
         assert_eq!(driver.stats.mapping_errors.load(Ordering::Relaxed), 0);
         assert!(eventloop.state.events.is_empty() && eventloop.pending.is_empty());
+    }
+
+    #[test]
+    fn the_client_id_is_the_username_unless_one_is_given() {
+        let c = Credentials {
+            username: "nh-sim".into(),
+            password: "s".into(),
+        };
+        let fallback = || "nh-sim-site-1".to_owned();
+        assert_eq!(client_id_or(None, Some(&c), fallback), "nh-sim");
+        assert_eq!(client_id_or(Some("mine"), Some(&c), fallback), "mine");
+        assert_eq!(client_id_or(None, None, fallback), "nh-sim-site-1");
+        assert_eq!(client_id_or(Some("mine"), None, fallback), "mine");
     }
 
     #[test]

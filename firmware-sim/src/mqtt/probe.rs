@@ -53,6 +53,9 @@ impl Trigger {
 pub struct ProbeOptions {
     pub broker: String,
     pub site: String,
+    /// Prefix of the two connections' ids (`<id>-sub`, `<id>-pub`); default
+    /// `nh-sim-probe-<pid>`. Without it and with `credentials`, the publisher's id is the
+    /// username (a gateway admits an identity under its own name only).
     pub client_id: Option<String>,
     /// Registered life-safety devices to set off, one reading each, in this order.
     pub devices: Vec<String>,
@@ -104,7 +107,11 @@ pub async fn run_probe(opts: ProbeOptions) -> anyhow::Result<ProbeSummary> {
     // sets TCP_NODELAY by default) would hold the alert until the probe's delayed ACK: about
     // 40 ms that no real subscriber pays.
     let (client, eventloop) = connect(&opts, format!("{id}-sub"))?;
-    let (publisher, publisher_loop) = connect(&opts, format!("{id}-pub"))?;
+    let publisher_id = match (&opts.client_id, &opts.credentials) {
+        (None, Some(c)) => c.username.clone(),
+        _ => format!("{id}-pub"),
+    };
+    let (publisher, publisher_loop) = connect(&opts, publisher_id)?;
     let publisher_driver = tokio::spawn(drive_publisher(publisher_loop));
     let arrivals: Arrivals = Arc::default();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel::<()>();

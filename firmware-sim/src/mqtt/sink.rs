@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::latency::Percentiles;
 use crate::mqtt::fleet::qos_of;
-use crate::mqtt::link::{client_options, Credentials};
+use crate::mqtt::link::{client_id_or, client_options, Credentials};
 
 /// What to subscribe to and when to stop.
 #[derive(Debug, Clone)]
@@ -76,10 +76,9 @@ pub fn stamp(payload: &[u8]) -> Option<i64> {
 /// until a stop condition holds.
 pub async fn run_sink(opts: SinkOptions, subscribed: impl FnOnce()) -> anyhow::Result<SinkSummary> {
     let qos = qos_of(opts.qos)?;
-    let id = opts
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("nh-sim-sink-{}", std::process::id()));
+    let id = client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+        format!("nh-sim-sink-{}", std::process::id())
+    });
     let mqtt = client_options(&opts.broker, id, opts.credentials.as_ref())?;
     let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
     // As the gateway's subscriber does: acknowledgements must not wait for Nagle's algorithm.

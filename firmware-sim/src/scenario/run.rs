@@ -18,7 +18,7 @@ use crate::clock::{system_now_ms, Clock};
 use crate::metrics::{round2, Value};
 use crate::model::behaviour::Report;
 use crate::model::schedule::{Message, Overlay, Stream};
-use crate::mqtt::link::{parse_broker, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
+use crate::mqtt::link::{client_id_or, parse_broker, Credentials, Link, LinkOptions, FIRST_CONNECT_TIMEOUT};
 
 /// A step as the overlay holds it: (absolute from, absolute until, action, pulse done).
 type ActiveStep = (i64, Option<i64>, Action, bool);
@@ -271,6 +271,9 @@ pub struct ScenarioOptions {
     /// The shared test clock, when given (its start is the scenario's virtual start); `None`: the
     /// system clock at scale 1 (a gateway on the real clock).
     pub clock: Option<Clock>,
+    /// The publisher's client id (default: the username with `credentials`, else
+    /// `nh-sim-scenario-<pid>`); the alerts subscriber's is `<client_id or
+    /// nh-sim-scenario-<pid>>-alerts`.
     pub client_id: Option<String>,
     pub credentials: Option<Credentials>,
     pub connect_timeout: Duration,
@@ -406,10 +409,9 @@ pub async fn run_scenario(
     let site = sc.registry.site.clone();
     let inbox: Inbox = Arc::default();
     let (sub_client, sub_task) = subscribe_alerts(&opts, &site, clock, inbox.clone()).await?;
-    let client_id = opts
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("nh-sim-scenario-{}", std::process::id()));
+    let client_id = client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+        format!("nh-sim-scenario-{}", std::process::id())
+    });
     let mut link = Link::connect(&LinkOptions {
         connect_timeout: opts.connect_timeout,
         credentials: opts.credentials.clone(),

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use super::alerts::Alerts;
-use super::{StartError, Wiring};
+use super::{MqttEndpoint, StartError, Wiring};
 use crate::alerts::delivery::{DeliveryStats, StreamState};
 use crate::api::alerts::AlertsApiState;
 use crate::api::control::ControlState;
@@ -19,20 +19,29 @@ use crate::config::Resident;
 use crate::rules::RuleSet;
 use crate::site_time::SiteTime;
 
+/// Where the HTTP stage listens, and where devices reach the MQTT side (for the page's
+/// "connect a device" help).
+pub(super) struct Listen {
+    /// `--http`; else `[http] listen`.
+    pub(super) http: Option<SocketAddr>,
+    pub(super) mqtt: MqttEndpoint,
+    /// The embedded broker's front door, for `/api/v1/mqtt/identities`.
+    pub(super) mqtt_access: Option<Arc<crate::access::events::AccessEvents>>,
+}
+
 impl Wiring {
     /// Listens on `--http` or `[http] listen` and serves every route; returns the address.
     pub(super) async fn start_http(
         &self,
-        listen: Option<SocketAddr>,
+        listen: Listen,
         rules: &RuleSet,
         residents: Vec<Resident>,
         site_time: SiteTime,
         alerts: Alerts,
         delivery_stats: Arc<DeliveryStats>,
-        mqtt_access: Option<Arc<crate::access::events::AccessEvents>>,
     ) -> Result<SocketAddr, StartError> {
         let config = &self.config;
-        let (listener, http_addr) = bind(listen.unwrap_or(config.http.listen)).await?;
+        let (listener, http_addr) = bind(listen.http.unwrap_or(config.http.listen)).await?;
         let auth = Arc::new(Auth::new(config.auth.clone()));
         if auth.is_empty() {
             warn!("no [[auth.operators]] or [[auth.tokens]] configured: every /api/v1 request is refused");
@@ -46,7 +55,7 @@ impl Wiring {
         state.auth = Some(auth.clone());
         state.clock = self.clock;
         state.offline_multiple = rules.offline_multiple();
-        state.mqtt_access = mqtt_access;
+        state.mqtt_access = listen.mqtt_access.clone();
         let status_telemetry = self.telemetry.clone();
         let stream = StreamState::new(
             self.journal_path.clone(),
@@ -62,6 +71,10 @@ impl Wiring {
                 id: config.site.id.clone(),
                 name: config.site.name.clone(),
                 timezone: config.site.timezone.clone(),
+                mqtt: match listen.mqtt {
+                    MqttEndpoint::Embedded(addr) => Some(addr.to_string()),
+                    MqttEndpoint::External => None,
+                },
             },
             self.journal_path.clone(),
         );

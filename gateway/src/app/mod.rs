@@ -233,7 +233,18 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
     let writer_done = w.watch_writer(writer)?;
 
     let http_addr = w
-        .start_http(opts.http, &rules, residents, site_time, alerts, delivery_stats, broker.access.clone())
+        .start_http(
+            http::Listen {
+                http: opts.http,
+                mqtt: broker.endpoint,
+                mqtt_access: broker.access.clone(),
+            },
+            &rules,
+            residents,
+            site_time,
+            alerts,
+            delivery_stats,
+        )
         .await?;
     let Wiring {
         telemetry,

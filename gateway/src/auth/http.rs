@@ -41,6 +41,11 @@ pub struct SiteInfo {
     pub name: String,
     /// IANA zone the page formats times in.
     pub timezone: String,
+    /// The embedded broker's address for devices (`HOST:PORT`; an unspecified host such as
+    /// `0.0.0.0` means every interface), shown in the page's "connect a device" help; `None`
+    /// with an external broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
 }
 
 impl AuthState {
@@ -291,6 +296,7 @@ mod tests {
             id: "s1".into(),
             name: "Test home".into(),
             timezone: "Asia/Shanghai".into(),
+            mqtt: Some("127.0.0.1:1883".into()),
         };
         let state = AuthState::new(auth.clone(), Clock::system(), site, db.clone());
         let (seq_tx, seq_rx) = tokio::sync::watch::channel(0u64);
@@ -384,6 +390,8 @@ mod tests {
             (Some("nurse1"), Some("operator"))
         );
         assert_eq!(me["site"]["timezone"], "Asia/Shanghai");
+        // Where devices connect, for the page's help; never a secret.
+        assert_eq!(me["site"]["mqtt"], "127.0.0.1:1883");
         let write = |cookie: String| {
             c.post(url("/api/v1/thing"))
                 .header("cookie", cookie)

@@ -2,11 +2,11 @@
 //! gateway would read it.
 //!
 //! The kind comes from the file's top-level tables (`[site]`, `[[devices]]`, `[[rules]]`,
-//! `[[modbus_maps]]`, `[[models]]`, `[[residents]]`), read from its table headers so that a file
-//! with a syntax error is still recognised and its errors reported with their lines. A site
-//! configuration is checked with every file it names (the MQTT identities and credentials files
-//! of `[mqtt.access]` included), its secrets' shape only: an environment variable is read at
-//! run time, so one that is unset here is not an error.
+//! `[[modbus_maps]]`, `[[models]]`, `[[residents]]`, `[[bridges]]` or `[[consumers]]`), read
+//! from its table headers so that a file with a syntax error is still recognised and its errors
+//! reported with their lines. A site configuration is checked with every file it names (the MQTT
+//! identities and credentials files of `[mqtt.access]` included), its secrets' shape only: an
+//! environment variable is read at run time, so one that is unset here is not an error.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,6 +29,8 @@ pub enum FileKind {
     Buttons,
     /// `[[residents]]` without `[site]`: a residents file.
     Residents,
+    /// `[[bridges]]` or `[[consumers]]` without `[site]`: an MQTT identities file.
+    Identities,
 }
 
 impl FileKind {
@@ -48,6 +50,8 @@ impl FileKind {
             FileKind::Buttons
         } else if has("residents") {
             FileKind::Residents
+        } else if has("bridges") || has("consumers") {
+            FileKind::Identities
         } else if has("devices") {
             FileKind::Registry
         } else {
@@ -92,6 +96,14 @@ pub fn validate_file(path: &Path, env: &Env) -> Result<String, ConfigErrors> {
             let (file, d) = diagnostics::parse_all::<ResidentsFile>(path, &text);
             let n = file.map_or(0, |f| f.residents.len());
             d.into_result(format!("{n} residents"))
+        }
+        FileKind::Identities => {
+            let f = crate::access::IdentitiesFile::load(path)?;
+            Ok(format!(
+                "MQTT identities, {} bridges, {} consumers",
+                f.bridges.len(),
+                f.consumers.len()
+            ))
         }
         FileKind::Registry => {
             let r = Registry::parse(path, &text)?;
@@ -152,6 +164,8 @@ mod tests {
         assert_eq!(FileKind::of("[site]\n[[modbus_maps]]\n"), FileKind::Site);
         assert_eq!(FileKind::of("[[models]]\n"), FileKind::Buttons);
         assert_eq!(FileKind::of("[[residents]]\n"), FileKind::Residents);
+        assert_eq!(FileKind::of("[[bridges]]\nname = \"z2m\"\n"), FileKind::Identities);
+        assert_eq!(FileKind::of("[[consumers]]\nname = \"bms\"\n"), FileKind::Identities);
         assert_eq!(
             FileKind::of("  [[devices]] # indented\n[[devices.x]]\n"),
             FileKind::Registry

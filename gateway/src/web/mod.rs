@@ -5,7 +5,8 @@
 //! every asset goes out with `Content-Security-Policy: default-src 'self'`, so the page can load
 //! nothing from elsewhere and runs no inline script or style. The assets live in `web/assets/`:
 //!
-//! - `index.html`: the page's skeleton (login form, board, facility, shift summary, audit log);
+//! - `index.html`: the page's skeleton (login form, board, facility with the "connect a
+//!   device" help, shift summary, audit log);
 //! - `app.css`: the dark theme;
 //! - `i18n.js`: the words in Chinese (default) and English;
 //! - `app.js`: session, SSE stream and heartbeat watchdog, tones, views;

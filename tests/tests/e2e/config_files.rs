@@ -20,7 +20,8 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Which program reads a config file: registries are read by both (`nh-sim` builds its fleet
 /// from them), site configurations, rule catalogs and register maps by the gateway, simulator
-/// scenarios and serial benches by `nh-sim`; the button table by the gateway.
+/// scenarios and serial benches by `nh-sim`; the button table and MQTT identities files by the
+/// gateway.
 #[test]
 fn every_file_in_config_is_valid() -> Result<()> {
     let mut files = Vec::new();
@@ -34,11 +35,13 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let is_maps = text.lines().any(|l| l.trim() == "[[modbus_maps]]");
         let is_residents = text.lines().any(|l| l.trim() == "[[residents]]");
         let is_buttons = text.lines().any(|l| l.trim() == "[[models]]");
+        let is_identities = text.lines().any(|l| l.trim() == "[[bridges]]" || l.trim() == "[[consumers]]");
         if is_registry
             || is_rules
             || is_maps
             || is_residents
             || is_buttons
+            || is_identities
             || text.lines().any(|l| l.trim() == "[site]")
         {
             programs.push("nh-gateway");

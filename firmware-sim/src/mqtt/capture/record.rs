@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{qos_of, Captured, Header, FORMAT};
 use crate::clock::Clock;
-use crate::mqtt::link::{client_options, Credentials};
+use crate::mqtt::link::{client_id_or, client_options, Credentials};
 
 /// What `record` subscribes to and when it stops.
 #[derive(Debug, Clone)]
@@ -52,10 +52,9 @@ pub async fn run_record(
         bail!("record needs at least one --filter");
     }
     let qos = qos_of(opts.qos)?;
-    let id = opts
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("nh-sim-record-{}", std::process::id()));
+    let id = client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+        format!("nh-sim-record-{}", std::process::id())
+    });
     let mqtt = client_options(&opts.broker, id, opts.credentials.as_ref())?;
     let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
     subscribe(&client, &opts.filters, qos).map_err(|e| anyhow!("subscribe: {e}"))?;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{qos_of, Capture};
 use crate::clock::Clock;
-use crate::mqtt::link::{Credentials, Link, LinkOptions};
+use crate::mqtt::link::{client_id_or, Credentials, Link, LinkOptions};
 
 /// How `replay` paces a capture.
 #[derive(Debug, Clone)]
@@ -57,9 +57,9 @@ pub async fn run_replay(opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     }
     let mut link_opts = LinkOptions::new(
         opts.broker.clone(),
-        opts.client_id
-            .clone()
-            .unwrap_or_else(|| format!("nh-sim-replay-{}", std::process::id())),
+        client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+            format!("nh-sim-replay-{}", std::process::id())
+        }),
     );
     link_opts.credentials = opts.credentials.clone();
     let mut link = Link::connect(&link_opts).await?;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::latency::Percentiles;
 use crate::mqtt::fleet::{qos_of, DEFAULT_ACK_TIMEOUT};
-use crate::mqtt::link::{Credentials, Link, LinkOptions, LinkStats, FIRST_CONNECT_TIMEOUT};
+use crate::mqtt::link::{client_id_or, Credentials, Link, LinkOptions, LinkStats, FIRST_CONNECT_TIMEOUT};
 use crate::wire::{canonical, zigbee2mqtt, Format};
 
 mod ack_record;
@@ -231,10 +231,9 @@ fn check(opts: &LoadOptions) -> anyhow::Result<QoS> {
 }
 
 async fn connect(opts: &LoadOptions) -> anyhow::Result<Link> {
-    let client_id = opts
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("nh-sim-load-{}", std::process::id()));
+    let client_id = client_id_or(opts.client_id.as_deref(), opts.credentials.as_ref(), || {
+        format!("nh-sim-load-{}", std::process::id())
+    });
     Link::connect(&LinkOptions {
         connect_timeout: opts.connect_timeout,
         credentials: opts.credentials.clone(),

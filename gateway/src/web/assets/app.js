@@ -762,6 +762,63 @@
     );
     $("facility-updated").textContent = S.devicesAt ? t("updated", { time: fmtTime(S.devicesAt) }) : "";
     if (S.selectedDevice) renderDevicePanel();
+    renderConnectHelp();
+  }
+
+  // ---------------------------------------------------------------- connect a device
+
+  /** Where devices reach the broker: `site.mqtt` of `/api/v1/me` (`HOST:PORT`), an
+   *  every-interface host replaced by the host this page came from; null with an external broker. */
+  function brokerAddress() {
+    const a = S.me && S.me.site && S.me.site.mqtt;
+    const i = a ? a.lastIndexOf(":") : -1;
+    if (i < 0) return null;
+    let host = a.slice(0, i).replace(/^\[|\]$/g, "");
+    const port = a.slice(i + 1);
+    const every = host === "0.0.0.0" || host === "::";
+    if (every) host = location.hostname.replace(/^\[|\]$/g, "") || host;
+    const loopback = !every && (host.startsWith("127.") || host === "::1" || host === "localhost");
+    return { host, port, loopback };
+  }
+
+  /** The "connect a device" help (admins, under the floors): the broker, the login (the device id
+   *  as username and client id, its secret), the command that makes a secret on the gateway's
+   *  machine, and a mosquitto_pub line with one canonical reading. It never holds a secret: the
+   *  gateway keeps only hashes. Filled in for the selected device, if any. */
+  function renderConnectHelp() {
+    const box = $("connect-body");
+    if (!S.me || !box) return;
+    const site = (S.me.site && S.me.site.id) || "<site>";
+    const id = S.selectedDevice || "<device-id>";
+    const b = brokerAddress();
+    const host = b ? b.host : "<host>";
+    const port = b ? b.port : "<port>";
+    const code = (text) => el("pre", null, el("code", { text }));
+    const payload = JSON.stringify({ seq: 1, metrics: { battery_pct: 87 } });
+    box.replaceChildren(
+      el("p", { className: "hint", text: t("connect_intro") }),
+      el(
+        "dl",
+        { className: "facts" },
+        el("dt", { text: t("connect_broker") }),
+        el("dd", { text: b ? `${host}:${port}` : t("connect_broker_external") }),
+        el("dt", { text: t("connect_username") }),
+        el("dd", { text: S.selectedDevice || t("connect_username_is") }),
+        el("dt", { text: t("connect_client_id") }),
+        el("dd", { text: S.selectedDevice || t("connect_client_id_is") }),
+        el("dt", { text: t("connect_password") }),
+        el("dd", { text: t("connect_password_is") })
+      ),
+      b && b.loopback ? el("p", { className: "hint", text: t("connect_loopback") }) : null,
+      el("p", { text: t("connect_secret_how") }),
+      code(`nh-gateway device-credentials --config site.toml --identity ${id}`),
+      el("p", { text: t("connect_try") }),
+      code(
+        `mosquitto_pub -h ${host} -p ${port} -q 1 -i ${id} -u ${id} -P '<secret>' ` +
+          `-t nh/${site}/${id}/telemetry -m '${payload}'`
+      ),
+      el("p", { className: "hint", text: t("connect_docs") })
+    );
   }
 
   function roomCard(name, devices, alarms) {
