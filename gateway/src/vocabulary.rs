@@ -59,6 +59,7 @@ const fn text(name: &'static str) -> MetricSpec {
 
 /// The whole vocabulary, sorted by name (looked up by binary search).
 pub const METRICS: &[MetricSpec] = &[
+    flag("access_refused"),
     choice("alarm_level_dev", ALARM_LEVELS),
     flag("battery_low"),
     num("battery_pct", "%EL", 0.0, 100.0),

@@ -279,11 +279,12 @@ fn shipped_catalog_parses_and_contains_r1_to_r18_and_s1() {
     for id in ["S2", "S3", "S4", "S5", "S6", "S7"] {
         assert!(ids.contains(&id), "missing {id} (self-supervision): {ids:?}");
     }
+    assert!(ids.contains(&"S8"), "missing S8 (MQTT access refused): {ids:?}");
     for id in ["R21", "R22", "R23", "R24"] {
         assert!(ids.contains(&id), "missing {id}: {ids:?}");
     }
     assert!(ids.contains(&"S10"), "missing S10 (broker log overrun): {ids:?}");
-    assert_eq!(set.len(), 30);
+    assert_eq!(set.len(), 31);
     assert_eq!(set.escalation_s(Priority::P1), &[60, 180]);
     assert_eq!(set.escalation_s(Priority::P2), &[180, 600]);
     assert_eq!(set.escalation_s(Priority::P3), &[1800]);
@@ -649,6 +650,14 @@ fn self_supervision_flags_raise_s2_to_s7_at_once_and_event_flags_latch() {
         ("gateway:journal", "journal_dropping", true, "S5", Priority::P2, true),
         ("gateway:journal", "journal_recovered", true, "S6", Priority::P2, true),
         ("gateway:clock", "clock_jumped", true, "S7", Priority::P3, true),
+        (
+            "gateway:access:smoke-1",
+            "access_refused",
+            true,
+            "S8",
+            Priority::P2,
+            false,
+        ),
     ];
     for (device, metric, bad, rule, priority, latching) in cases {
         let mut b = Bench::new();
