@@ -208,7 +208,10 @@ impl Wiring {
         };
         let priority_id = format!("{}-ls", base_cfg.client_id);
         let priority = MqttSourceConfig {
-            username: config.mqtt.username_for(&priority_id),
+            username: match &broker.own_login {
+                Some((user, _)) => Some(user.clone()),
+                None => config.mqtt.username_for(&priority_id),
+            },
             client_id: priority_id,
             routes: lane_routes,
             lane: Lane::Priority,
