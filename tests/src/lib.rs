@@ -7,12 +7,20 @@
 //! - [`Gateway`]: the `nh-gateway` binary, started and waited for on its `ready` line
 //!   ([`wait_ready`] reads that line from any gateway's stdout).
 //! - [`sim`]: runs the `nh-sim` binary.
+//! - MQTT access: every site a test writes without an `[mqtt.access]` section gets
+//!   [`LOOPBACK_ACCESS`] (clients on 127.0.0.1 publish without credentials, as before access
+//!   control); a test of access control writes its own section and identities file
+//!   ([`write_site`]), provisions secrets with `nh-gateway device-credentials` ([`provision`],
+//!   [`provision_all`]: [`Provisioned`]), writes the external broker's files with
+//!   `nh-gateway mosquitto-config` ([`mosquitto_config`]) and starts Mosquitto on them
+//!   ([`Mosquitto::start_generated`]).
+//! - [`mqtt_cli`]: `mosquitto_pub` and `mosquitto_sub` as third-party clients.
 //! - [`fault_proxy`]: an HTTP proxy in front of VictoriaMetrics that injects 5xx, timeouts and
 //!   400s, to exercise the InfluxDB forwarder's error paths against the real database.
 //! - helpers to read `/metrics` and to wait for a condition with a deadline ([`wait_for`],
 //!   [`wait_until`]): tests wait for what they can observe, never for a fixed time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod fault_proxy;
+pub mod mqtt_cli;
 pub mod webdriver;
 
 /// The workspace root (this crate sits in `tests/`).
@@ -138,7 +147,7 @@ pub async fn tcp_accepts(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -146,7 +155,7 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
+pub(crate) fn require(name: &str, sbin: &[&str]) -> Result<PathBuf> {
     which(name)
         .or_else(|| sbin.iter().map(PathBuf::from).find(|p| p.exists()))
         .ok_or_else(|| {
@@ -271,6 +280,9 @@ pub struct Series {
 pub struct Mosquitto {
     pub port: u16,
     persistent: bool,
+    /// Configuration lines after the harness's `listener` line in place of its own
+    /// (`allow_anonymous true`, persistence): see [`Mosquitto::start_with_snippet`].
+    snippet: Option<String>,
     proc: Option<Proc>,
     dir: TempDir,
 }
@@ -288,11 +300,117 @@ impl Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             persistent,
+            snippet: None,
             proc: None,
             dir,
         };
         m.restart().await?;
         Ok(m)
+    }
+
+    /// A broker on `port` (0: a free one) whose configuration is the harness's `listener` line
+    /// followed by `snippet` (no anonymous access unless the snippet allows it, no persistence
+    /// unless it asks for it; without a `persistence_location` of its own the file goes to
+    /// [`Mosquitto::dir`]). The listener comes first because Mosquitto applies listener settings
+    /// such as `use_username_as_clientid` to the listener defined before them.
+    pub async fn start_with_snippet(port: u16, snippet: &str) -> Result<Self> {
+        let dir = TempDir::new("mosquitto")?;
+        let mut m = Mosquitto {
+            port: if port == 0 { free_port() } else { port },
+            persistent: false,
+            snippet: Some(snippet.to_owned()),
+            proc: None,
+            dir,
+        };
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// A broker on `port` (0: a free one) configured by the files `nh-gateway mosquitto-config
+    /// --out OUT` wrote: `OUT/mosquitto.conf` (the snippet), `OUT/passwords`, `OUT/acl`.
+    ///
+    /// The snippet is used line for line after the harness's own `listener` line, except that
+    /// `password_file`, `acl_file` and `persistence_location` point at copies in the broker's
+    /// folder: run as root, Mosquitto reads them as the `mosquitto` user, which cannot enter a
+    /// test's private temporary folder. The paths the snippet names must exist (relative ones
+    /// are taken from OUT). `listener`, `port`, `bind_address` and `log_dest` lines of the snippet
+    /// are left out (the harness owns the listener and the log).
+    pub async fn start_generated(out: &Path, port: u16) -> Result<Self> {
+        let dir = TempDir::new("mosquitto")?;
+        let conf_path = out.join("mosquitto.conf");
+        let generated = std::fs::read_to_string(&conf_path)
+            .with_context(|| format!("reading the generated {}", conf_path.display()))?;
+        let mut snippet = String::new();
+        let mut copied = Vec::new();
+        for line in generated.lines() {
+            let trimmed = line.trim();
+            let (key, value) = trimmed
+                .split_once(char::is_whitespace)
+                .map(|(k, v)| (k, v.trim()))
+                .unwrap_or((trimmed, ""));
+            match key {
+                "password_file" | "acl_file" => {
+                    let named = Path::new(value);
+                    let source = if named.is_absolute() {
+                        named.to_path_buf()
+                    } else {
+                        out.join(named)
+                    };
+                    if !source.is_file() {
+                        bail!(
+                            "{}: `{key} {value}` names no file ({} does not exist)",
+                            conf_path.display(),
+                            source.display()
+                        );
+                    }
+                    let copy = dir.path().join(if key == "password_file" { "passwords" } else { "acl" });
+                    std::fs::copy(&source, &copy)
+                        .with_context(|| format!("copying {} for mosquitto", source.display()))?;
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644))?;
+                    }
+                    snippet.push_str(&format!("{key} {}\n", copy.display()));
+                    copied.push(key);
+                }
+                "persistence_location" => {
+                    snippet.push_str(&format!("persistence_location {}/\n", dir.path().display()));
+                }
+                "listener" | "port" | "bind_address" | "log_dest" => {}
+                _ => {
+                    snippet.push_str(line);
+                    snippet.push('\n');
+                }
+            }
+        }
+        for key in ["password_file", "acl_file"] {
+            if !copied.contains(&key) {
+                bail!("{} has no `{key}` line:\n{generated}", conf_path.display());
+            }
+        }
+        let mut m = Mosquitto {
+            port: if port == 0 { free_port() } else { port },
+            persistent: false,
+            snippet: Some(snippet),
+            proc: None,
+            dir,
+        };
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// The broker's folder (its configuration, log and persistence file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running broker's log so far (`log_type all` with a snippet: every CONNECT, denied
+    /// PUBLISH and SUBACK).
+    pub fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Stops the broker with SIGTERM (it saves its persistence file).
@@ -314,26 +432,39 @@ impl Mosquitto {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777))?;
         }
-        let persistence = if self.persistent {
-            format!(
-                "persistence true\npersistence_location {}/\nautosave_interval 0\nmax_queued_messages 0\n",
-                self.dir.path().display()
-            )
-        } else {
-            "persistence false\nmax_queued_messages 1000000\n".to_owned()
+        let text = match &self.snippet {
+            Some(snippet) => {
+                // Mosquitto's default is its working folder: keep a persistence file out of the tree.
+                let location = if snippet.contains("persistence_location") {
+                    String::new()
+                } else {
+                    format!("persistence_location {}/\n", self.dir.path().display())
+                };
+                format!(
+                    "listener {port} 127.0.0.1\n{snippet}\n{location}message_size_limit 1048576\nlog_dest stderr\nlog_type all\n"
+                )
+            }
+            None => {
+                let persistence = if self.persistent {
+                    format!(
+                        "persistence true\npersistence_location {}/\nautosave_interval 0\nmax_queued_messages 0\n",
+                        self.dir.path().display()
+                    )
+                } else {
+                    "persistence false\nmax_queued_messages 1000000\n".to_owned()
+                };
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+                     # The default of 20 caps a subscriber that acknowledges after a commit.\n\
+                     max_inflight_messages 1000\n\
+                     # Small packets (acks, alerts) must not wait for Nagle's algorithm and a delayed\n\
+                     # ACK: without it about one alert in 100 took 40 ms more (nh-bench).\n\
+                     set_tcp_nodelay true\n\
+                     message_size_limit 1048576\nlog_dest stderr\n"
+                )
+            }
         };
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
-                 # The default of 20 caps a subscriber that acknowledges after a commit.\n\
-                 max_inflight_messages 1000\n\
-                 # Small packets (acks, alerts) must not wait for Nagle's algorithm and a delayed\n\
-                 # ACK: without it about one alert in 100 took 40 ms more (nh-bench).\n\
-                 set_tcp_nodelay true\n\
-                 message_size_limit 1048576\nlog_dest stderr\n"
-            ),
-        )?;
+        std::fs::write(&conf, text)?;
         let log = self.dir.path().join(format!("mosquitto-{}.log", free_port()));
         let child = Command::new(exe)
             .arg("-c")
@@ -380,6 +511,7 @@ impl Gateway {
     /// As [`Gateway::start`], with extra arguments.
     pub async fn start_with(config: &Path, env: &[(&str, String)], log_dir: &Path, args: &[&str]) -> Result<Self> {
         let log = log_dir.join(format!("gateway-{}.log", free_port()));
+        add_loopback_access(config)?;
         add_test_token(config)?;
         let mut cmd = Command::new(bin("nh-gateway"));
         cmd.arg("run")
@@ -418,6 +550,29 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// Stops the gateway with SIGTERM and waits for it to exit, at most `timeout` (after which
+    /// it is killed and this is an error: a clean stop that hangs is a bug).
+    pub async fn stop(&mut self, timeout: Duration) -> Result<()> {
+        if self.proc.child.try_wait()?.is_some() {
+            bail!("the gateway had already exited; log:\n{}", self.proc.log_tail());
+        }
+        let status = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        let child = &mut self.proc.child;
+        let exited = wait_until("the gateway to exit after SIGTERM", timeout, Duration::from_millis(20), || {
+            std::future::ready(child.try_wait().map_err(anyhow::Error::from))
+        })
+        .await;
+        if let Err(e) = exited {
+            let _ = self.proc.child.kill();
+            let _ = self.proc.child.wait();
+            return Err(e.context(self.proc.log_tail()));
+        }
+        Ok(())
     }
 
     /// `/metrics` as `name{labels}` -> value.
@@ -617,11 +772,229 @@ pub mod sim {
     }
 }
 
-/// Writes a gateway configuration into `dir` and returns its path.
+/// Writes a gateway configuration into `dir` and returns its path. A site without an
+/// `[mqtt.access]` section gets [`LOOPBACK_ACCESS`].
 pub fn write_config(dir: &Path, body: &str) -> Result<PathBuf> {
     let p = dir.join("gateway.toml");
-    std::fs::write(&p, body)?;
+    std::fs::write(&p, with_loopback_access(body).unwrap_or_else(|| body.to_owned()))?;
     Ok(p)
+}
+
+/// The `[mqtt.access]` section of the sites the tests write without one: clients on this
+/// machine publish without credentials (with a bridge's rights for every device, never on the
+/// gateway's own topics), as every test did before access control. Tests of access control
+/// write their own section.
+pub const LOOPBACK_ACCESS: &str = "\n[mqtt.access]\nanonymous = \"loopback\"\n";
+
+/// `text` with [`LOOPBACK_ACCESS`] appended, when it is a site configuration of the embedded
+/// broker without an `[mqtt.access]` section; `None` when it has one, runs an external broker,
+/// or is not valid TOML (a test of the gateway's own diagnostics).
+pub fn with_loopback_access(text: &str) -> Option<String> {
+    let table: toml::Table = text.parse().ok()?;
+    let mqtt = table.get("mqtt").and_then(|m| m.as_table());
+    if mqtt.is_some_and(|m| m.contains_key("access") || m.get("mode").and_then(|v| v.as_str()) == Some("external")) {
+        return None;
+    }
+    let mut out = text.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(LOOPBACK_ACCESS);
+    // An inline `mqtt = { ... }` table cannot take a section: leave such a file alone.
+    out.parse::<toml::Table>().ok().map(|_| out)
+}
+
+/// Adds [`LOOPBACK_ACCESS`] to a configuration file that needs it (see [`with_loopback_access`]).
+pub fn add_loopback_access(config: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    if let Some(with) = with_loopback_access(&text) {
+        std::fs::write(config, with)?;
+    }
+    Ok(())
+}
+
+/// The files of a site with access control in `dir`: `devices.toml` (`registry`),
+/// `mqtt-identities.toml` (`identities`, when given) and `gateway.toml` (`config`, which names
+/// them and carries its own `[mqtt.access]`). Returns the configuration's path.
+pub fn write_site(dir: &Path, config: &str, registry: &str, identities: Option<&str>) -> Result<PathBuf> {
+    std::fs::write(dir.join("devices.toml"), registry)?;
+    if let Some(text) = identities {
+        std::fs::write(dir.join("mqtt-identities.toml"), text)?;
+    }
+    write_config(dir, config)
+}
+
+/// The secrets of a provisioning file (`[[identities]] name, secret`: the written contract
+/// between `nh-gateway device-credentials` and whoever provisions devices), by identity.
+#[derive(Clone)]
+pub struct Provisioned {
+    pub file: PathBuf,
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Provisioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioned")
+            .field("file", &self.file)
+            .field("identities", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ProvisioningToml {
+    #[serde(default)]
+    identities: Vec<ProvisionedToml>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProvisionedToml {
+    name: String,
+    secret: String,
+}
+
+impl Provisioned {
+    /// Reads a provisioning file.
+    pub fn load(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let parsed: ProvisioningToml =
+            toml::from_str(&text).with_context(|| format!("{} is no provisioning file", file.display()))?;
+        let mut secrets = BTreeMap::new();
+        for i in parsed.identities {
+            if secrets.insert(i.name.clone(), i.secret).is_some() {
+                bail!("{}: `{}` is listed twice", file.display(), i.name);
+            }
+        }
+        Ok(Provisioned {
+            file: file.to_owned(),
+            secrets,
+        })
+    }
+
+    /// `name`'s secret.
+    pub fn secret(&self, name: &str) -> Result<&str> {
+        self.secrets
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("no secret for `{name}` in {}", self.file.display()))
+    }
+}
+
+/// Runs `nh-gateway device-credentials --config CONFIG SELECTION... --provisioning-file FILE`
+/// (`selection`: `--identity NAME` pairs, `--all`, `--missing`) and reads the file back. The
+/// command must succeed and must not print a secret (they go to the file only).
+pub fn device_credentials(config: &Path, selection: &[&str], provisioning: &Path) -> Result<Provisioned> {
+    let out = Command::new(bin("nh-gateway"))
+        .arg("device-credentials")
+        .arg("--config")
+        .arg(config)
+        .args(selection)
+        .arg("--provisioning-file")
+        .arg(provisioning)
+        .output()
+        .context("running nh-gateway device-credentials")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("nh-gateway device-credentials {selection:?}: {}\n{stdout}{stderr}", out.status);
+    }
+    let provisioned = Provisioned::load(provisioning)?;
+    if let Some(name) = provisioned
+        .secrets
+        .iter()
+        .find(|(_, secret)| stdout.contains(secret.as_str()) || stderr.contains(secret.as_str()))
+        .map(|(name, _)| name)
+    {
+        bail!("nh-gateway device-credentials printed the secret of `{name}` although it wrote a provisioning file");
+    }
+    Ok(provisioned)
+}
+
+/// New secrets for `names` (devices, bridges, consumers), in `provisioning.toml` beside `config`.
+pub fn provision(config: &Path, names: &[&str]) -> Result<Provisioned> {
+    let mut selection = Vec::with_capacity(names.len() * 2);
+    for name in names {
+        selection.push("--identity");
+        selection.push(*name);
+    }
+    device_credentials(config, &selection, &provisioning_file_beside(config))
+}
+
+/// New secrets for every identity of the site, in `provisioning.toml` beside `config`.
+pub fn provision_all(config: &Path) -> Result<Provisioned> {
+    device_credentials(config, &["--all"], &provisioning_file_beside(config))
+}
+
+fn provisioning_file_beside(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .map(|d| d.join("provisioning.toml"))
+        .unwrap_or_else(|| PathBuf::from("provisioning.toml"))
+}
+
+/// Runs `nh-gateway mosquitto-config --config CONFIG --out OUT` (OUT/passwords, OUT/acl,
+/// OUT/mosquitto.conf); see [`Mosquitto::start_generated`].
+pub fn mosquitto_config(config: &Path, out: &Path) -> Result<()> {
+    let run = Command::new(bin("nh-gateway"))
+        .arg("mosquitto-config")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .context("running nh-gateway mosquitto-config")?;
+    if !run.status.success() {
+        bail!(
+            "nh-gateway mosquitto-config: {}\n{}{}",
+            run.status,
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Raises this process's soft limit of open files to `want` (at most the hard limit), with
+/// `prlimit`, when it is lower; children started afterwards inherit it. Returns the soft limit
+/// in force. A test holding thousands of connections (and the gateway it starts) needs it.
+pub fn raise_open_files_limit(want: u64) -> Result<u64> {
+    let (soft, hard) = open_files_limit()?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    let target = want.min(hard);
+    let hard_text = if hard == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        hard.to_string()
+    };
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={target}:{hard_text}"))
+        .status()
+        .context("running prlimit (util-linux) to raise the open files limit")?;
+    if !status.success() {
+        bail!("prlimit --nofile={target}:{hard_text} failed: {status}");
+    }
+    Ok(open_files_limit()?.0)
+}
+
+/// (soft, hard) limits of open files of this process, from /proc (`unlimited` as `u64::MAX`).
+fn open_files_limit() -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow!("no `Max open files` in /proc/self/limits"))?;
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    let value = |i: usize| -> Result<u64> {
+        match fields.get(i) {
+            Some(&"unlimited") => Ok(u64::MAX),
+            Some(v) => Ok(v.parse()?),
+            None => bail!("bad line `{line}`"),
+        }
+    };
+    Ok((value(0)?, value(1)?))
 }
 
 /// CPU time (user + system, seconds) and resident memory (bytes) of a process, from /proc.
@@ -661,6 +1034,20 @@ mod tests {
         let external = parse_ready("ready http=127.0.0.1:40001 mqtt=external").ok();
         assert_eq!(external.and_then(|r| r.mqtt), None);
         assert!(parse_ready("ready mqtt=127.0.0.1:40002").is_err());
+    }
+
+    #[test]
+    fn sites_without_access_control_get_loopback_access() {
+        let plain = "[site]\nid = \"x\"\n[mqtt]\nmode = \"embedded\"\n";
+        let with = with_loopback_access(plain).unwrap_or_default();
+        assert!(with.starts_with(plain) && with.ends_with(LOOPBACK_ACCESS), "{with}");
+        assert_eq!(with_loopback_access(&with), None, "added once");
+        let no_mqtt_section = "[site]\nid = \"x\"\n[registry]\nfile = \"devices.toml\"";
+        assert!(with_loopback_access(no_mqtt_section).is_some_and(|t| t.contains("devices.toml\"\n\n[mqtt.access]")));
+        let own = "[site]\nid = \"x\"\n[mqtt.access]\nanonymous = \"refuse\"\n";
+        assert_eq!(with_loopback_access(own), None);
+        assert_eq!(with_loopback_access("[site]\n[mqtt]\nmode = \"external\"\n"), None);
+        assert_eq!(with_loopback_access("[site\n"), None, "not TOML: left to the gateway's diagnostics");
     }
 
     #[tokio::test]

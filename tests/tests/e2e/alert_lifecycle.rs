@@ -152,7 +152,7 @@ async fn unacknowledged_p1_escalates_at_60_and_180_s_and_ack_stops_it() -> Resul
     // x10: the 60 s and 180 s tiers take 6 s and 18 s of real time.
     let site = Site::new("escalation", 10.0)?;
     let gw = site.gateway().await?;
-    let (client, mut alerts) = connect(&gw, "sos-1").await?;
+    let (client, mut alerts) = connect(&gw, "escalation-tester").await?;
     let clock = site.clock();
     publish(&client, "sos-1", clock.now_ms(), r#"{"sos":true}"#).await?;
 

@@ -17,6 +17,9 @@
 //! - `config_files`: every file under `config/` is validated by the program that reads it.
 //! - `process`: one gateway per journal, a dying stage stops the process, unclean starts.
 //! - `memory`: RSS stays bounded under steady load with the embedded broker's log capped.
+//! - `mqtt_access`: MQTT identities and their rights with third-party clients: refused CONNECTs,
+//!   spoofed publishes and wills, the preheat attack, a Zigbee2MQTT bridge, Mosquitto on the
+//!   generated files, and 2,000 devices reconnecting after a restart.
 
 mod alert_lifecycle;
 mod bad_input;
@@ -27,6 +30,7 @@ mod config_files;
 mod docs;
 mod influx_faults;
 mod memory;
+mod mqtt_access;
 mod pipeline;
 mod process;
 mod replay_fixture;
