@@ -125,8 +125,9 @@ pub async fn run(data: Option<PathBuf>, speed: f64, mut opts: RunOptions) -> any
 /// fleet's login.
 fn provision_fleet(data_dir: &Path, provisioning: &Path) -> anyhow::Result<nh_sim::link::Credentials> {
     let credentials = data_dir.join(DEFAULT_CREDENTIALS_FILE);
-    let secrets = crate::provisioning::provision::provision(&credentials, &[FLEET_IDENTITY.to_owned()], Some(provisioning))
-        .context("making the simulated fleet's MQTT secret")?;
+    let secrets =
+        crate::provisioning::provision::provision(&credentials, &[FLEET_IDENTITY.to_owned()], Some(provisioning))
+            .context("making the simulated fleet's MQTT secret")?;
     let password = secrets
         .into_iter()
         .find(|(name, _)| name == FLEET_IDENTITY)
@@ -156,8 +157,14 @@ fn load_config(data_dir: &Path) -> anyhow::Result<Loaded> {
             .with_context(|| format!("writing {name} into {}", data_dir.display()))?;
     }
     let site_path = data_dir.join("site.toml");
-    let mut loaded = config::load_str(&site_path, &site_toml, data_dir, &Env::from_process(), Some(DEVICES_TOML))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut loaded = config::load_str(
+        &site_path,
+        &site_toml,
+        data_dir,
+        &Env::from_process(),
+        Some(DEVICES_TOML),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The identities and credentials of the data folder, whatever the demo file says.
     let access = &mut loaded.config.mqtt.access;
     access.identities = Some(data_dir.join(IDENTITIES_FILE));

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use nh_gateway::access::files::CredentialsFile;
-use nh_gateway::provisioning::{mosquitto, provision};
 use nh_gateway::app::{self, RunOptions};
 use nh_gateway::auth;
 use nh_gateway::clock::Clock;
 use nh_gateway::config::{self, Env};
+use nh_gateway::provisioning::{mosquitto, provision};
 
 /// jemalloc instead of glibc's malloc: the buffers the embedded broker's log frees are reused
 /// and returned instead of fragmenting per-thread arenas, so RSS stays flat under a steady load

@@ -363,7 +363,9 @@ impl Mosquitto {
                             source.display()
                         );
                     }
-                    let copy = dir.path().join(if key == "password_file" { "passwords" } else { "acl" });
+                    let copy = dir
+                        .path()
+                        .join(if key == "password_file" { "passwords" } else { "acl" });
                     std::fs::copy(&source, &copy)
                         .with_context(|| format!("copying {} for mosquitto", source.display()))?;
                     {
@@ -563,9 +565,12 @@ impl Gateway {
             bail!("kill -TERM {} failed", self.pid);
         }
         let child = &mut self.proc.child;
-        let exited = wait_until("the gateway to exit after SIGTERM", timeout, Duration::from_millis(20), || {
-            std::future::ready(child.try_wait().map_err(anyhow::Error::from))
-        })
+        let exited = wait_until(
+            "the gateway to exit after SIGTERM",
+            timeout,
+            Duration::from_millis(20),
+            || std::future::ready(child.try_wait().map_err(anyhow::Error::from)),
+        )
         .await;
         if let Err(e) = exited {
             let _ = self.proc.child.kill();
@@ -896,7 +901,10 @@ pub fn device_credentials(config: &Path, selection: &[&str], provisioning: &Path
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("nh-gateway device-credentials {selection:?}: {}\n{stdout}{stderr}", out.status);
+        bail!(
+            "nh-gateway device-credentials {selection:?}: {}\n{stdout}{stderr}",
+            out.status
+        );
     }
     let provisioned = Provisioned::load(provisioning)?;
     if let Some(name) = provisioned
@@ -1047,7 +1055,11 @@ mod tests {
         let own = "[site]\nid = \"x\"\n[mqtt.access]\nanonymous = \"refuse\"\n";
         assert_eq!(with_loopback_access(own), None);
         assert_eq!(with_loopback_access("[site]\n[mqtt]\nmode = \"external\"\n"), None);
-        assert_eq!(with_loopback_access("[site\n"), None, "not TOML: left to the gateway's diagnostics");
+        assert_eq!(
+            with_loopback_access("[site\n"),
+            None,
+            "not TOML: left to the gateway's diagnostics"
+        );
     }
 
     #[tokio::test]

@@ -110,7 +110,13 @@ pub fn connack_code(output: &str) -> Option<u8> {
 
 /// Publishes `payload` on `topic` with QoS 1 as `login`, with `extra` arguments (a will:
 /// `--will-topic T --will-payload P --will-qos 1`), and waits for the client to exit.
-pub async fn publish(broker: SocketAddr, login: &Login, topic: &str, payload: &str, extra: &[&str]) -> Result<PubOutcome> {
+pub async fn publish(
+    broker: SocketAddr,
+    login: &Login,
+    topic: &str,
+    payload: &str,
+    extra: &[&str],
+) -> Result<PubOutcome> {
     let exe = require("mosquitto_pub", &[])?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["-d", "-V", "mqttv311", "-q", "1", "-h"])
@@ -299,7 +305,9 @@ mod tests {
 
     #[test]
     fn received_messages_are_told_from_the_trace() {
-        assert!(is_trace("Client subx received PUBLISH (d0, q1, r0, m1, 'a/x', ... (19 bytes))"));
+        assert!(is_trace(
+            "Client subx received PUBLISH (d0, q1, r0, m1, 'a/x', ... (19 bytes))"
+        ));
         assert!(is_trace("Subscribed (mid: 1): 1, 1"));
         assert!(!is_trace("nh/s/dev-1/telemetry {\"metrics\":{\"x\":1}}"));
     }

@@ -60,8 +60,8 @@ pub struct Provisioning {
 impl Provisioning {
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Provisioning> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading the provisioning file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the provisioning file {}", path.display()))?;
         Provisioning::parse_from(&text, &path.display().to_string())
     }
 
@@ -184,7 +184,10 @@ mod tests {
     fn several_without_username_is_an_error_naming_the_choices() {
         let p = Provisioning::parse(&two()).expect("parses");
         let e = p.credentials(None).expect_err("ambiguous").to_string();
-        assert!(e.contains("`nh-sim`") && e.contains("`bed-101`") && e.contains("--username"), "{e}");
+        assert!(
+            e.contains("`nh-sim`") && e.contains("`bed-101`") && e.contains("--username"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -223,7 +226,10 @@ mod tests {
              [[identities]]\nname = \"a\"\nsecret = \"{SECRET_B}\"\n"
         );
         let e = Provisioning::parse(&twice).expect_err("twice").to_string();
-        assert!(e.contains("twice") && !e.contains(SECRET_A) && !e.contains(SECRET_B), "{e}");
+        assert!(
+            e.contains("twice") && !e.contains(SECRET_A) && !e.contains(SECRET_B),
+            "{e}"
+        );
     }
 
     #[test]

@@ -117,7 +117,16 @@ impl AccessEvents {
         }
         warn!(identity = %key, reason = reason.as_str(), %peer, "MQTT act refused");
         let topic = topic.map(|t| t.chars().take(MAX_TOPIC_CHARS).collect());
-        if self.tx.try_send(Refusal { key, reason, peer, topic }).is_err() {
+        if self
+            .tx
+            .try_send(Refusal {
+                key,
+                reason,
+                peer,
+                topic,
+            })
+            .is_err()
+        {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -130,7 +139,11 @@ impl AccessEvents {
     pub fn connected(&self, who: &Identity) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
         let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
-        let key = if who.kind == Kind::Anonymous { ANONYMOUS } else { who.name.as_str() };
+        let key = if who.kind == Kind::Anonymous {
+            ANONYMOUS
+        } else {
+            who.name.as_str()
+        };
         map.entry(key.to_owned())
             .or_insert_with(|| IdentityCounts {
                 kind: who.kind.as_str(),
@@ -142,7 +155,11 @@ impl AccessEvents {
     pub fn disconnected(&self, who: &Identity) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
         let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
-        let key = if who.kind == Kind::Anonymous { ANONYMOUS } else { who.name.as_str() };
+        let key = if who.kind == Kind::Anonymous {
+            ANONYMOUS
+        } else {
+            who.name.as_str()
+        };
         if let Some(c) = map.get_mut(key) {
             c.connected = c.connected.saturating_sub(1);
         }
@@ -285,7 +302,9 @@ impl Watcher {
             });
             f.audited_ms = now;
             f.unaudited = 0;
-            self.audit.record(now, format!("mqtt:{}", r.key), "mqtt_refused", detail).await;
+            self.audit
+                .record(now, format!("mqtt:{}", r.key), "mqtt_refused", detail)
+                .await;
         }
         if !f.up {
             f.up = true;

@@ -45,7 +45,11 @@ pub const DEFAULT_CREDENTIALS_FILE: &str = "mqtt-credentials.toml";
 
 impl AccessConfig {
     pub fn credentials_path(&self, config_dir: &Path) -> PathBuf {
-        config_dir.join(self.credentials.as_deref().unwrap_or(Path::new(DEFAULT_CREDENTIALS_FILE)))
+        config_dir.join(
+            self.credentials
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_CREDENTIALS_FILE)),
+        )
     }
 
     pub fn identities_path(&self, config_dir: &Path) -> Option<PathBuf> {
@@ -114,14 +118,20 @@ impl IdentitiesFile {
             for b in &f.bridges {
                 for filter in b.publish.iter().chain(b.subscribe.iter().flatten()) {
                     if !super::valid_filter(filter) {
-                        diags.at_key(&format!("bridges.{}", b.name), format!("`{filter}` is not a valid topic filter"));
+                        diags.at_key(
+                            &format!("bridges.{}", b.name),
+                            format!("`{filter}` is not a valid topic filter"),
+                        );
                     }
                 }
             }
             for c in &f.consumers {
                 for filter in c.subscribe.iter().flatten() {
                     if !super::valid_filter(filter) {
-                        diags.at_key(&format!("consumers.{}", c.name), format!("`{filter}` is not a valid topic filter"));
+                        diags.at_key(
+                            &format!("consumers.{}", c.name),
+                            format!("`{filter}` is not a valid topic filter"),
+                        );
                     }
                 }
             }
@@ -203,7 +213,8 @@ pub struct ProvisioningFile {
     pub identities: Vec<ProvisionedSecret>,
 }
 
-pub const PROVISIONING_HEADER: &str = "# MQTT secrets for provisioning devices, written by `nh-gateway device-credentials`.\n\
+pub const PROVISIONING_HEADER: &str =
+    "# MQTT secrets for provisioning devices, written by `nh-gateway device-credentials`.\n\
 # Readable by its owner only. Load each secret into its device, then delete this file: the\n\
 # gateway keeps only salted hashes and cannot show a secret again.\n\n";
 
@@ -237,7 +248,10 @@ impl ProvisioningFile {
 /// Writes `text` to `path` through a temporary file created with mode 0600, then renamed.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),

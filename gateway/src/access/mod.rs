@@ -171,7 +171,10 @@ impl Reason {
 pub enum Admission {
     Admitted(Arc<Identity>),
     /// Refused, with the identity it claimed (`None`: no or an unknown username) and why.
-    Refused { claimed: Option<Arc<Identity>>, reason: Reason },
+    Refused {
+        claimed: Option<Arc<Identity>>,
+        reason: Reason,
+    },
 }
 
 /// The identities of a site and their rights.
@@ -192,7 +195,12 @@ pub const DEFAULT_ZIGBEE_BASE: &str = "zigbee2mqtt";
 /// Loads a site's identities: the registry's devices, the identities file of `config` (paths
 /// relative to `base`) and the stored credentials. `zigbee_bases`: the base topics of the site's
 /// Zigbee2MQTT subscriptions.
-pub fn load(registry: &Registry, config: &AccessConfig, base: &std::path::Path, zigbee_bases: &[String]) -> Result<Policy, ConfigErrors> {
+pub fn load(
+    registry: &Registry,
+    config: &AccessConfig,
+    base: &std::path::Path,
+    zigbee_bases: &[String],
+) -> Result<Policy, ConfigErrors> {
     let identities = match config.identities_path(base) {
         Some(p) => IdentitiesFile::load(&p)?,
         None => IdentitiesFile::default(),
@@ -291,7 +299,10 @@ impl Policy {
         }
         for b in &identities.bridges {
             if map.contains_key(&b.name) {
-                error(format!("bridge `{}`: the name is already a device or another identity", b.name));
+                error(format!(
+                    "bridge `{}`: the name is already a device or another identity",
+                    b.name
+                ));
                 continue;
             }
             let mut publish = Vec::new();
@@ -306,7 +317,9 @@ impl Policy {
                     publish.extend(device_patterns(id));
                 }
             }
-            if b.devices.iter().any(|id| id != "*" && registry.get(id).and_then(|d| d.zigbee_name.as_ref()).is_some())
+            if b.devices
+                .iter()
+                .any(|id| id != "*" && registry.get(id).and_then(|d| d.zigbee_name.as_ref()).is_some())
                 || (b.devices.iter().any(|id| id == "*") && registry.devices().iter().any(|d| d.zigbee_name.is_some()))
             {
                 // Zigbee2MQTT's own state, availability and will.
@@ -331,7 +344,10 @@ impl Policy {
         }
         for c in &identities.consumers {
             if map.contains_key(&c.name) {
-                error(format!("consumer `{}`: the name is already a device or another identity", c.name));
+                error(format!(
+                    "consumer `{}`: the name is already a device or another identity",
+                    c.name
+                ));
                 continue;
             }
             let subscribe = match &c.subscribe {
@@ -350,7 +366,10 @@ impl Policy {
         }
         for name in credentials.names() {
             if !map.contains_key(name) {
-                tracing::warn!(identity = name, "MQTT credentials for an identity that no longer exists: ignored");
+                tracing::warn!(
+                    identity = name,
+                    "MQTT credentials for an identity that no longer exists: ignored"
+                );
             }
         }
         if !errors.is_empty() {

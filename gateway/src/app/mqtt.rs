@@ -14,14 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{MqttEndpoint, StartError, Wiring};
+use crate::access::events::{AccessEvents, Watcher};
+use crate::access::Policy;
+use crate::auth::http::AuditWriter;
 use crate::config::{DecoderKind, MqttMode, Secret};
 use crate::decode::Decoder;
 use crate::journal::{Ingest, WriterHandle};
 use crate::normalize::Normalizer;
 use crate::registry::Registry;
-use crate::access::events::{AccessEvents, Watcher};
-use crate::access::Policy;
-use crate::auth::http::AuditWriter;
 use crate::sources::broker;
 use crate::sources::gatekeeper::{Gatekeeper, INTERNAL_USER};
 use crate::sources::mqtt::{topic_matches, AckPolicy, Lane, MqttSource, MqttSourceConfig, Route, Select};
@@ -103,7 +103,8 @@ impl Wiring {
                 // subscriptions only.
                 let limits = broker::BrokerLimits::split(mqtt.broker_log_mb, subscriptions);
                 let secret = Secret::new(
-                    crate::access::credentials::generate_secret().map_err(|e| StartError::Thread(std::io::Error::other(e)))?,
+                    crate::access::credentials::generate_secret()
+                        .map_err(|e| StartError::Thread(std::io::Error::other(e)))?,
                 );
                 let b = broker::start(
                     ([127, 0, 0, 1], 0).into(),

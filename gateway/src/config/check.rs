@@ -184,15 +184,17 @@ mod tests {
             "site = \"nh-s\"\n[[devices]]\nid = \"bed-1\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n",
         );
         let site = dir.path().join("site.toml");
-        let config = |access: &str| {
-            format!("[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[mqtt.access]\n{access}")
-        };
+        let config =
+            |access: &str| format!("[site]\nid = \"nh-s\"\n[registry]\nfile = \"d.toml\"\n[mqtt.access]\n{access}");
         std::fs::write(&site, config("")).expect("write");
         validate_file(&site, &Env::default()).expect("no identities file, no credentials yet: valid");
 
         std::fs::write(&site, config("identities = \"ids.toml\"\n")).expect("write");
         let e = validate_file(&site, &Env::default()).expect_err("missing").to_string();
-        assert!(e.contains("ids.toml") && e.contains("cannot read the MQTT identities file"), "{e}");
+        assert!(
+            e.contains("ids.toml") && e.contains("cannot read the MQTT identities file"),
+            "{e}"
+        );
 
         write("ids.toml", "[[consumers]]\nname = \"control-room\"\n");
         write(
@@ -205,7 +207,9 @@ mod tests {
             "{e}"
         );
         write("mqtt-credentials.toml", "[[credentials]]\nidentity = \"bed-1\"\n");
-        let e = validate_file(&site, &Env::default()).expect_err("missing fields").to_string();
+        let e = validate_file(&site, &Env::default())
+            .expect_err("missing fields")
+            .to_string();
         assert!(e.contains("mqtt-credentials.toml"), "{e}");
     }
 }

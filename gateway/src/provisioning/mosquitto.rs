@@ -253,7 +253,9 @@ pub fn gateway_users(config: &Config, config_dir: &Path) -> anyhow::Result<Gatew
              (password = {{ env = \"NH_MQTT_PASSWORD\" }} or {{ file = \"...\" }})"
         )
     })?;
-    let password = source.resolve(config_dir).map_err(|e| anyhow!("[mqtt] password: {e}"))?;
+    let password = source
+        .resolve(config_dir)
+        .map_err(|e| anyhow!("[mqtt] password: {e}"))?;
     anyhow::ensure!(!password.expose().is_empty(), "[mqtt] password is empty");
     let base = mqtt.base_client_id(site);
     let mut client_ids = vec![base.clone()];
@@ -262,7 +264,11 @@ pub fn gateway_users(config: &Config, config_dir: &Path) -> anyhow::Result<Gatew
     }
     let user = |client_id: &str| mqtt.username_for(client_id).unwrap_or_default();
     let subscribers: Vec<String> = client_ids.iter().map(|c| user(c.as_str())).collect();
-    let publisher = user(crate::alerts::delivery::MqttAlertsConfig::new(site.clone(), "", 0).client_id().as_str());
+    let publisher = user(
+        crate::alerts::delivery::MqttAlertsConfig::new(site.clone(), "", 0)
+            .client_id()
+            .as_str(),
+    );
     let mut salt = [0u8; 12];
     getrandom::getrandom(&mut salt).map_err(|e| anyhow!("no randomness: {e}"))?;
     Ok(GatewayUsers {
@@ -380,7 +386,10 @@ mod tests {
     #[test]
     fn a_device_writes_and_reads_its_own_topics() {
         let f = rendered();
-        assert_eq!(block(&f.acl, "bed-1"), ["topic write nh/nh-s/bed-1/#", "topic read nh/nh-s/bed-1/#"]);
+        assert_eq!(
+            block(&f.acl, "bed-1"),
+            ["topic write nh/nh-s/bed-1/#", "topic read nh/nh-s/bed-1/#"]
+        );
         assert_eq!(
             block(&f.acl, "lamp-1"),
             [
@@ -464,7 +473,10 @@ mod tests {
                 "wide",
             ]
         );
-        assert!(f.warnings.iter().any(|w| w.contains("device `bed-2` has no credentials")));
+        assert!(f
+            .warnings
+            .iter()
+            .any(|w| w.contains("device `bed-2` has no credentials")));
         assert!(f.warnings.iter().any(|w| w.contains("`gone`")));
         assert!(!f.acl.contains("user bed-2"));
         assert!(f.conf.contains("password_file /etc/mosquitto/nh/passwords\n"));
@@ -493,9 +505,12 @@ mod tests {
         assert!(valid_hash(&g.hash));
         assert_eq!(c.mqtt.username_for("x-ls").as_deref(), Some("x-ls"));
 
-        let e = gateway_users(&parse(&text("username = \"gw\"\npassword = { file = \"pw\" }\n")), dir.path())
-            .expect_err("one user for three connections")
-            .to_string();
+        let e = gateway_users(
+            &parse(&text("username = \"gw\"\npassword = { file = \"pw\" }\n")),
+            dir.path(),
+        )
+        .expect_err("one user for three connections")
+        .to_string();
         assert!(e.contains("{client_id}"), "{e}");
         let e = gateway_users(&parse(&text("username = \"{client_id}\"\n")), dir.path())
             .expect_err("no password")

@@ -228,7 +228,10 @@ mod tests {
         assert_eq!(select(&policy, &[], true, false).expect("all"), ["bed-1", "bed-2"]);
         assert_eq!(select(&policy, &[], true, true).expect("missing"), ["bed-2"]);
         let named = ["bed-2".to_owned(), "bed-1".to_owned(), "bed-2".to_owned()];
-        assert_eq!(select(&policy, &named, false, false).expect("named"), ["bed-2", "bed-1"]);
+        assert_eq!(
+            select(&policy, &named, false, false).expect("named"),
+            ["bed-2", "bed-1"]
+        );
         let e = select(&policy, &["bed-9".to_owned(), "bed-1".to_owned()], false, false)
             .expect_err("unknown")
             .to_string();

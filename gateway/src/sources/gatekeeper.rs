@@ -109,7 +109,12 @@ impl Gatekeeper {
     async fn session(&self, mut client: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(1024);
         // CONNECT
-        let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client, &mut buf, self.max_packet_bytes)).await {
+        let connect = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            read_frame(&mut client, &mut buf, self.max_packet_bytes),
+        )
+        .await
+        {
             Ok(Ok(Some(frame))) => frame,
             _ => return Ok(()),
         };
@@ -159,7 +164,8 @@ impl Gatekeeper {
             let allowed = std::str::from_utf8(&w.topic).is_ok_and(|t| self.policy.may_publish(&identity, t));
             if !allowed {
                 let topic = String::from_utf8_lossy(&w.topic).into_owned();
-                self.events.refused(Some(&identity), Reason::Will, peer.ip(), Some(topic));
+                self.events
+                    .refused(Some(&identity), Reason::Will, peer.ip(), Some(topic));
                 return connack(&mut client, NOT_AUTHORIZED).await;
             }
         }
@@ -178,13 +184,21 @@ impl Gatekeeper {
             password: self.internal_secret.expose().to_owned(),
         };
         let mut out = BytesMut::new();
-        if V4.write(Packet::Connect(connect, None, will, None, Some(internal)), &mut out).is_err() {
+        if V4
+            .write(Packet::Connect(connect, None, will, None, Some(internal)), &mut out)
+            .is_err()
+        {
             return Ok(());
         }
         upstream.write_all(&out).await?;
         // rumqttd's CONNACK, read before anything else can close this connection.
         let mut up_buf = BytesMut::with_capacity(1024);
-        let connack_frame = match tokio::time::timeout(UPSTREAM_TIMEOUT, read_frame(&mut upstream, &mut up_buf, usize::MAX >> 4)).await {
+        let connack_frame = match tokio::time::timeout(
+            UPSTREAM_TIMEOUT,
+            read_frame(&mut upstream, &mut up_buf, usize::MAX >> 4),
+        )
+        .await
+        {
             Ok(Ok(Some(f))) => f,
             _ => return Ok(()),
         };

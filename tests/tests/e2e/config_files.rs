@@ -35,7 +35,9 @@ fn every_file_in_config_is_valid() -> Result<()> {
         let is_maps = text.lines().any(|l| l.trim() == "[[modbus_maps]]");
         let is_residents = text.lines().any(|l| l.trim() == "[[residents]]");
         let is_buttons = text.lines().any(|l| l.trim() == "[[models]]");
-        let is_identities = text.lines().any(|l| l.trim() == "[[bridges]]" || l.trim() == "[[consumers]]");
+        let is_identities = text
+            .lines()
+            .any(|l| l.trim() == "[[bridges]]" || l.trim() == "[[consumers]]");
         if is_registry
             || is_rules
             || is_maps
