@@ -1,5 +1,5 @@
 //! Criterion benches of the hot pure functions: each decoder, normalization, line-protocol
-//! formatting and rule evaluation per reading; and the journal's group commit (a full bulk
+//! formatting and rule evaluation per reading; the MQTT front door's per-message access check; and the journal's group commit (a full bulk
 //! transaction, and what a single life-safety reading costs), on a real SQLite file.
 //!
 //! ```sh
@@ -308,8 +308,65 @@ fn journal_commit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The per-message checks of the embedded broker's front door on a site of 2,000 devices (half
+/// of them behind Zigbee2MQTT): a device on its own and on another's topic, a bridge for every
+/// device on the last device's topic and on a topic it may not use, and a CONNECT's credential
+/// check (salted SHA-256, constant-time comparison).
+fn access_check(c: &mut Criterion) {
+    use nh_gateway::access::credentials::{entry_for, generate_secret, CredentialStore};
+    use nh_gateway::access::files::{BridgeEntry, CredentialsFile, IdentitiesFile};
+    use nh_gateway::access::{Anonymous, Policy};
+    let mut text = format!("site = \"{SITE}\"\n");
+    for i in 0..2000 {
+        text.push_str(&format!("[[devices]]\nid = \"dev-{i}\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n"));
+        if i % 2 == 0 {
+            text.push_str(&format!("zigbee_name = \"smoke_{i}\"\n"));
+        }
+    }
+    let registry = Registry::parse(Path::new("devices.toml"), &text).expect("registry");
+    let identities = IdentitiesFile {
+        bridges: vec![BridgeEntry {
+            name: "hub".into(),
+            devices: vec!["*".into()],
+            publish: Vec::new(),
+            subscribe: None,
+        }],
+        ..IdentitiesFile::default()
+    };
+    let secret = generate_secret().expect("secret");
+    let file = CredentialsFile {
+        credentials: vec![entry_for("dev-7", &secret).expect("entry")],
+    };
+    let store = CredentialStore::from_file(&file).expect("store");
+    let policy = Policy::build(&registry, &identities, store, Anonymous::Refuse, &["zigbee2mqtt".to_owned()])
+        .expect("policy");
+    let device = policy.identity("dev-7").expect("device").clone();
+    let bridge = policy.identity("hub").expect("bridge").clone();
+    let own = format!("nh/{SITE}/dev-7/telemetry");
+    let foreign = format!("nh/{SITE}/dev-8/telemetry");
+    let last = format!("nh/{SITE}/dev-1999/telemetry");
+    let zigbee = "zigbee2mqtt/smoke_1998".to_owned();
+    let alerts = format!("nh/{SITE}/alerts");
+    assert!(policy.may_publish(&device, &own) && !policy.may_publish(&device, &foreign));
+    assert!(policy.may_publish(&bridge, &last) && policy.may_publish(&bridge, &zigbee));
+    assert!(!policy.may_publish(&bridge, &alerts));
+    let mut g = c.benchmark_group("access_check");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("device_own_topic", |b| b.iter(|| policy.may_publish(&device, black_box(&own))));
+    g.bench_function("device_foreign_topic", |b| b.iter(|| policy.may_publish(&device, black_box(&foreign))));
+    g.bench_function("bridge_2000_devices", |b| b.iter(|| policy.may_publish(&bridge, black_box(&last))));
+    g.bench_function("bridge_2000_devices_zigbee", |b| b.iter(|| policy.may_publish(&bridge, black_box(&zigbee))));
+    g.bench_function("bridge_refused_alerts", |b| b.iter(|| policy.may_publish(&bridge, black_box(&alerts))));
+    let peer: std::net::IpAddr = [192, 168, 1, 20].into();
+    g.bench_function("connect_credentials", |b| {
+        b.iter(|| policy.admit(peer, black_box("dev-7"), Some(("dev-7", black_box(secret.as_str())))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    access_check,
     decoders,
     normalize,
     line_protocol,

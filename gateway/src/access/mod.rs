@@ -17,7 +17,7 @@ pub mod credentials;
 pub mod events;
 pub mod files;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -117,6 +117,50 @@ pub struct Identity {
     pub kind: Kind,
     pub publish: Vec<Pattern>,
     pub subscribe: Vec<Pattern>,
+    /// The publish patterns of the form `a/b/#` (all of a device's), by their literal prefix
+    /// `a/b`: a bridge for hundreds of devices is checked with a few hash lookups.
+    publish_prefixes: HashSet<String>,
+    /// The other publish patterns, checked one by one.
+    publish_other: Vec<Pattern>,
+}
+
+impl Identity {
+    pub fn new(name: String, kind: Kind, publish: Vec<Pattern>, subscribe: Vec<Pattern>) -> Identity {
+        let mut publish_prefixes = HashSet::new();
+        let mut publish_other = Vec::new();
+        for p in &publish {
+            match p.as_str().strip_suffix("/#") {
+                Some(prefix) if !prefix.contains(['+', '#']) => {
+                    publish_prefixes.insert(prefix.to_owned());
+                }
+                _ => publish_other.push(p.clone()),
+            }
+        }
+        Identity {
+            name,
+            kind,
+            publish,
+            subscribe,
+            publish_prefixes,
+            publish_other,
+        }
+    }
+
+    /// Whether one of the identity's publish patterns matches `topic`.
+    fn publishes_on(&self, topic: &str) -> bool {
+        if !self.publish_prefixes.is_empty() {
+            // `a/b/#` matches `a/b` and everything below it: try each level boundary.
+            if self.publish_prefixes.contains(topic) {
+                return true;
+            }
+            for (i, _) in topic.match_indices('/') {
+                if self.publish_prefixes.contains(&topic[..i]) {
+                    return true;
+                }
+            }
+        }
+        self.publish_other.iter().any(|p| p.matches(topic))
+    }
 }
 
 /// What a refused act was; the label of `nh_mqtt_refused_total{reason}`.
@@ -241,12 +285,7 @@ impl Policy {
             reserved: vec![Pattern::new(&format!("nh/{site}/alerts"))],
             credentials: CredentialStore::default(),
             anonymous: Anonymous::Refuse,
-            anonymous_identity: Arc::new(Identity {
-                name: "anonymous".into(),
-                kind: Kind::Anonymous,
-                publish: Vec::new(),
-                subscribe: Vec::new(),
-            }),
+            anonymous_identity: Arc::new(Identity::new("anonymous".into(), Kind::Anonymous, Vec::new(), Vec::new())),
         }
     }
 
@@ -289,12 +328,7 @@ impl Policy {
             let pats = device_patterns(&d.id);
             map.insert(
                 d.id.clone(),
-                Arc::new(Identity {
-                    name: d.id.clone(),
-                    kind: Kind::Device,
-                    publish: pats.clone(),
-                    subscribe: pats,
-                }),
+                Arc::new(Identity::new(d.id.clone(), Kind::Device, pats.clone(), pats)),
             );
         }
         for b in &identities.bridges {
@@ -334,12 +368,7 @@ impl Policy {
             };
             map.insert(
                 b.name.clone(),
-                Arc::new(Identity {
-                    name: b.name.clone(),
-                    kind: Kind::Bridge,
-                    publish,
-                    subscribe,
-                }),
+                Arc::new(Identity::new(b.name.clone(), Kind::Bridge, publish, subscribe)),
             );
         }
         for c in &identities.consumers {
@@ -356,12 +385,7 @@ impl Policy {
             };
             map.insert(
                 c.name.clone(),
-                Arc::new(Identity {
-                    name: c.name.clone(),
-                    kind: Kind::Consumer,
-                    publish: Vec::new(),
-                    subscribe,
-                }),
+                Arc::new(Identity::new(c.name.clone(), Kind::Consumer, Vec::new(), subscribe)),
             );
         }
         for name in credentials.names() {
@@ -375,12 +399,7 @@ impl Policy {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let anonymous_identity = Arc::new(Identity {
-            name: "anonymous".into(),
-            kind: Kind::Anonymous,
-            publish: vec![Pattern::new("#")],
-            subscribe: vec![Pattern::new("#")],
-        });
+        let anonymous_identity = Arc::new(Identity::new("anonymous".into(), Kind::Anonymous, vec![Pattern::new("#")], vec![Pattern::new("#")]));
         Ok(Policy {
             reserved: vec![Pattern::new(&format!("nh/{site}/alerts"))],
             site,
@@ -460,7 +479,7 @@ impl Policy {
         if self.reserved.iter().any(|r| r.matches(topic)) {
             return false;
         }
-        who.publish.iter().any(|p| p.matches(topic))
+        who.publishes_on(topic)
     }
 
     /// Whether `who` may subscribe to `filter`.
