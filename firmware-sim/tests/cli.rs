@@ -133,3 +133,70 @@ fn a_provisioning_file_with_several_identities_needs_username_and_never_shows_a_
         assert!(!all.contains(a) && !all.contains(b), "{all}");
     }
 }
+
+#[test]
+fn scenario_and_alert_probe_with_a_login_need_a_watch_identity_before_connecting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("provisioning.toml");
+    let (bridge, watch) = (
+        "00112233445566778899aabbccddeeff00112233",
+        "ffeeddccbbaa99887766554433221100ffeeddcc",
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "[[identities]]\nname = \"nh-sim\"\nsecret = \"{bridge}\"\n\n\
+             [[identities]]\nname = \"nh-sim-watch\"\nsecret = \"{watch}\"\n"
+        ),
+    )
+    .expect("write");
+    let scenario = config("scenarios/r01-fall-confirmed.toml");
+    let file = file.to_str().expect("path");
+    // Port 9 (discard): nothing answers MQTT there, and nothing may be tried before the check.
+    let commands: [Vec<&str>; 2] = [
+        vec![
+            "scenario",
+            scenario.to_str().expect("path"),
+            "--broker",
+            "127.0.0.1:9",
+            "--provisioning-file",
+            file,
+            "--username",
+            "nh-sim",
+        ],
+        vec![
+            "alert-probe",
+            "--broker",
+            "127.0.0.1:9",
+            "--site",
+            "nh-test",
+            "--provisioning-file",
+            file,
+            "--username",
+            "nh-sim",
+        ],
+    ];
+    for args in &commands {
+        let out = nh_sim(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("--watch-username") && stderr.contains("consumer identity"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("cannot connect") && !stderr.contains("SUBACK") && !stderr.contains("SubAck"),
+            "{args:?} tried the broker: {stderr}"
+        );
+        // The same identity for both connections is refused as well.
+        let same = [&args[..], &["--watch-username", "nh-sim"][..]].concat();
+        let out = nh_sim(&same);
+        assert!(!out.status.success(), "{same:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("consumer identity"), "{same:?}: {stderr}");
+        for out in [nh_sim(args), nh_sim(&same)] {
+            let all = text(&out.stderr) + &text(&out.stdout);
+            assert!(!all.contains(bridge) && !all.contains(watch), "{all}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use nh_sim::link::Credentials;
@@ -14,6 +14,10 @@ use nh_sim::{Clock, Format};
 
 /// Environment variable holding the MQTT password for --username.
 const PASSWORD_ENV: &str = "NH_SIM_PASSWORD";
+
+/// Environment variable holding the MQTT password for --watch-username (without
+/// --provisioning-file).
+const WATCH_PASSWORD_ENV: &str = "NH_SIM_WATCH_PASSWORD";
 
 #[derive(Parser)]
 #[command(
@@ -104,12 +108,18 @@ pub(crate) struct ScenarioArgs {
     /// the file's grace_s, else 3).
     #[arg(long)]
     pub(crate) grace_s: Option<f64>,
-    /// MQTT client id of the publisher, and prefix of the alerts subscriber's (`<id>-alerts`);
-    /// default the username with a login, else nh-sim-scenario-<pid>.
+    /// MQTT client id of the publisher (default the username with a login, else
+    /// nh-sim-scenario-<pid>), and without --watch-username the prefix of the alerts
+    /// subscriber's (`<id>-alerts`).
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
     pub(crate) login: LoginArgs,
+    /// Consumer identity the alerts subscriber logs in as (its username and client id); needed
+    /// with a login, since one identity cannot hold two connections. Its password comes from
+    /// --provisioning-file, else from $NH_SIM_WATCH_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) watch_username: Option<String>,
     #[command(flatten)]
     pub(crate) clock: ClockArgs,
 }
@@ -194,20 +204,112 @@ pub(crate) struct LoginArgs {
     pub(crate) provisioning_file: Option<PathBuf>,
 }
 
+/// The logins of a command that opens a publisher and an alerts subscriber (`scenario`,
+/// `alert-probe`). `Debug` shows the usernames, never a password.
+#[derive(Debug)]
+pub(crate) struct Logins {
+    /// The publisher's login (a bridge identity), if any.
+    pub(crate) publisher: Option<Credentials>,
+    /// The alerts subscriber's login (a consumer identity, `--watch-username`), if any.
+    pub(crate) watcher: Option<Credentials>,
+}
+
+/// Reads an environment variable (unset or not UTF-8: `None`).
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 impl LoginArgs {
     pub(crate) fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
-        if let Some(file) = &self.provisioning_file {
-            let provisioning = Provisioning::load(file)?;
-            return provisioning.credentials(self.username.as_deref()).map(Some);
+        let provisioning = self.provisioning()?;
+        self.credentials_from(provisioning.as_ref(), &env_var)
+    }
+
+    /// The publisher's login and the alerts subscriber's (`watch_username`, from the same
+    /// provisioning file or from $NH_SIM_WATCH_PASSWORD); see `logins_from`.
+    pub(crate) fn with_watcher(&self, watch_username: Option<&str>) -> anyhow::Result<Logins> {
+        let provisioning = self.provisioning()?;
+        self.logins_from(watch_username, provisioning.as_ref(), &env_var)
+    }
+
+    fn provisioning(&self) -> anyhow::Result<Option<Provisioning>> {
+        self.provisioning_file.as_deref().map(Provisioning::load).transpose()
+    }
+
+    /// The login, given the provisioning file (already read) and the environment `env`.
+    fn credentials_from(
+        &self,
+        provisioning: Option<&Provisioning>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<Credentials>> {
+        if let Some(p) = provisioning {
+            return p.credentials(self.username.as_deref()).map(Some);
         }
         let Some(username) = &self.username else {
             return Ok(None);
         };
-        let password = std::env::var(PASSWORD_ENV).with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
+        let password = env(PASSWORD_ENV).with_context(|| format!("--username needs ${PASSWORD_ENV}"))?;
         Ok(Some(Credentials {
             username: username.clone(),
             password,
         }))
+    }
+
+    /// The two logins of a publisher and its alerts subscriber, given the provisioning file
+    /// (already read) and the environment `env`:
+    /// - the publisher's as [`LoginArgs::credentials`] reads it, except that a provisioning file
+    ///   whose identities are the watch identity and one other logs the publisher in as that
+    ///   other without --username;
+    /// - the subscriber's: `watch_username` with its secret from the provisioning file, or
+    ///   without a file from $NH_SIM_WATCH_PASSWORD.
+    ///
+    /// A publisher login without a watch login is an error (the gateway ties client ids to
+    /// usernames and one identity cannot hold two connections), and so is the same identity
+    /// for both. Neither login (anonymous, as on a gateway's loopback) is fine.
+    fn logins_from(
+        &self,
+        watch_username: Option<&str>,
+        provisioning: Option<&Provisioning>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Logins> {
+        let publisher = match (provisioning, self.username.as_deref(), watch_username) {
+            (Some(p), None, Some(watch)) => {
+                let others: Vec<&str> = p.names().filter(|n| *n != watch).collect();
+                match others.as_slice() {
+                    [only] => Some(p.credentials(Some(*only))?),
+                    _ => self.credentials_from(provisioning, env)?,
+                }
+            }
+            _ => self.credentials_from(provisioning, env)?,
+        };
+        let watcher = match (watch_username, provisioning) {
+            (None, _) => None,
+            (Some(watch), Some(p)) => Some(
+                p.credentials(Some(watch))
+                    .context("the alerts subscriber's login (--watch-username)")?,
+            ),
+            (Some(watch), None) => Some(Credentials {
+                username: watch.to_owned(),
+                password: env(WATCH_PASSWORD_ENV)
+                    .with_context(|| format!("--watch-username needs ${WATCH_PASSWORD_ENV}"))?,
+            }),
+        };
+        match (&publisher, &watcher) {
+            (Some(p), None) => bail!(
+                "the alerts subscriber needs a consumer identity of its own: give --watch-username NAME \
+                 (a [[consumers]] identity of the gateway allowed nh/{{site}}/alerts, its secret in the \
+                 same --provisioning-file or in ${WATCH_PASSWORD_ENV}); the publisher logs in as `{}`, \
+                 and one identity cannot hold two connections",
+                p.username
+            ),
+            (Some(p), Some(w)) if p.username == w.username => bail!(
+                "--watch-username `{}` is the publisher's identity too: the alerts subscriber needs a \
+                 consumer identity of its own (one identity cannot hold two connections)",
+                w.username
+            ),
+            _ => {}
+        }
+        Ok(Logins { publisher, watcher })
     }
 }
 
@@ -404,11 +506,17 @@ pub(crate) struct ProbeArgs {
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub(crate) grace_s: f64,
     /// Prefix of the client ids (`<id>-sub`, `<id>-pub`; default nh-sim-probe-<pid>); with a
-    /// login and no --client-id the publisher's id is the username.
+    /// login and no --client-id the publisher's id is the username, and with --watch-username
+    /// the subscriber's is that name.
     #[arg(long)]
     pub(crate) client_id: Option<String>,
     #[command(flatten)]
     pub(crate) login: LoginArgs,
+    /// Consumer identity the alerts subscriber logs in as (its username and client id); needed
+    /// with a login, since one identity cannot hold two connections. Its password comes from
+    /// --provisioning-file, else from $NH_SIM_WATCH_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) watch_username: Option<String>,
 }
 
 fn parse_payload(s: &str) -> Result<PayloadSize, String> {
@@ -446,4 +554,254 @@ pub(crate) struct GenArgs {
 
 fn parse_format(s: &str) -> Result<Format, String> {
     Format::parse(s).ok_or_else(|| format!("unknown format `{s}` (canonical or zigbee2mqtt)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    const BRIDGE_SECRET: &str = "00112233445566778899aabbccddeeff00112233";
+    const WATCH_SECRET: &str = "ffeeddccbbaa99887766554433221100ffeeddcc";
+    const BRIDGE_ENV_SECRET: &str = "bridge-secret-from-the-environment";
+    const WATCH_ENV_SECRET: &str = "watch-secret-from-the-environment";
+
+    fn login(username: Option<&str>) -> LoginArgs {
+        LoginArgs {
+            username: username.map(str::to_owned),
+            provisioning_file: None,
+        }
+    }
+
+    /// $NH_SIM_PASSWORD and $NH_SIM_WATCH_PASSWORD both set.
+    fn both_env(name: &str) -> Option<String> {
+        match name {
+            PASSWORD_ENV => Some(BRIDGE_ENV_SECRET.to_owned()),
+            WATCH_PASSWORD_ENV => Some(WATCH_ENV_SECRET.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Only $NH_SIM_PASSWORD set.
+    fn bridge_env(name: &str) -> Option<String> {
+        (name == PASSWORD_ENV).then(|| BRIDGE_ENV_SECRET.to_owned())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn provisioning(entries: &[(&str, &str)]) -> Provisioning {
+        let text: String = entries
+            .iter()
+            .map(|(name, secret)| format!("[[identities]]\nname = \"{name}\"\nsecret = \"{secret}\"\n\n"))
+            .collect();
+        Provisioning::parse(&text).expect("parses")
+    }
+
+    /// The file `nh-gateway device-credentials --identity nh-sim --identity nh-sim-watch` writes.
+    fn bridge_and_watch() -> Provisioning {
+        provisioning(&[("nh-sim", BRIDGE_SECRET), ("nh-sim-watch", WATCH_SECRET)])
+    }
+
+    fn names(l: &Logins) -> (Option<&str>, Option<&str>) {
+        (
+            l.publisher.as_ref().map(|c| c.username.as_str()),
+            l.watcher.as_ref().map(|c| c.username.as_str()),
+        )
+    }
+
+    fn passwords(l: &Logins) -> (Option<&str>, Option<&str>) {
+        (
+            l.publisher.as_ref().map(|c| c.password.as_str()),
+            l.watcher.as_ref().map(|c| c.password.as_str()),
+        )
+    }
+
+    #[test]
+    fn without_any_login_both_connections_stay_anonymous() {
+        let l = login(None).logins_from(None, None, &both_env).expect("anonymous");
+        assert_eq!(names(&l), (None, None));
+    }
+
+    #[test]
+    fn the_watch_login_comes_from_its_own_environment_variable() {
+        let l = login(Some("nh-sim"))
+            .logins_from(Some("nh-sim-watch"), None, &both_env)
+            .expect("two logins");
+        assert_eq!(names(&l), (Some("nh-sim"), Some("nh-sim-watch")));
+        assert_eq!(passwords(&l), (Some(BRIDGE_ENV_SECRET), Some(WATCH_ENV_SECRET)));
+        // An anonymous publisher (a gateway's loopback) beside a logged-in subscriber.
+        let l = login(None)
+            .logins_from(Some("nh-sim-watch"), None, &both_env)
+            .expect("watch login only");
+        assert_eq!(names(&l), (None, Some("nh-sim-watch")));
+        assert_eq!(passwords(&l), (None, Some(WATCH_ENV_SECRET)));
+    }
+
+    #[test]
+    fn a_watch_username_without_its_password_is_an_error_naming_the_variable() {
+        let e = login(Some("nh-sim"))
+            .logins_from(Some("nh-sim-watch"), None, &bridge_env)
+            .expect_err("no watch password");
+        assert!(format!("{e:#}").contains("$NH_SIM_WATCH_PASSWORD"), "{e:#}");
+        let e = login(Some("nh-sim"))
+            .logins_from(Some("nh-sim-watch"), None, &no_env)
+            .expect_err("no password at all");
+        assert!(format!("{e:#}").contains("$NH_SIM_PASSWORD"), "{e:#}");
+    }
+
+    #[test]
+    fn a_publisher_login_without_a_watch_login_is_refused_early() {
+        let e = login(Some("nh-sim"))
+            .logins_from(None, None, &both_env)
+            .expect_err("subscriber without identity");
+        let e = format!("{e:#}");
+        assert!(e.contains("--watch-username") && e.contains("consumer identity"), "{e}");
+        assert!(e.contains("`nh-sim`") && !e.contains(BRIDGE_ENV_SECRET), "{e}");
+        let p = bridge_and_watch();
+        let e = login(Some("nh-sim"))
+            .logins_from(None, Some(&p), &no_env)
+            .expect_err("subscriber without identity");
+        let e = format!("{e:#}");
+        assert!(e.contains("--watch-username"), "{e}");
+        assert!(!e.contains(BRIDGE_SECRET) && !e.contains(WATCH_SECRET), "{e}");
+    }
+
+    #[test]
+    fn one_identity_for_both_connections_is_refused() {
+        let e = login(Some("nh-sim"))
+            .logins_from(Some("nh-sim"), None, &both_env)
+            .expect_err("same identity");
+        assert!(format!("{e:#}").contains("`nh-sim`"), "{e:#}");
+        let p = bridge_and_watch();
+        let e = login(Some("nh-sim-watch"))
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .expect_err("same identity");
+        assert!(format!("{e:#}").contains("consumer identity"), "{e:#}");
+        // A file with the watch identity only: the publisher would be it as well.
+        let p = provisioning(&[("nh-sim-watch", WATCH_SECRET)]);
+        assert!(login(None)
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .is_err());
+    }
+
+    #[test]
+    fn both_secrets_come_from_one_provisioning_file() {
+        let p = bridge_and_watch();
+        for username in [Some("nh-sim"), None] {
+            // Without --username the publisher is the file's other identity; the environment is
+            // not read when there is a file.
+            let l = login(username)
+                .logins_from(Some("nh-sim-watch"), Some(&p), &both_env)
+                .expect("two logins");
+            assert_eq!(names(&l), (Some("nh-sim"), Some("nh-sim-watch")));
+            assert_eq!(passwords(&l), (Some(BRIDGE_SECRET), Some(WATCH_SECRET)));
+        }
+    }
+
+    #[test]
+    fn provisioning_file_errors_name_the_identities_and_never_a_secret() {
+        // The watch identity missing from the file.
+        let p = provisioning(&[("nh-sim", BRIDGE_SECRET)]);
+        let e = login(None)
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .expect_err("no watch identity");
+        let e = format!("{e:#}");
+        assert!(e.contains("--watch-username") && e.contains("`nh-sim-watch`"), "{e}");
+        assert!(!e.contains(BRIDGE_SECRET), "{e}");
+        // Two candidates for the publisher: --username must choose.
+        let p = provisioning(&[
+            ("nh-sim", BRIDGE_SECRET),
+            ("bed-101", BRIDGE_SECRET),
+            ("nh-sim-watch", WATCH_SECRET),
+        ]);
+        let e = login(None)
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .expect_err("ambiguous publisher");
+        let e = format!("{e:#}");
+        assert!(e.contains("--username") && e.contains("`bed-101`"), "{e}");
+        assert!(!e.contains(BRIDGE_SECRET) && !e.contains(WATCH_SECRET), "{e}");
+        let l = login(Some("bed-101"))
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .expect("chosen");
+        assert_eq!(names(&l), (Some("bed-101"), Some("nh-sim-watch")));
+    }
+
+    #[test]
+    fn logins_debug_shows_names_not_secrets() {
+        let p = bridge_and_watch();
+        let l = login(None)
+            .logins_from(Some("nh-sim-watch"), Some(&p), &no_env)
+            .expect("two logins");
+        let debug = format!("{l:?}");
+        assert!(debug.contains("nh-sim") && debug.contains("nh-sim-watch"), "{debug}");
+        assert!(
+            !debug.contains(BRIDGE_SECRET) && !debug.contains(WATCH_SECRET),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn the_single_login_is_read_as_before() {
+        let c = login(Some("nh-sim"))
+            .credentials_from(None, &both_env)
+            .expect("env login")
+            .expect("a login");
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("nh-sim", BRIDGE_ENV_SECRET)
+        );
+        let e = login(Some("nh-sim"))
+            .credentials_from(None, &no_env)
+            .expect_err("no password");
+        assert!(e.to_string().contains("$NH_SIM_PASSWORD"), "{e}");
+        assert!(login(None).credentials_from(None, &both_env).expect("none").is_none());
+        let p = bridge_and_watch();
+        let c = login(Some("nh-sim-watch"))
+            .credentials_from(Some(&p), &no_env)
+            .expect("file login")
+            .expect("a login");
+        assert_eq!(c.password, WATCH_SECRET);
+    }
+
+    #[test]
+    fn scenario_and_alert_probe_take_a_watch_username() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "nh-sim",
+            "scenario",
+            "s.toml",
+            "--broker",
+            "127.0.0.1:1883",
+            "--provisioning-file",
+            "p.toml",
+            "--watch-username",
+            "nh-sim-watch",
+        ])
+        .expect("parses");
+        let Command::Scenario(a) = cli.command else {
+            panic!("not the scenario command")
+        };
+        assert_eq!(a.watch_username.as_deref(), Some("nh-sim-watch"));
+        let cli = Cli::try_parse_from([
+            "nh-sim",
+            "alert-probe",
+            "--broker",
+            "127.0.0.1:1883",
+            "--site",
+            "nh-demo",
+            "--username",
+            "nh-sim",
+            "--watch-username",
+            "nh-sim-watch",
+        ])
+        .expect("parses");
+        let Command::AlertProbe(a) = cli.command else {
+            panic!("not the alert-probe command")
+        };
+        assert_eq!(a.watch_username.as_deref(), Some("nh-sim-watch"));
+        assert_eq!(a.login.username.as_deref(), Some("nh-sim"));
+    }
 }

@@ -102,10 +102,12 @@ pub(crate) fn scenario(a: ScenarioArgs) -> anyhow::Result<ExitCode> {
         std::io::Write::flush(&mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let logins = a.login.with_watcher(a.watch_username.as_deref())?;
     let opts = ScenarioOptions {
         clock: a.clock.test_clock()?,
         client_id: a.client_id,
-        credentials: a.login.credentials()?,
+        credentials: logins.publisher,
+        watch_credentials: logins.watcher,
         grace_s: a.grace_s,
         ..ScenarioOptions::new(a.broker.unwrap_or_default())
     };
@@ -273,6 +275,8 @@ pub(crate) fn anonymize(a: AnonymizeArgs) -> anyhow::Result<ExitCode> {
 
 /// `alert-probe`: life-safety devices set off, their alerts timed.
 pub(crate) fn alert_probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
+    // Before anything connects: a login the subscriber cannot use fails here.
+    let logins = a.login.with_watcher(a.watch_username.as_deref())?;
     let devices = (a.first..a.first.saturating_add(a.count))
         .map(|i| format!("{}{i:04}", a.prefix))
         .collect();
@@ -284,7 +288,8 @@ pub(crate) fn alert_probe(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         trigger: a.trigger,
         span: seconds("span-s", a.span_s)?,
         grace: seconds("grace-s", a.grace_s)?,
-        credentials: a.login.credentials()?,
+        credentials: logins.publisher,
+        watch_credentials: logins.watcher,
     };
     let summary = runtime()?.block_on(run_probe(opts))?;
     println!("{}", serde_json::to_string(&summary)?);

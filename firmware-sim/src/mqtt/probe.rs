@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubAck};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::latency::Percentiles;
-use crate::mqtt::link::{client_options, Credentials};
+use crate::mqtt::link::{client_id_or, client_options, Credentials};
 
 /// Which reading sets a device off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,8 @@ pub struct ProbeOptions {
     pub site: String,
     /// Prefix of the two connections' ids (`<id>-sub`, `<id>-pub`); default
     /// `nh-sim-probe-<pid>`. Without it and with `credentials`, the publisher's id is the
-    /// username (a gateway admits an identity under its own name only).
+    /// username (a gateway admits an identity under its own name only); with
+    /// `watch_credentials`, the subscriber's id is their username.
     pub client_id: Option<String>,
     /// Registered life-safety devices to set off, one reading each, in this order.
     pub devices: Vec<String>,
@@ -64,7 +65,12 @@ pub struct ProbeOptions {
     pub span: Duration,
     /// How long to wait for the last alerts after the last reading.
     pub grace: Duration,
+    /// The publisher's login (a bridge identity).
     pub credentials: Option<Credentials>,
+    /// The alerts subscriber's login (a consumer identity). A gateway admits an identity on one
+    /// connection only, so the subscriber never borrows `credentials`: without this it connects
+    /// without a login.
+    pub watch_credentials: Option<Credentials>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,15 +112,16 @@ pub async fn run_probe(opts: ProbeOptions) -> anyhow::Result<ProbeSummary> {
     // follows it, and Nagle's algorithm on the broker's socket (neither rumqttd nor Mosquitto
     // sets TCP_NODELAY by default) would hold the alert until the probe's delayed ACK: about
     // 40 ms that no real subscriber pays.
-    let (client, eventloop) = connect(&opts, format!("{id}-sub"))?;
+    let subscriber_id = client_id_or(None, opts.watch_credentials.as_ref(), || format!("{id}-sub"));
+    let (client, eventloop) = connect(&opts.broker, subscriber_id, opts.watch_credentials.as_ref())?;
     let publisher_id = match (&opts.client_id, &opts.credentials) {
         (None, Some(c)) => c.username.clone(),
         _ => format!("{id}-pub"),
     };
-    let (publisher, publisher_loop) = connect(&opts, publisher_id)?;
+    let (publisher, publisher_loop) = connect(&opts.broker, publisher_id, opts.credentials.as_ref())?;
     let publisher_driver = tokio::spawn(drive_publisher(publisher_loop));
     let arrivals: Arrivals = Arc::default();
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel::<bool>();
     let driver = tokio::spawn(collect_alerts(eventloop, arrivals.clone(), subscribed_tx));
     let result = async {
         subscribe(&opts, &client, subscribed_rx).await?;
@@ -143,15 +150,15 @@ async fn drive_publisher(mut publisher_loop: EventLoop) {
     }
 }
 
-/// Polls the subscriber's connection: tells `subscribed` on the SUBACK and notes the first alert
-/// of each device in `arrivals`.
-async fn collect_alerts(mut eventloop: EventLoop, seen: Arrivals, subscribed: tokio::sync::oneshot::Sender<()>) {
+/// Polls the subscriber's connection: tells `subscribed` on the SUBACK whether the broker granted
+/// the subscription, and notes the first alert of each device in `arrivals`.
+async fn collect_alerts(mut eventloop: EventLoop, seen: Arrivals, subscribed: tokio::sync::oneshot::Sender<bool>) {
     let mut subscribed_tx = Some(subscribed);
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if let Some(t) = subscribed_tx.take() {
-                    let _ = t.send(());
+                    let _ = t.send(granted(&ack));
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -176,20 +183,34 @@ async fn collect_alerts(mut eventloop: EventLoop, seen: Arrivals, subscribed: to
     }
 }
 
-/// Subscribes to the site's alerts and waits for the SUBACK.
+/// Whether a SUBACK grants every filter asked for.
+fn granted(ack: &SubAck) -> bool {
+    !ack.return_codes
+        .iter()
+        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+}
+
+/// Subscribes to the site's alerts and waits for the SUBACK; a refused subscription is an error.
 async fn subscribe(
     opts: &ProbeOptions,
     client: &AsyncClient,
-    subscribed: tokio::sync::oneshot::Receiver<()>,
+    subscribed: tokio::sync::oneshot::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let filter = format!("nh/{}/alerts", opts.site);
     client
-        .subscribe(format!("nh/{}/alerts", opts.site), QoS::AtLeastOnce)
+        .subscribe(filter.clone(), QoS::AtLeastOnce)
         .await
         .map_err(|e| anyhow!("subscribe: {e}"))?;
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
+    let granted = tokio::time::timeout(Duration::from_secs(10), subscribed)
         .await
         .context("no SUBACK within 10 s")?
         .context("the MQTT connection ended")?;
+    if !granted {
+        anyhow::bail!(
+            "{} refused the subscription to {filter}: the subscriber's identity may not read it",
+            opts.broker
+        );
+    }
     Ok(())
 }
 
@@ -248,8 +269,8 @@ fn summarize(arrivals: &Arrivals, sent: &Sent) -> ProbeSummary {
     }
 }
 
-fn connect(opts: &ProbeOptions, id: String) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let mqtt = client_options(&opts.broker, id, opts.credentials.as_ref())?;
+fn connect(broker: &str, id: String, credentials: Option<&Credentials>) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mqtt = client_options(broker, id, credentials)?;
     let (client, mut eventloop) = AsyncClient::new(mqtt, 1_000);
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);

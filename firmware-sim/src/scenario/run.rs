@@ -272,10 +272,15 @@ pub struct ScenarioOptions {
     /// system clock at scale 1 (a gateway on the real clock).
     pub clock: Option<Clock>,
     /// The publisher's client id (default: the username with `credentials`, else
-    /// `nh-sim-scenario-<pid>`); the alerts subscriber's is `<client_id or
-    /// nh-sim-scenario-<pid>>-alerts`.
+    /// `nh-sim-scenario-<pid>`); the alerts subscriber's is the username of
+    /// `watch_credentials`, else `<client_id or nh-sim-scenario-<pid>>-alerts`.
     pub client_id: Option<String>,
+    /// The publisher's login (a bridge identity).
     pub credentials: Option<Credentials>,
+    /// The alerts subscriber's login (a consumer identity; its username is its client id). A
+    /// gateway admits an identity on one connection only, so the subscriber never borrows
+    /// `credentials`: without this it connects without a login.
+    pub watch_credentials: Option<Credentials>,
     pub connect_timeout: Duration,
     /// Real seconds waited for alerts in flight; default the scenario's `grace_s`.
     pub grace_s: Option<f64>,
@@ -288,6 +293,7 @@ impl ScenarioOptions {
             clock: None,
             client_id: None,
             credentials: None,
+            watch_credentials: None,
             connect_timeout: FIRST_CONNECT_TIMEOUT,
             grace_s: None,
         }
@@ -329,22 +335,25 @@ async fn subscribe_alerts(
     inbox: Inbox,
 ) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
     let (host, port) = parse_broker(&opts.broker)?;
-    let id = format!(
-        "{}-alerts",
-        opts.client_id
-            .clone()
-            .unwrap_or_else(|| format!("nh-sim-scenario-{}", std::process::id()))
-    );
+    let id = client_id_or(None, opts.watch_credentials.as_ref(), || {
+        format!(
+            "{}-alerts",
+            opts.client_id
+                .clone()
+                .unwrap_or_else(|| format!("nh-sim-scenario-{}", std::process::id()))
+        )
+    });
     let mut mqtt = MqttOptions::new(id, host, port);
     mqtt.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(true)
         .set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(c) = &opts.credentials {
+    if let Some(c) = &opts.watch_credentials {
         mqtt.set_credentials(c.username.clone(), c.password.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(mqtt, 100);
     let topic = format!("nh/{site}/alerts");
-    let (subacked_tx, mut subacked) = tokio::sync::watch::channel(false);
+    // None until the first SubAck, then whether it granted the filter.
+    let (subacked_tx, mut subacked) = tokio::sync::watch::channel(None::<bool>);
     let sub = client.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -357,8 +366,12 @@ async fn subscribe_alerts(
                         tracing::error!(error = %e, "cannot subscribe to alerts");
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    subacked_tx.send_replace(true);
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let granted = !ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    subacked_tx.send_replace(Some(granted));
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let arrival_ms = clock.now();
@@ -383,16 +396,29 @@ async fn subscribe_alerts(
             }
         }
     });
-    let waited = tokio::time::timeout(opts.connect_timeout, subacked.wait_for(|s| *s)).await;
-    if !matches!(waited, Ok(Ok(_))) {
-        task.abort();
-        anyhow::bail!(
-            "no SubAck for nh/{site}/alerts from {} within {:?}",
-            opts.broker,
-            opts.connect_timeout
-        );
+    // Copied out at once: the watch's read guard must not outlive this statement.
+    let granted = match tokio::time::timeout(opts.connect_timeout, subacked.wait_for(|s| s.is_some())).await {
+        Ok(Ok(s)) => *s,
+        _ => None,
+    };
+    match granted {
+        Some(true) => Ok((client, task)),
+        Some(false) => {
+            task.abort();
+            anyhow::bail!(
+                "{} refused the subscription to nh/{site}/alerts: the alerts subscriber's identity may not read it",
+                opts.broker
+            );
+        }
+        None => {
+            task.abort();
+            anyhow::bail!(
+                "no SubAck for nh/{site}/alerts from {} within {:?}",
+                opts.broker,
+                opts.connect_timeout
+            );
+        }
     }
-    Ok((client, task))
 }
 
 /// Runs `sc` against a broker: subscribes to the alerts first, publishes the plan paced on the
