@@ -184,7 +184,7 @@ pub async fn start(
         name: "v4".to_owned(),
         listen: addr,
         tls: None,
-        next_connection_delay_ms: 1,
+        next_connection_delay_ms: 0,
         connections,
     };
     let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
