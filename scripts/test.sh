@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-# The README's first-site test publishes as a user would, with mosquitto_pub (and curl).
+# The README's first-site test and the MQTT access tests publish and subscribe as a user, a device
+# or an attacker would, with mosquitto_pub and mosquitto_sub (and curl).
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The browser test: headless Chromium driven over WebDriver, and CJK fonts for its screenshots.

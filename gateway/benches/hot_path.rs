@@ -318,7 +318,9 @@ fn access_check(c: &mut Criterion) {
     use nh_gateway::access::{Anonymous, Policy};
     let mut text = format!("site = \"{SITE}\"\n");
     for i in 0..2000 {
-        text.push_str(&format!("[[devices]]\nid = \"dev-{i}\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n"));
+        text.push_str(&format!(
+            "[[devices]]\nid = \"dev-{i}\"\nclass = \"smoke_alarm\"\ninterval_s = 60\n"
+        ));
         if i % 2 == 0 {
             text.push_str(&format!("zigbee_name = \"smoke_{i}\"\n"));
         }
@@ -338,8 +340,14 @@ fn access_check(c: &mut Criterion) {
         credentials: vec![entry_for("dev-7", &secret).expect("entry")],
     };
     let store = CredentialStore::from_file(&file).expect("store");
-    let policy = Policy::build(&registry, &identities, store, Anonymous::Refuse, &["zigbee2mqtt".to_owned()])
-        .expect("policy");
+    let policy = Policy::build(
+        &registry,
+        &identities,
+        store,
+        Anonymous::Refuse,
+        &["zigbee2mqtt".to_owned()],
+    )
+    .expect("policy");
     let device = policy.identity("dev-7").expect("device").clone();
     let bridge = policy.identity("hub").expect("bridge").clone();
     let own = format!("nh/{SITE}/dev-7/telemetry");
@@ -352,11 +360,21 @@ fn access_check(c: &mut Criterion) {
     assert!(!policy.may_publish(&bridge, &alerts));
     let mut g = c.benchmark_group("access_check");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("device_own_topic", |b| b.iter(|| policy.may_publish(&device, black_box(&own))));
-    g.bench_function("device_foreign_topic", |b| b.iter(|| policy.may_publish(&device, black_box(&foreign))));
-    g.bench_function("bridge_2000_devices", |b| b.iter(|| policy.may_publish(&bridge, black_box(&last))));
-    g.bench_function("bridge_2000_devices_zigbee", |b| b.iter(|| policy.may_publish(&bridge, black_box(&zigbee))));
-    g.bench_function("bridge_refused_alerts", |b| b.iter(|| policy.may_publish(&bridge, black_box(&alerts))));
+    g.bench_function("device_own_topic", |b| {
+        b.iter(|| policy.may_publish(&device, black_box(&own)))
+    });
+    g.bench_function("device_foreign_topic", |b| {
+        b.iter(|| policy.may_publish(&device, black_box(&foreign)))
+    });
+    g.bench_function("bridge_2000_devices", |b| {
+        b.iter(|| policy.may_publish(&bridge, black_box(&last)))
+    });
+    g.bench_function("bridge_2000_devices_zigbee", |b| {
+        b.iter(|| policy.may_publish(&bridge, black_box(&zigbee)))
+    });
+    g.bench_function("bridge_refused_alerts", |b| {
+        b.iter(|| policy.may_publish(&bridge, black_box(&alerts)))
+    });
     let peer: std::net::IpAddr = [192, 168, 1, 20].into();
     g.bench_function("connect_credentials", |b| {
         b.iter(|| policy.admit(peer, black_box("dev-7"), Some(("dev-7", black_box(secret.as_str())))))

@@ -285,7 +285,12 @@ impl Policy {
             reserved: vec![Pattern::new(&format!("nh/{site}/alerts"))],
             credentials: CredentialStore::default(),
             anonymous: Anonymous::Refuse,
-            anonymous_identity: Arc::new(Identity::new("anonymous".into(), Kind::Anonymous, Vec::new(), Vec::new())),
+            anonymous_identity: Arc::new(Identity::new(
+                "anonymous".into(),
+                Kind::Anonymous,
+                Vec::new(),
+                Vec::new(),
+            )),
         }
     }
 
@@ -399,7 +404,12 @@ impl Policy {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let anonymous_identity = Arc::new(Identity::new("anonymous".into(), Kind::Anonymous, vec![Pattern::new("#")], vec![Pattern::new("#")]));
+        let anonymous_identity = Arc::new(Identity::new(
+            "anonymous".into(),
+            Kind::Anonymous,
+            vec![Pattern::new("#")],
+            vec![Pattern::new("#")],
+        ));
         Ok(Policy {
             reserved: vec![Pattern::new(&format!("nh/{site}/alerts"))],
             site,

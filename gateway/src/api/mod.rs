@@ -172,17 +172,20 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// The MQTT identities that connected or were refused since start: open connections and
 /// refusals by reason, per registered identity (`unknown` and `anonymous` aggregate the rest).
 /// Empty with an external broker, which does not tell the gateway. Admins only, like the audit.
-async fn mqtt_identities(
-    State(s): State<ApiState>,
-    who: Option<axum::Extension<crate::auth::Principal>>,
-) -> Response {
+async fn mqtt_identities(State(s): State<ApiState>, who: Option<axum::Extension<crate::auth::Principal>>) -> Response {
     match &who {
         Some(axum::Extension(who)) if who.role >= crate::auth::Role::Admin => {}
         Some(axum::Extension(who)) => {
             let message = format!("`{}` is a {}; MQTT identities need admin", who.user, who.role.as_str());
             return (StatusCode::FORBIDDEN, Json(json!({ "error": message }))).into_response();
         }
-        None => return (StatusCode::FORBIDDEN, Json(json!({ "error": "MQTT identities need admin" }))).into_response(),
+        None => {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({ "error": "MQTT identities need admin" })),
+            )
+                .into_response()
+        }
     }
     match &s.mqtt_access {
         Some(events) => {

@@ -192,8 +192,11 @@ pub fn render(
     let out = settings.out_dir.display();
     let conf = format!(
         "# Mosquitto settings of site {site}, written by `nh-gateway mosquitto-config`.\n\
-         # Include this file near the top of mosquitto.conf (`include_dir {out}`, before any other\n\
-         # listener), or copy its lines there.\n\
+         # Include this file near the top of mosquitto.conf (`include_dir {out}`), or copy its\n\
+         # lines there. Mosquitto applies use_username_as_clientid to the listener defined before\n\
+         # it in the same file: keep the listener line first (replace the one in mosquitto.conf\n\
+         # for port {port}, and add the device network's address if it should not listen on all).\n\
+         listener {port}\n\
          per_listener_settings false\n\
          # Every client logs in: devices with their registry id, bridges and consumers with their\n\
          # names, the gateway with its client ids.\n\
@@ -204,10 +207,10 @@ pub fn render(
          use_username_as_clientid true\n\
          # Sessions and unacknowledged QoS 1 messages survive a broker restart.\n\
          persistence true\n\
-         persistence_location {persistence}\n\
-         max_inflight_messages {inflight}\n\
-         # Leave this out if mosquitto.conf already has a listener on port {port}.\n\
-         listener {port}\n",
+         # Mosquitto refuses a second persistence_location; Debian's mosquitto.conf sets one already.\n\
+         # Uncomment this line where the main configuration does not.\n\
+         # persistence_location {persistence}\n\
+         max_inflight_messages {inflight}\n",
         inflight = settings.max_inflight_messages,
         port = settings.port,
     );

@@ -468,9 +468,20 @@ async fn a_device_publishes_only_as_itself_and_impersonation_raises_s8_once() ->
     // Per identity in the API (admins): A's refusals, none for B.
     let ids = gw.get_json("/api/v1/mqtt/identities").await?;
     assert_eq!(ids["embedded"], true, "{ids}");
-    assert!(ids["identities"]["vital-1"]["refused"]["publish"].as_u64() >= Some(2), "{ids}");
-    assert!(ids["identities"]["vital-1"]["refused"]["will"].as_u64() >= Some(1), "{ids}");
-    assert!(ids["identities"]["door-2"]["refused"].as_object().is_none_or(|r| r.is_empty()), "{ids}");
+    assert!(
+        ids["identities"]["vital-1"]["refused"]["publish"].as_u64() >= Some(2),
+        "{ids}"
+    );
+    assert!(
+        ids["identities"]["vital-1"]["refused"]["will"].as_u64() >= Some(1),
+        "{ids}"
+    );
+    assert!(
+        ids["identities"]["door-2"]["refused"]
+            .as_object()
+            .is_none_or(|r| r.is_empty()),
+        "{ids}"
+    );
 
     // Delivered to no subscriber, journaled nowhere.
     let received = consumer.messages();
