@@ -153,7 +153,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len() / 2)
@@ -167,12 +167,12 @@ mod tests {
 
     #[test]
     fn a_generated_secret_verifies_and_nothing_else_does() {
-        let secret = generate_secret().unwrap();
+        let secret = generate_secret().expect("randomness");
         assert_eq!(secret.len(), SECRET_BYTES * 2);
         let file = CredentialsFile {
-            credentials: vec![entry_for("bed-1", &secret).unwrap()],
+            credentials: vec![entry_for("bed-1", &secret).expect("entry")],
         };
-        let store = CredentialStore::from_file(&file).unwrap();
+        let store = CredentialStore::from_file(&file).expect("store");
         assert_eq!(store.verify("bed-1", &secret), Verdict::Match);
         assert_eq!(store.verify("bed-1", "guess"), Verdict::Mismatch);
         assert_eq!(store.verify("bed-2", &secret), Verdict::NoCredentials);

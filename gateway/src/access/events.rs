@@ -353,3 +353,87 @@ fn raised_flags(path: &std::path::Path) -> Vec<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Pattern;
+
+    fn identity(name: &str, kind: Kind) -> Identity {
+        Identity::new(name.to_owned(), kind, vec![Pattern::new("nh/s/x/#")], Vec::new())
+    }
+
+    /// The flag a journaled ingest carries: (device, value).
+    fn flag(ingest: &Ingest) -> (String, bool) {
+        let r = &ingest.records[0];
+        let v = matches!(r.metrics.get(METRIC), Some(Value::Bool(true)));
+        (r.device.clone(), v)
+    }
+
+    #[test]
+    fn refusals_are_counted_per_reason_and_per_registered_identity_only() {
+        let (events, _rx) = AccessEvents::new();
+        let peer: IpAddr = [10, 0, 0, 9].into();
+        let dev = identity("bed-1", Kind::Device);
+        events.refused(Some(&dev), Reason::Publish, peer, Some("nh/s/bed-2/telemetry".into()));
+        events.refused(Some(&dev), Reason::Publish, peer, None);
+        for _ in 0..50 {
+            // Invented user names never grow the map.
+            events.refused(None, Reason::UnknownUser, peer, None);
+        }
+        events.refused(None, Reason::NoCredentials, peer, None);
+        let per = events.per_identity();
+        assert_eq!(per.keys().collect::<Vec<_>>(), ["anonymous", "bed-1", "unknown"]);
+        assert_eq!(per["bed-1"].refused["publish"], 2);
+        assert_eq!(per["unknown"].refused["unknown_user"], 50);
+        assert_eq!(events.refused_total(Reason::UnknownUser), 50);
+        let mut text = String::new();
+        events.render(&mut text);
+        assert!(text.contains("nh_mqtt_refused_total{reason=\"publish\"} 2"), "{text}");
+        assert!(!text.contains("bed-1"), "no identity in a label: {text}");
+        assert_eq!(device_for("unknown"), "gateway:access-unknown");
+        assert_eq!(device_for("bed-1"), "gateway:access:bed-1");
+    }
+
+    /// On a clock 6,000 times faster than real time the quiet period (10 minutes) passes in
+    /// 100 ms: the flag is raised once at the first refusal, not again for the next ones, and
+    /// cleared after the quiet period.
+    #[tokio::test]
+    async fn the_s8_flag_rises_once_per_episode_and_clears_after_the_quiet_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::clock::system_now_ms();
+        let clock = Clock::test(now, now, 6_000.0);
+        let (journal, mut journaled) = mpsc::channel(16);
+        let (events, rx) = AccessEvents::new();
+        let watcher = Watcher {
+            clock,
+            journal,
+            journal_path: dir.path().join("journal.db"),
+            audit: crate::auth::http::AuditWriter::new(dir.path().join("journal.db")),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watcher.run(rx, stop.clone()));
+        let dev = identity("bed-1", Kind::Device);
+        let peer: IpAddr = [10, 0, 0, 9].into();
+        for _ in 0..3 {
+            events.refused(Some(&dev), Reason::Publish, peer, None);
+        }
+        let wait = Duration::from_secs(10);
+        let first = tokio::time::timeout(wait, journaled.recv())
+            .await
+            .expect("raised")
+            .expect("open");
+        assert_eq!(flag(&first), ("gateway:access:bed-1".to_owned(), true));
+        let second = tokio::time::timeout(wait, journaled.recv())
+            .await
+            .expect("cleared")
+            .expect("open");
+        assert_eq!(
+            flag(&second),
+            ("gateway:access:bed-1".to_owned(), false),
+            "one raise for three refusals, then the clear"
+        );
+        stop.cancel();
+        task.await.expect("watcher");
+    }
+}

@@ -239,11 +239,8 @@ impl Gatekeeper {
                 loop {
                     // Whole frames only.
                     let mut end = 0;
-                    loop {
-                        match check(up_buf[end..].iter(), usize::MAX >> 4) {
-                            Ok(h) => end += h.frame_length(),
-                            Err(_) => break,
-                        }
+                    while let Ok(h) = check(up_buf[end..].iter(), usize::MAX >> 4) {
+                        end += h.frame_length();
                     }
                     if end > 0 {
                         let frames = up_buf.split_to(end).freeze();

@@ -572,7 +572,7 @@ async fn preheat_attack(label: &str, attacker: Attacker) -> Result<()> {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let login = match attacker {
-                    Attacker::NoCredentials if i % 2 == 0 => Login::anonymous("attacker"),
+                    Attacker::NoCredentials if i.is_multiple_of(2) => Login::anonymous("attacker"),
                     Attacker::NoCredentials => Login::anonymous("kitchen-gas-1"),
                     Attacker::OtherDetector => other.clone(),
                 };
