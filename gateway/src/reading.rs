@@ -74,3 +74,26 @@ pub struct Record {
     pub seq: Option<u64>,
     pub metrics: BTreeMap<String, Value>,
 }
+
+/// The class of the gateway's own devices (self-supervision, MQTT access): readings it makes
+/// about itself, for the rules of the S series.
+pub const GATEWAY_CLASS: &str = "gateway";
+
+impl Record {
+    /// One flag of a gateway-internal device (class [`GATEWAY_CLASS`]), taken at `now`.
+    pub fn gateway_flag(device: &str, metric: &str, value: bool, now: i64) -> Record {
+        Record {
+            device: device.to_owned(),
+            class: GATEWAY_CLASS.to_owned(),
+            building: String::new(),
+            floor: String::new(),
+            room: String::new(),
+            zone: String::new(),
+            ts: now,
+            ts_recv: now,
+            ts_replaced: false,
+            seq: None,
+            metrics: BTreeMap::from([(metric.to_owned(), Value::Bool(value))]),
+        }
+    }
+}

@@ -60,7 +60,7 @@ pub const INFLUX: &str = "gateway:influx";
 pub const JOURNAL: &str = "gateway:journal";
 pub const CLOCK: &str = "gateway:clock";
 /// The class of the gateway's own devices.
-pub const CLASS: &str = "gateway";
+pub const CLASS: &str = crate::reading::GATEWAY_CLASS;
 
 /// The flags, with the device they belong to and their healthy value.
 const FLAGS: &[(&str, &str, bool)] = &[
@@ -392,7 +392,7 @@ impl Supervisor {
                     Some(r) => {
                         r.metrics.insert(c.metric.to_owned(), Value::Bool(c.value));
                     }
-                    None => records.push(record(c.device, c.metric, c.value, now)),
+                    None => records.push(Record::gateway_flag(c.device, c.metric, c.value, now)),
                 }
             }
             let send = self.journal.send(Ingest { records, ack: None });
@@ -401,22 +401,6 @@ impl Supervisor {
                 sent = send => if sent.is_err() { return },
             }
         }
-    }
-}
-
-fn record(device: &str, metric: &str, value: bool, now: i64) -> Record {
-    Record {
-        device: device.to_owned(),
-        class: CLASS.to_owned(),
-        building: String::new(),
-        floor: String::new(),
-        room: String::new(),
-        zone: String::new(),
-        ts: now,
-        ts_recv: now,
-        ts_replaced: false,
-        seq: None,
-        metrics: BTreeMap::from([(metric.to_owned(), Value::Bool(value))]),
     }
 }
 
@@ -711,7 +695,7 @@ mod tests {
 
     #[test]
     fn records_are_gateway_class_readings_of_their_device() {
-        let r = record(JOURNAL, "journal_recovered", true, 5);
+        let r = Record::gateway_flag(JOURNAL, "journal_recovered", true, 5);
         assert_eq!((r.class.as_str(), r.device.as_str(), r.ts), (CLASS, JOURNAL, 5));
         assert_eq!(r.metrics.get("journal_recovered"), Some(&Value::Bool(true)));
         for (_, metric, _) in FLAGS {

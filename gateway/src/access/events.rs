@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use super::{Identity, Kind, Reason};
 use crate::clock::Clock;
 use crate::journal::{Ingest, Store};
-use crate::reading::{Record, Value};
+use crate::reading::Record;
 use crate::telemetry::{self, MetricsSource};
 
 /// A key's flag clears after this long without a refusal (gateway time).
@@ -314,20 +314,7 @@ impl Watcher {
 
     /// Journals `device`'s flag; false when the journal has gone.
     async fn journal_flag(&self, device: &str, value: bool, now: i64) -> bool {
-        let record = Record {
-            device: device.to_owned(),
-            // The class of the gateway's own devices (as self-supervision's).
-            class: "gateway".to_owned(),
-            building: String::new(),
-            floor: String::new(),
-            room: String::new(),
-            zone: String::new(),
-            ts: now,
-            ts_recv: now,
-            ts_replaced: false,
-            seq: None,
-            metrics: BTreeMap::from([(METRIC.to_owned(), Value::Bool(value))]),
-        };
+        let record = Record::gateway_flag(device, METRIC, value, now);
         self.journal
             .send(Ingest {
                 records: vec![record],
@@ -358,6 +345,7 @@ fn raised_flags(path: &std::path::Path) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::access::Pattern;
+    use crate::reading::Value;
 
     fn identity(name: &str, kind: Kind) -> Identity {
         Identity::new(name.to_owned(), kind, vec![Pattern::new("nh/s/x/#")], Vec::new())
