@@ -93,6 +93,7 @@ pub const METRICS: &[MetricSpec] = &[
     flag("journal_recovered"),
     num("lat", "lat", -90.0, 90.0),
     flag("link_up"),
+    flag("login_lockout"),
     num("lon", "lon", -180.0, 180.0),
     num("lqi", "count", 0.0, 255.0),
     choice("motion_state", MOTION_STATES),

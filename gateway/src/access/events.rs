@@ -1,5 +1,7 @@
 //! Refused MQTT acts: counted (`nh_mqtt_refused_total{reason}`, and per identity for the API),
-//! written to the access audit, and turned into readings for rule S8.
+//! written to the access audit, and turned into readings for rule S8; and login lockouts, turned
+//! into S8's P3 flag `login_lockout` of `gateway:login:{operator}` (`gateway:login-unknown` for
+//! names that are no operator's).
 //!
 //! Per identity means per registered identity: refusals of unknown usernames are counted together
 //! as `unknown`, those without credentials as `anonymous`, so an attacker inventing names cannot
@@ -44,10 +46,40 @@ const MAX_TOPIC_CHARS: usize = 200;
 /// One refused act, as the watcher sees it.
 #[derive(Debug)]
 pub struct Refusal {
+    /// The identity (or aggregate) for MQTT; the operator's name (or `unknown`) for a lockout.
     pub key: String,
-    pub reason: Reason,
+    pub what: What,
     pub peer: IpAddr,
-    pub topic: Option<String>,
+}
+
+/// What was refused.
+#[derive(Debug)]
+pub enum What {
+    /// An MQTT act, audited here (at a limited rate).
+    Mqtt { reason: Reason, topic: Option<String> },
+    /// A login lockout (audited by the login route itself).
+    LoginLockout,
+}
+
+/// The flag of rule S8's login entry (P3): a lockout started for this operator's name.
+pub const LOGIN_METRIC: &str = "login_lockout";
+
+/// The gateway-internal device of `user`'s login lockouts (`gateway:login-unknown` for names
+/// that are not operators', so that guessed names cannot grow the set of devices).
+pub fn login_device_for(user: Option<&str>) -> String {
+    match user {
+        Some(name) => format!("gateway:login:{name}"),
+        None => format!("gateway:login-{UNKNOWN}"),
+    }
+}
+
+/// The flag metric of a gateway-internal access device.
+fn metric_of(device: &str) -> &'static str {
+    if device.starts_with("gateway:login") {
+        LOGIN_METRIC
+    } else {
+        METRIC
+    }
 }
 
 /// The counts of one identity (or aggregate), for the API.
@@ -117,16 +149,25 @@ impl AccessEvents {
         }
         warn!(identity = %key, reason = reason.as_str(), %peer, "MQTT act refused");
         let topic = topic.map(|t| t.chars().take(MAX_TOPIC_CHARS).collect());
-        if self
-            .tx
-            .try_send(Refusal {
-                key,
-                reason,
-                peer,
-                topic,
-            })
-            .is_err()
-        {
+        let refusal = Refusal {
+            key,
+            what: What::Mqtt { reason, topic },
+            peer,
+        };
+        if self.tx.try_send(refusal).is_err() {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A failed login started a lockout; `user` when the name is a configured operator's.
+    pub fn login_lockout(&self, user: Option<&str>, peer: IpAddr) {
+        // An empty key: not an operator's name (`gateway:login-unknown`).
+        let refusal = Refusal {
+            key: user.unwrap_or_default().to_owned(),
+            what: What::LoginLockout,
+            peer,
+        };
+        if self.tx.try_send(refusal).is_err() {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -272,7 +313,7 @@ impl Watcher {
                         if let Some(f) = flags.get_mut(&device) {
                             f.up = false;
                         }
-                        info!(%device, "MQTT refusals quiet: S8 flag cleared");
+                        info!(%device, "refusals quiet: S8 flag cleared");
                         if !self.journal_flag(&device, false, now).await {
                             return;
                         }
@@ -284,7 +325,10 @@ impl Watcher {
 
     async fn on_refusal(&self, flags: &mut HashMap<String, Flag>, r: Refusal) {
         let now = self.clock.now_ms();
-        let device = device_for(&r.key);
+        let device = match &r.what {
+            What::Mqtt { .. } => device_for(&r.key),
+            What::LoginLockout => login_device_for((!r.key.is_empty()).then_some(r.key.as_str())),
+        };
         let f = flags.entry(device.clone()).or_insert(Flag {
             up: false,
             last_ms: now,
@@ -292,19 +336,21 @@ impl Watcher {
             unaudited: 0,
         });
         f.last_ms = now;
-        f.unaudited += 1;
-        if now - f.audited_ms >= AUDIT_EVERY_MS {
-            let detail = serde_json::json!({
-                "reason": r.reason.as_str(),
-                "peer": r.peer.to_string(),
-                "topic": r.topic,
-                "refusals": f.unaudited,
-            });
-            f.audited_ms = now;
-            f.unaudited = 0;
-            self.audit
-                .record(now, format!("mqtt:{}", r.key), "mqtt_refused", detail)
-                .await;
+        if let What::Mqtt { reason, topic } = &r.what {
+            f.unaudited += 1;
+            if now - f.audited_ms >= AUDIT_EVERY_MS {
+                let detail = serde_json::json!({
+                    "reason": reason.as_str(),
+                    "peer": r.peer.to_string(),
+                    "topic": topic,
+                    "refusals": f.unaudited,
+                });
+                f.audited_ms = now;
+                f.unaudited = 0;
+                self.audit
+                    .record(now, format!("mqtt:{}", r.key), "mqtt_refused", detail)
+                    .await;
+            }
         }
         if !f.up {
             f.up = true;
@@ -314,7 +360,7 @@ impl Watcher {
 
     /// Journals `device`'s flag; false when the journal has gone.
     async fn journal_flag(&self, device: &str, value: bool, now: i64) -> bool {
-        let record = Record::gateway_flag(device, METRIC, value, now);
+        let record = Record::gateway_flag(device, metric_of(device), value, now);
         self.journal
             .send(Ingest {
                 records: vec![record],
@@ -330,8 +376,8 @@ fn raised_flags(path: &std::path::Path) -> Vec<String> {
     match Store::open_secondary(path).and_then(|s| s.devices()) {
         Ok(devices) => devices
             .iter()
-            .filter(|d| d.id.starts_with("gateway:access"))
-            .filter(|d| d.metrics.get(METRIC).and_then(serde_json::Value::as_bool) == Some(true))
+            .filter(|d| d.id.starts_with("gateway:access") || d.id.starts_with("gateway:login"))
+            .filter(|d| d.metrics.get(metric_of(&d.id)).and_then(serde_json::Value::as_bool) == Some(true))
             .map(|d| d.id.clone())
             .collect(),
         Err(e) => {

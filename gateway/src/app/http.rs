@@ -27,6 +27,8 @@ pub(super) struct Listen {
     pub(super) mqtt: MqttEndpoint,
     /// The embedded broker's front door, for `/api/v1/mqtt/identities`.
     pub(super) mqtt_access: Option<Arc<crate::access::events::AccessEvents>>,
+    /// Where login lockouts go (rule S8).
+    pub(super) access_events: Arc<crate::access::events::AccessEvents>,
 }
 
 impl Wiring {
@@ -64,7 +66,7 @@ impl Wiring {
             delivery_stats,
             self.shutdown.clone(),
         );
-        let auth_state = AuthState::new(
+        let mut auth_state = AuthState::new(
             auth,
             self.clock,
             SiteInfo {
@@ -78,6 +80,8 @@ impl Wiring {
             },
             self.journal_path.clone(),
         );
+        let events = listen.access_events.clone();
+        auth_state.on_lockout = Some(Arc::new(move |user: Option<&str>, ip| events.login_lockout(user, ip)));
         let control = ControlState::new(
             self.registry.clone(),
             residents,

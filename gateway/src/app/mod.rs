@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access::events::AccessEvents;
 use crate::alerts::delivery::DeliveryStats;
 use crate::clock::Clock;
 use crate::config::{Config, Loaded};
@@ -224,7 +225,9 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
 
     let routes = w.routes();
     let normalizer = w.normalizer();
-    let broker = w.start_broker(opts.mqtt, routes.len(), access, &writer).await?;
+    let (access_events, refusals) = AccessEvents::new();
+    w.start_access_watch(refusals, &writer);
+    let broker = w.start_broker(opts.mqtt, routes.len(), access, &access_events).await?;
     let subscribed = w.start_mqtt_lanes(routes, &broker, mqtt_password.clone(), &normalizer, &writer);
     w.start_serial(&modbus_maps, &serial_stats, &normalizer, &writer);
     w.start_supervisor(&writer);
@@ -238,6 +241,7 @@ pub async fn start(loaded: Loaded, opts: RunOptions) -> Result<Running, StartErr
                 http: opts.http,
                 mqtt: broker.endpoint,
                 mqtt_access: broker.access.clone(),
+                access_events,
             },
             &rules,
             residents,

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{MqttEndpoint, StartError, Wiring};
-use crate::access::events::{AccessEvents, Watcher};
+use crate::access::events::{AccessEvents, Refusal, Watcher};
 use crate::access::Policy;
 use crate::auth::http::AuditWriter;
 use crate::config::{DecoderKind, MqttMode, Secret};
@@ -92,7 +92,7 @@ impl Wiring {
         listen: Option<SocketAddr>,
         subscriptions: usize,
         access: Arc<Policy>,
-        writer: &WriterHandle,
+        events: &Arc<AccessEvents>,
     ) -> Result<Broker, StartError> {
         let mqtt = &self.config.mqtt;
         match mqtt.mode {
@@ -128,7 +128,6 @@ impl Wiring {
                 if access.credentials().is_empty() && !access.admits_anonymous() {
                     warn!("no MQTT identity has credentials and anonymous clients are refused: every device will be refused (nh-gateway device-credentials, docs/security.md)");
                 }
-                let (events, refusals) = AccessEvents::new();
                 self.telemetry.register(events.clone());
                 let gatekeeper = Arc::new(Gatekeeper {
                     policy: access,
@@ -138,20 +137,13 @@ impl Wiring {
                     max_packet_bytes: mqtt.max_packet_bytes,
                 });
                 self.spawn_source("mqtt-gatekeeper", gatekeeper.serve(listener, self.shutdown.clone()));
-                let watcher = Watcher {
-                    clock: self.clock,
-                    journal: writer.tx_priority.clone(),
-                    journal_path: self.journal_path.clone(),
-                    audit: AuditWriter::new(self.journal_path.clone()),
-                };
-                self.spawn_source("mqtt-access", watcher.run(refusals, self.shutdown.clone()));
                 info!(%addr, %internal, "embedded MQTT broker listening (identities checked at {addr}, broker on {internal})");
                 Ok(Broker {
                     endpoint: MqttEndpoint::Embedded(addr),
                     host: internal.ip().to_string(),
                     port: internal.port(),
                     own_login: Some((INTERNAL_USER.to_owned(), secret)),
-                    access: Some(events),
+                    access: Some(events.clone()),
                 })
             }
             MqttMode::External => Ok(Broker {
@@ -162,6 +154,18 @@ impl Wiring {
                 access: None,
             }),
         }
+    }
+
+    /// Refused MQTT acts and login lockouts to the audit and to rule S8's flags, through the
+    /// journal's priority input (it holds a journal sender: it stops with the sources).
+    pub(super) fn start_access_watch(&self, refusals: mpsc::Receiver<Refusal>, writer: &WriterHandle) {
+        let watcher = Watcher {
+            clock: self.clock,
+            journal: writer.tx_priority.clone(),
+            journal_path: self.journal_path.clone(),
+            audit: AuditWriter::new(self.journal_path.clone()),
+        };
+        self.spawn_source("access-watch", watcher.run(refusals, self.shutdown.clone()));
     }
 
     /// The MQTT lanes: the bulk lane, and with `priority_lane` the exact topics of life-safety

@@ -32,7 +32,13 @@ pub struct AuthState {
     pub clock: Clock,
     pub site: SiteInfo,
     audit: AuditWriter,
+    /// Told of every lockout a failed login starts, with the operator's name when the name is a
+    /// configured operator's: the gateway turns it into rule S8's `login_lockout` flag.
+    pub on_lockout: Option<LockoutHook>,
 }
+
+/// See [`AuthState::on_lockout`].
+pub type LockoutHook = Arc<dyn Fn(Option<&str>, std::net::IpAddr) + Send + Sync>;
 
 /// What `/api/v1/me` tells the page about the site.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +64,7 @@ impl AuthState {
                 path: db_path,
                 conn: Arc::new(Mutex::new(None)),
             },
+            on_lockout: None,
         }
     }
 }
@@ -218,21 +225,40 @@ async fn login(State(s): State<AuthState>, ConnectInfo(peer): ConnectInfo<Socket
             }
             resp
         }
-        Ok(LoginOutcome::Wrong) => {
+        Ok(LoginOutcome::Wrong(lockout)) => {
             s.audit
-                .record(at, actor, "login_failed", json!({ "address": ip.to_string() }))
+                .record(at, actor.clone(), "login_failed", json!({ "address": ip.to_string() }))
                 .await;
+            if let Some(l) = lockout {
+                tracing::warn!(user = %actor, address = %ip, scope = l.scope, wait_s = l.wait_s, nth = l.nth, "login locked out");
+                s.audit
+                    .record(
+                        at,
+                        actor.clone(),
+                        "login_lockout",
+                        json!({ "address": ip.to_string(), "scope": l.scope, "wait_s": l.wait_s, "nth": l.nth }),
+                    )
+                    .await;
+                if let Some(hook) = &s.on_lockout {
+                    let known = s.auth.is_operator(&user).then_some(user.as_str());
+                    hook(known, ip);
+                }
+            }
             refuse(StatusCode::UNAUTHORIZED, "wrong user name or password")
         }
-        Ok(LoginOutcome::Limited(wait_s)) => {
-            s.audit
-                .record(
-                    at,
-                    actor,
-                    "login_rate_limited",
-                    json!({ "address": ip.to_string(), "retry_after_s": wait_s }),
-                )
-                .await;
+        Ok(LoginOutcome::Limited { wait_s, first }) => {
+            // One entry per lockout: the tries it refuses cost no hash and come as fast as a
+            // client sends them.
+            if first {
+                s.audit
+                    .record(
+                        at,
+                        actor,
+                        "login_rate_limited",
+                        json!({ "address": ip.to_string(), "retry_after_s": wait_s }),
+                    )
+                    .await;
+            }
             let mut resp = (
                 StatusCode::TOO_MANY_REQUESTS,
                 Json(json!({ "error": "too many failed logins; wait", "retry_after_s": wait_s })),
@@ -526,7 +552,11 @@ mod tests {
             .iter()
             .map(|e| (e["actor"].as_str().unwrap_or(""), e["action"].as_str().unwrap_or("")))
             .collect();
-        let mut expected = vec![("head", "login"), ("nurse1", "login_rate_limited")];
+        let mut expected = vec![
+            ("head", "login"),
+            ("nurse1", "login_rate_limited"),
+            ("nurse1", "login_lockout"),
+        ];
         expected.extend([("nurse1", "login_failed"); 5]);
         expected.extend([("nurse1", "logout"), ("guest", "login"), ("nurse1", "login")]);
         assert_eq!(actions, expected);

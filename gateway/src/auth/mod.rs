@@ -7,8 +7,10 @@
 //! - Sessions live in memory: a gateway restart logs everyone out (the page shows the login form
 //!   again; alerts keep coming meanwhile on MQTT and webhooks).
 //! - A wrong password costs the same time as a right one, for known and unknown users alike;
-//!   5 failures of one user name, or 20 from one address, within 5 minutes lock further tries
-//!   out until the oldest of them ages out of the window (429 with `Retry-After`).
+//!   5 failures of one user name from one address, or 20 from one address, within 5 minutes lock
+//!   that name there (or that address) out for 5 minutes, and each further failure after a
+//!   lockout for twice as long (429 with `Retry-After`). A name is never locked out from every
+//!   address: the right password from an address without recent failures always logs in.
 
 pub mod http;
 
@@ -198,10 +200,27 @@ pub struct Principal {
 pub enum LoginOutcome {
     /// The session token for the cookie, and who it is.
     Ok(String, Principal),
-    Wrong,
-    /// Locked out: seconds until the next try is accepted.
-    Limited(u64),
+    /// Wrong user name or password; with the lockout this failure started, if it started one.
+    Wrong(Option<Lockout>),
+    /// Locked out: seconds until the next try is accepted; `first` for the first refused try of
+    /// this lockout (the one worth an audit entry).
+    Limited { wait_s: u64, first: bool },
 }
+
+/// A lockout a failed login started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    /// `user_address`: this user name from this address; `address`: every name from it.
+    pub scope: &'static str,
+    /// How long it lasts.
+    pub wait_s: u64,
+    /// The how-manieth lockout of this key in a row (each one twice as long as the last).
+    pub nth: u32,
+}
+
+/// The first lockout of a key lasts `login_window_s`; each further one twice as long as the
+/// last, up to this.
+pub const MAX_LOCKOUT_S: u64 = 3600;
 
 struct Session {
     principal: Principal,
@@ -211,51 +230,78 @@ struct Session {
     created_ms: i64,
 }
 
-/// Failure times per key within the window.
+/// One key's failures (a user name from an address, or an address).
+#[derive(Default)]
+struct Entry {
+    /// Failure times within the window.
+    failures: VecDeque<i64>,
+    /// Tries are refused until then.
+    locked_until: i64,
+    /// Lockouts in a row: every failure after one starts the next, twice as long.
+    lockouts: u32,
+    /// Whether a refused try of the current lockout was seen.
+    refused_seen: bool,
+    last_ms: i64,
+}
+
+/// Failures and lockouts per key, with growing delays.
 #[derive(Default)]
 struct Limiter {
-    failures: HashMap<String, VecDeque<i64>>,
+    entries: HashMap<String, Entry>,
 }
 
 impl Limiter {
-    /// Seconds until `key` may try again, if it is locked out now.
-    fn locked(&mut self, key: &str, max: u32, window_ms: i64, now: i64) -> Option<u64> {
-        let q = self.failures.get_mut(key)?;
-        while q.front().is_some_and(|&t| t <= now - window_ms) {
-            q.pop_front();
+    /// Seconds until `key` may try again, if it is locked out now, and whether this is the first
+    /// refused try of the lockout.
+    fn locked(&mut self, key: &str, window_ms: i64, now: i64) -> Option<(u64, bool)> {
+        let e = self.entries.get_mut(key)?;
+        if e.locked_until > now {
+            let first = !e.refused_seen;
+            e.refused_seen = true;
+            return Some((((e.locked_until - now).max(1000) as u64).div_ceil(1000), first));
         }
-        if q.is_empty() {
-            self.failures.remove(key);
-            return None;
-        }
-        if q.len() >= max as usize {
-            let oldest = q.front().copied().unwrap_or(now);
-            return Some(((oldest + window_ms - now).max(1000) as u64).div_ceil(1000));
+        // Quiet for a window after its last failure and lockout: forgotten, lockouts included.
+        if now - e.last_ms.max(e.locked_until) >= window_ms {
+            self.entries.remove(key);
         }
         None
     }
 
-    fn fail(&mut self, key: String, max: u32, now: i64) {
-        if self.failures.len() >= MAX_LIMITER_KEYS && !self.failures.contains_key(&key) {
+    /// Counts a failure; returns the lockout it starts, if any.
+    fn fail(&mut self, key: String, max: u32, window_ms: i64, now: i64) -> Option<(u64, u32)> {
+        if self.entries.len() >= MAX_LIMITER_KEYS && !self.entries.contains_key(&key) {
             // Forget the key whose last failure is oldest.
             if let Some(k) = self
-                .failures
+                .entries
                 .iter()
-                .min_by_key(|(_, q)| q.back().copied().unwrap_or(i64::MIN))
+                .min_by_key(|(_, e)| e.last_ms)
                 .map(|(k, _)| k.clone())
             {
-                self.failures.remove(&k);
+                self.entries.remove(&k);
             }
         }
-        let q = self.failures.entry(key).or_default();
-        q.push_back(now);
-        while q.len() > max as usize {
-            q.pop_front();
+        let e = self.entries.entry(key).or_default();
+        while e.failures.front().is_some_and(|&t| t <= now - window_ms) {
+            e.failures.pop_front();
         }
+        e.failures.push_back(now);
+        e.last_ms = now;
+        if e.failures.len() < max as usize && e.lockouts == 0 {
+            return None;
+        }
+        e.lockouts += 1;
+        let base_s = (window_ms / 1000).max(1) as u64;
+        let wait_s = base_s
+            .saturating_mul(1u64 << (e.lockouts - 1).min(20))
+            .min(MAX_LOCKOUT_S);
+        e.locked_until = now + wait_s as i64 * 1000;
+        e.refused_seen = false;
+        e.failures.clear();
+        Some((wait_s, e.lockouts))
     }
 
     fn clear(&mut self, key: &str) {
-        self.failures.remove(key);
+        self.entries.remove(key);
     }
 }
 
@@ -265,6 +311,8 @@ pub struct AuthStats {
     pub logins: AtomicU64,
     pub login_failures: AtomicU64,
     pub login_limited: AtomicU64,
+    /// Lockouts started (a user name from an address, or an address).
+    pub lockouts: AtomicU64,
     /// Requests refused: no or unknown credentials (401).
     pub unauthenticated: AtomicU64,
     /// Requests refused: the role is too low (403).
@@ -366,19 +414,25 @@ impl Auth {
     }
 
     /// Checks a login. Blocking (argon2 takes tens of milliseconds): call it off the runtime.
+    ///
+    /// Failures count per user name and address, and per address: `login_max_failures` wrong
+    /// passwords for one name from one address, or `login_max_failures_per_address` from one
+    /// address, lock that key out for `login_window_s`, and every further failure after a
+    /// lockout locks it again for twice as long (up to [`MAX_LOCKOUT_S`]). A user name is never
+    /// locked out everywhere: the right password from an address without recent failures always
+    /// logs in, so nobody on the LAN can lock the night nurse out.
     pub fn login(&self, user: &str, password: &str, addr: Option<IpAddr>, now_ms: i64) -> LoginOutcome {
         let window_ms = self.config.login_window_s as i64 * 1000;
-        let user_key = format!("u:{user}");
-        let addr_key = addr.map(|a| format!("a:{a}"));
+        let addr_text = addr.map(|a| a.to_string()).unwrap_or_default();
+        let user_key = format!("u:{user}\u{0}{addr_text}");
+        let addr_key = addr.map(|_| format!("a:{addr_text}"));
         {
             let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            let by_user = lim.locked(&user_key, self.config.login_max_failures, window_ms, now_ms);
-            let by_addr = addr_key
-                .as_deref()
-                .and_then(|k| lim.locked(k, self.config.login_max_failures_per_address, window_ms, now_ms));
-            if let Some(wait) = by_user.max(by_addr) {
+            let by_user = lim.locked(&user_key, window_ms, now_ms);
+            let by_addr = addr_key.as_deref().and_then(|k| lim.locked(k, window_ms, now_ms));
+            if let Some((wait_s, first)) = by_user.max(by_addr) {
                 self.stats.login_limited.fetch_add(1, Ordering::Relaxed);
-                return LoginOutcome::Limited(wait);
+                return LoginOutcome::Limited { wait_s, first };
             }
         }
         let argon = Argon2::default();
@@ -396,11 +450,29 @@ impl Auth {
         let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         let Some(op) = ok else {
             self.stats.login_failures.fetch_add(1, Ordering::Relaxed);
-            lim.fail(user_key, self.config.login_max_failures, now_ms);
+            let mut lockout = lim
+                .fail(user_key, self.config.login_max_failures, window_ms, now_ms)
+                .map(|(wait_s, nth)| Lockout {
+                    scope: "user_address",
+                    wait_s,
+                    nth,
+                });
             if let Some(k) = addr_key {
-                lim.fail(k, self.config.login_max_failures_per_address, now_ms);
+                if let Some((wait_s, nth)) = lim.fail(k, self.config.login_max_failures_per_address, window_ms, now_ms)
+                {
+                    if lockout.as_ref().is_none_or(|l| l.wait_s < wait_s) {
+                        lockout = Some(Lockout {
+                            scope: "address",
+                            wait_s,
+                            nth,
+                        });
+                    }
+                }
             }
-            return LoginOutcome::Wrong;
+            if lockout.is_some() {
+                self.stats.lockouts.fetch_add(1, Ordering::Relaxed);
+            }
+            return LoginOutcome::Wrong(lockout);
         };
         lim.clear(&user_key);
         drop(lim);
@@ -439,6 +511,11 @@ impl Auth {
         LoginOutcome::Ok(id, principal)
     }
 
+    /// Whether `user` is a configured operator (a lockout's alert names only those).
+    pub fn is_operator(&self, user: &str) -> bool {
+        self.operators.contains_key(user)
+    }
+
     pub fn session_max_age_s(&self) -> u64 {
         self.config.session_hours * 3600
     }
@@ -461,6 +538,8 @@ impl Auth {
             "nh_auth_login_failures_total{{reason=\"rate_limited\"}} {}",
             s.login_limited.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# TYPE nh_auth_lockouts_total counter");
+        let _ = writeln!(out, "nh_auth_lockouts_total {}", s.lockouts.load(Ordering::Relaxed));
         let _ = writeln!(out, "# TYPE nh_auth_refused_total counter");
         let _ = writeln!(
             out,
@@ -595,54 +674,107 @@ mod tests {
         assert!(auth.token("s3cret-token-valuf").is_none());
         assert!(matches!(
             auth.login("nurse1", "Night-shift", addr, 7_000),
-            LoginOutcome::Wrong
+            LoginOutcome::Wrong(None)
         ));
         assert!(matches!(
             auth.login("nobody", "night-shift", addr, 7_000),
-            LoginOutcome::Wrong
+            LoginOutcome::Wrong(None)
         ));
     }
 
     #[test]
-    fn wrong_passwords_lock_the_user_out_for_the_window() {
+    fn wrong_passwords_lock_the_name_out_at_that_address_with_growing_delays() {
         let auth = Auth::new(AuthConfig {
             login_window_s: 60,
             ..config()
         });
         let addr = Some("10.0.0.5".parse().expect("ip"));
-        for i in 0..5 {
+        for i in 0..4 {
             assert!(matches!(
                 auth.login("nurse1", "guess", addr, 1_000 + i),
-                LoginOutcome::Wrong
+                LoginOutcome::Wrong(None)
             ));
         }
-        // Even the right password is refused while locked out.
-        match auth.login("nurse1", "night-shift", addr, 2_000) {
-            LoginOutcome::Limited(s) => assert!((59..=60).contains(&s), "{s}"),
+        // The fifth starts a lockout of the window's length.
+        match auth.login("nurse1", "guess", addr, 1_004) {
+            LoginOutcome::Wrong(Some(l)) => assert_eq!(
+                l,
+                Lockout {
+                    scope: "user_address",
+                    wait_s: 60,
+                    nth: 1
+                }
+            ),
             other => panic!("{other:?}"),
         }
-        // Another user from the same control-room PC is not locked out.
-        assert!(matches!(auth.login("guard", "gate", addr, 2_000), LoginOutcome::Ok(..)));
-        // After the window the right password works again.
+        // Even the right password is refused there while locked out; the first refusal says so.
+        match auth.login("nurse1", "night-shift", addr, 2_000) {
+            LoginOutcome::Limited { wait_s, first } => assert!((59..=60).contains(&wait_s) && first, "{wait_s}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
-            auth.login("nurse1", "night-shift", addr, 62_000),
+            auth.login("nurse1", "night-shift", addr, 2_500),
+            LoginOutcome::Limited { first: false, .. }
+        ));
+        // The right password from another address logs in at once: nobody can lock the nurse out.
+        let elsewhere = Some("10.0.0.6".parse().expect("ip"));
+        assert!(matches!(
+            auth.login("nurse1", "night-shift", elsewhere, 2_000),
             LoginOutcome::Ok(..)
         ));
+        // Another user from the same control-room PC is not locked out.
+        assert!(matches!(auth.login("guard", "gate", addr, 2_000), LoginOutcome::Ok(..)));
+        // After the lockout one more failure locks again, twice as long.
+        match auth.login("nurse1", "guess", addr, 62_000) {
+            LoginOutcome::Wrong(Some(l)) => assert_eq!((l.wait_s, l.nth), (120, 2)),
+            other => panic!("{other:?}"),
+        }
+        // Once that has passed and a window without failures after it, the right password works.
+        assert!(matches!(
+            auth.login("nurse1", "night-shift", addr, 62_000 + 120_000 + 60_000),
+            LoginOutcome::Ok(..)
+        ));
+    }
+
+    #[test]
+    fn lockouts_grow_up_to_the_cap() {
+        let auth = Auth::new(AuthConfig {
+            login_window_s: 300,
+            login_max_failures: 1,
+            ..config()
+        });
+        let addr = Some("10.0.0.7".parse().expect("ip"));
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            match auth.login("nurse1", "guess", addr, now) {
+                LoginOutcome::Wrong(Some(l)) => {
+                    waits.push(l.wait_s);
+                    now += l.wait_s as i64 * 1000;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, [300, 600, 1200, 2400, 3600, 3600]);
     }
 
     #[test]
     fn one_address_guessing_many_names_is_limited() {
         let auth = Auth::new(config());
         let addr = Some("10.0.0.9".parse().expect("ip"));
-        for i in 0..20 {
+        for i in 0..19 {
             assert!(matches!(
                 auth.login(&format!("user{i}"), "x", addr, 1_000),
-                LoginOutcome::Wrong
+                LoginOutcome::Wrong(None)
             ));
         }
         assert!(matches!(
+            auth.login("user19", "x", addr, 1_000),
+            LoginOutcome::Wrong(Some(Lockout { scope: "address", .. }))
+        ));
+        assert!(matches!(
             auth.login("nurse1", "night-shift", addr, 1_000),
-            LoginOutcome::Limited(_)
+            LoginOutcome::Limited { .. }
         ));
         let other = Some("10.0.0.10".parse().expect("ip"));
         assert!(matches!(

@@ -20,6 +20,8 @@
 //! - `mqtt_access`: MQTT identities and their rights with third-party clients: refused CONNECTs,
 //!   spoofed publishes and wills, the preheat attack, a Zigbee2MQTT bridge, Mosquitto on the
 //!   generated files, and 2,000 devices reconnecting after a restart.
+//! - `login_lockout`: wrong passwords lock a name out at one address only; the nurse logs in from
+//!   another at once; the lockout is audited and raises S8's P3 entry.
 
 mod alert_lifecycle;
 mod bad_input;
@@ -29,6 +31,7 @@ mod chaos;
 mod config_files;
 mod docs;
 mod influx_faults;
+mod login_lockout;
 mod memory;
 mod mqtt_access;
 mod pipeline;
