@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
 use super::files::{CredentialEntry, CredentialsFile};
+use crate::secret::{from_hex, to_hex};
 
 /// Bytes of randomness in a secret (160 bits).
 pub const SECRET_BYTES: usize = 20;
@@ -141,24 +142,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-pub fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -170,18 +170,12 @@ pub const CREDENTIALS_HEADER: &str = "# MQTT credentials: salted hashes of each 
 impl CredentialsFile {
     /// Reads the credentials file; a missing file is an empty one.
     pub fn load(path: &Path) -> Result<CredentialsFile, ConfigErrors> {
-        if !path.exists() {
-            return Ok(CredentialsFile::default());
-        }
-        let text = read(path, "the MQTT credentials file")?;
-        let (parsed, diags) = parse_all::<CredentialsFile>(path, &text);
-        Ok(diags.into_result(parsed)?.unwrap_or_default())
+        load_or_empty(path, "the MQTT credentials file")
     }
 
     /// Writes the file (mode 0600: the hashes are not secrets, but nobody else needs them).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let body = toml::to_string(self).map_err(std::io::Error::other)?;
-        write_private(path, &format!("{CREDENTIALS_HEADER}{body}"))
+        save_private(self, CREDENTIALS_HEADER, path)
     }
 }
 
@@ -220,19 +214,13 @@ pub const PROVISIONING_HEADER: &str =
 
 impl ProvisioningFile {
     pub fn load(path: &Path) -> Result<ProvisioningFile, ConfigErrors> {
-        if !path.exists() {
-            return Ok(ProvisioningFile::default());
-        }
-        let text = read(path, "the provisioning file")?;
-        let (parsed, diags) = parse_all::<ProvisioningFile>(path, &text);
-        Ok(diags.into_result(parsed)?.unwrap_or_default())
+        load_or_empty(path, "the provisioning file")
     }
 
     /// Writes the file with mode 0600, created that way (never readable by others, not even for
     /// a moment).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let body = toml::to_string(self).map_err(std::io::Error::other)?;
-        write_private(path, &format!("{PROVISIONING_HEADER}{body}"))
+        save_private(self, PROVISIONING_HEADER, path)
     }
 
     /// Sets `name`'s secret, replacing an older one.
@@ -243,6 +231,22 @@ impl ProvisioningFile {
             secret: secret.to_owned(),
         });
     }
+}
+
+/// A generated file (credentials, provisioning); a missing one is empty.
+fn load_or_empty<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &str) -> Result<T, ConfigErrors> {
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    let text = read(path, what)?;
+    let (parsed, diags) = parse_all::<T>(path, &text);
+    Ok(diags.into_result(parsed)?.unwrap_or_default())
+}
+
+/// Writes a generated file, `header` first, readable by its owner only.
+fn save_private<T: Serialize>(value: &T, header: &str, path: &Path) -> std::io::Result<()> {
+    let body = toml::to_string(value).map_err(std::io::Error::other)?;
+    write_private(path, &format!("{header}{body}"))
 }
 
 /// Writes `text` to `path` through a temporary file created with mode 0600, then renamed.

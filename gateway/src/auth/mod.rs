@@ -585,23 +585,11 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 fn parse_digest(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    crate::secret::from_hex(s)?.try_into().ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::secret::to_hex(bytes)
 }
 
 /// `n` random bytes as hex (session ids). Falls back to nothing predictable: a failure of the
